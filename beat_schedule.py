@@ -1,0 +1,19 @@
+"""Static beat entries. Pipeline cron schedules are not here: they come from the database."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cp.protocol import CP_CHECK_DAEMON_HEALTH, CP_QUEUE
+from cp.settings import Settings
+
+
+def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
+    """Entries for ``app.conf.beat_schedule``; each expires so a stopped worker gets no backlog."""
+    return {
+        "check-daemon-health": {
+            "task": CP_CHECK_DAEMON_HEALTH,
+            "schedule": settings.health_check_interval,
+            "options": {"queue": CP_QUEUE, "expires": settings.health_check_interval},
+        },
+    }

@@ -1,0 +1,49 @@
+"""The beat scheduler: static entries from ``beat_schedule.py`` plus pipeline schedules from SQL."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery.beat import Scheduler
+
+from cp.models import utcnow
+from cp.runtime import ControlPlane
+from cp.schedule import next_fire
+from cp.scheduler import fire_due_runs, scheduled_pipelines
+
+log = logging.getLogger(__name__)
+
+
+def make_scheduler_class(cp: ControlPlane) -> type[Scheduler]:
+    """A Scheduler subclass bound to ``cp``, for ``app.Beat(scheduler=...)``."""
+
+    class MycelialScheduler(Scheduler):
+        def tick(self, *args: Any, **kwargs: Any) -> float:
+            delay = float(super().tick(*args, **kwargs))
+            try:
+                until_next = fire_pipelines(cp)
+            except Exception:
+                log.exception("pipeline scheduling step failed; retrying next tick")
+                until_next = cp.settings.schedule_poll_interval
+            return max(0.0, min(delay, until_next))
+
+    return MycelialScheduler
+
+
+def fire_pipelines(cp: ControlPlane) -> float:
+    """Fire what is due; return seconds until the next fire or the poll interval, if sooner.
+
+    Polling the database every interval is what makes schedule edits take effect without a restart.
+    """
+    now = utcnow()
+    with cp.session() as session:
+        created = fire_due_runs(session, now=now, expires=cp.settings.run_job_expires)
+        upcoming = [
+            next_fire(p.schedule, p.timezone, now) for p in scheduled_pipelines(session) if p.schedule
+        ]
+    cp.send_runs(created)
+    wait = cp.settings.schedule_poll_interval
+    if upcoming:
+        wait = min(wait, (min(upcoming) - utcnow()).total_seconds() + 0.001)
+    return wait

@@ -1,0 +1,1 @@
+"""The ``mycelial`` command line."""

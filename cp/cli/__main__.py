@@ -1,0 +1,3 @@
+from cp.cli.main import run
+
+run()

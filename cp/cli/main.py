@@ -1,0 +1,377 @@
+"""``mycelial``: the operator's command line (DESIGN section 9)."""
+
+from __future__ import annotations
+
+import getpass
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import click
+import typer
+
+from cp.celery_app import BrokerNotConfiguredError
+from cp.cli import processes
+from cp.cli.output import (
+    EXIT_BAD_INPUT,
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_TIMEOUT,
+    CliError,
+    error,
+    info,
+    print_json,
+    print_table,
+    warn,
+)
+from cp.config_file import ConfigError, load_config_file
+from cp.config_store import apply_document, plan_diff
+from cp.models import Run, RunState, RunTrigger, utcnow
+from cp.runs import UnknownPipelineError, create_run, get_pipeline
+from cp.settings import Settings, SettingsError, get_settings
+from cp.views import config_history_rows, daemon_rows, pipeline_rows, run_row, run_rows
+
+app = typer.Typer(
+    name="mycelial",
+    help="Mycelial control plane: configure, schedule and watch edge daemons.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+config_app = typer.Typer(help="Configuration versions.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document.")]
+LogLevel = Annotated[str, typer.Option("--loglevel", help="debug, info, warning or error.")]
+
+
+@app.callback()
+def main(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
+) -> None:
+    """Mycelial control plane."""
+
+
+def settings() -> Settings:
+    return get_settings()
+
+
+# --- processes ---------------------------------------------------------------------------
+
+
+@app.command()
+def up(
+    demo: Annotated[
+        bool, typer.Option("--demo", help="Create sample data and apply examples/demo.yaml.")
+    ] = False,
+) -> None:
+    """Run everything on this machine: Redis (embedded unless configured), worker, beat, daemon, Flower."""
+    from cp.cli.supervisor import run_stack
+
+    raise typer.Exit(run_stack(settings(), demo=demo))
+
+
+@app.command()
+def worker(
+    concurrency: Annotated[int, typer.Option(min=1)] = 4,
+    pool: Annotated[str, typer.Option(help="Celery pool: threads, prefork or solo.")] = "threads",
+    loglevel: LogLevel = "info",
+) -> None:
+    """Run a control-plane worker (queue mycelial.cp)."""
+    processes.run_worker(settings(), pool=pool, concurrency=concurrency, loglevel=loglevel)
+
+
+@app.command()
+def beat(loglevel: LogLevel = "info") -> None:
+    """Run beat: static entries from beat_schedule.py and pipeline schedules from the database."""
+    processes.run_beat(settings(), loglevel=loglevel)
+
+
+@app.command()
+def flower(
+    address: Annotated[str | None, typer.Option(help="Listen address.")] = None,
+    port: Annotated[int | None, typer.Option(help="Listen port.")] = None,
+) -> None:
+    """Run Flower with basic auth (credentials in MYCELIAL_HOME/flower-credentials)."""
+    s = settings()
+    processes.run_flower(s, address=address or s.flower_address, port=port or s.flower_port)
+
+
+@app.command()
+def daemon(
+    name: Annotated[str, typer.Option("--name", help="Daemon name; its queue is mycelial.daemon.NAME.")],
+    labels: Annotated[str, typer.Option("--labels", help="key=value pairs, comma-separated.")] = "",
+    concurrency: Annotated[int, typer.Option(min=1)] = 2,
+    pool: Annotated[str, typer.Option(help="Celery pool: threads, prefork or solo.")] = "threads",
+    loglevel: LogLevel = "info",
+) -> None:
+    """Run a daemon: a Celery worker consuming only its own queue."""
+    processes.run_daemon(
+        settings(),
+        name=name,
+        labels=processes.parse_labels(labels),
+        pool=pool,
+        concurrency=concurrency,
+        loglevel=loglevel,
+    )
+
+
+# --- configuration -----------------------------------------------------------------------
+
+FileOption = Annotated[Path, typer.Option("-f", "--file", help="Configuration file (YAML).")]
+
+
+@app.command()
+def apply(
+    file: FileOption,
+    comment: Annotated[str, typer.Option("-m", "--comment", help="Why this change.")] = "",
+) -> None:
+    """Validate FILE, show the diff, store a new config version and push it to affected daemons."""
+    document = load_config_file(file)
+    cp = processes.control_plane(settings())
+    with cp.session() as session:
+        result = apply_document(
+            session,
+            document,
+            author=getpass.getuser(),
+            comment=comment,
+            source=str(file),
+            now=utcnow(),
+        )
+    if not result.changed:
+        info(f"no changes: configuration is already at version {result.version}")
+        return
+    for line in result.diff:
+        info(line)
+    info(f"stored config version {result.version}")
+    try:
+        cp.push_configs(result.pushes)
+    except Exception as exc:
+        warn(
+            f"version {result.version} is stored but could not be pushed now ({exc}); "
+            "daemons get it when they reconnect"
+        )
+        return
+    for push in result.pushes:
+        info(f"pushed version {push.version} to daemon {push.daemon}")
+
+
+@app.command()
+def diff(file: FileOption) -> None:
+    """Show what applying FILE would change. Exit 0: no changes, 1: changes."""
+    document = load_config_file(file)
+    cp = processes.control_plane(settings())
+    with cp.session() as session:
+        lines = plan_diff(session, document)
+    for line in lines:
+        info(line)
+    if not lines:
+        info("no changes")
+    raise typer.Exit(EXIT_FAILED if lines else EXIT_OK)
+
+
+@config_app.command("history")
+def config_history(json_: JsonOption = False, limit: int = 20) -> None:
+    """List stored configuration versions, newest first."""
+    with processes.control_plane(settings()).session() as session:
+        rows = config_history_rows(session, limit=limit)
+    if json_:
+        print_json({"versions": rows})
+        return
+    print_table(
+        rows,
+        [
+            ("VERSION", lambda r: r["version"]),
+            ("CREATED", lambda r: r["created_at"]),
+            ("AUTHOR", lambda r: r["author"]),
+            ("PIPELINES", lambda r: r["pipelines"]),
+            ("COMMENT", lambda r: r["comment"]),
+        ],
+        empty="no configuration applied yet",
+    )
+
+
+# --- listings ----------------------------------------------------------------------------
+
+
+@app.command()
+def daemons(json_: JsonOption = False) -> None:
+    """List daemons with status, heartbeat age and desired/applied config versions."""
+    with processes.control_plane(settings()).session() as session:
+        rows = daemon_rows(session, now=utcnow())
+    if json_:
+        print_json({"daemons": rows})
+        return
+    print_table(
+        rows,
+        [
+            ("NAME", lambda r: r["name"]),
+            ("STATUS", lambda r: r["status"]),
+            ("SINCE", lambda r: (r["status_since"] or "")[:19]),
+            (
+                "HEARTBEAT",
+                lambda r: (
+                    f"{r['last_heartbeat_age_s']:.0f}s ago"
+                    if r["last_heartbeat_age_s"] is not None
+                    else "never"
+                ),
+            ),
+            ("LABELS", lambda r: ",".join(f"{k}={v}" for k, v in r["labels"].items())),
+            ("RUNNING", lambda r: r["running_runs"]),
+            ("DESIRED", lambda r: r["desired_config_version"]),
+            ("APPLIED", lambda r: r["applied_config_version"]),
+        ],
+        empty="no daemons yet: start one with `mycelial daemon --name NAME`",
+    )
+
+
+@app.command()
+def pipelines(json_: JsonOption = False) -> None:
+    """List pipelines with schedule, placement and their last run."""
+    with processes.control_plane(settings()).session() as session:
+        rows = pipeline_rows(session)
+    if json_:
+        print_json({"pipelines": rows})
+        return
+    print_table(
+        rows,
+        [
+            ("NAME", lambda r: r["name"]),
+            ("SOURCE", lambda r: f"{r['source']}:{r['source_table'] or 'query'}"),
+            ("DESTINATION", lambda r: f"{r['destination']}:{r['destination_table']}"),
+            ("MODE", lambda r: r["mode"]),
+            (
+                "SCHEDULE",
+                lambda r: f"{r['schedule']} ({r['timezone']})" if r["schedule"] else "manual",
+            ),
+            ("ON", lambda r: r["placement"].get("daemon") or r["placement"].get("labels")),
+            ("ENABLED", lambda r: "yes" if r["enabled"] else "no"),
+            ("LAST RUN", lambda r: r["last_run_state"]),
+        ],
+        empty="no pipelines yet: apply a configuration with `mycelial apply -f FILE`",
+    )
+
+
+RUN_COLUMNS = [
+    ("RUN", lambda r: r["run_key"]),
+    ("STATE", lambda r: r["state"]),
+    ("DAEMON", lambda r: r["daemon"]),
+    ("TRIGGER", lambda r: r["trigger"]),
+    ("CREATED", lambda r: (r["created_at"] or "")[:19]),
+    ("ROWS", lambda r: r["rows_written"]),
+    ("SECONDS", lambda r: r["duration_s"]),
+    ("ERROR", lambda r: r["error"]),
+]
+
+
+@app.command()
+def runs(
+    json_: JsonOption = False,
+    pipeline: Annotated[str | None, typer.Option(help="Only this pipeline.")] = None,
+    state: Annotated[str | None, typer.Option(help="Only runs in this state.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=10_000)] = 20,
+) -> None:
+    """List runs, newest first."""
+    if state is not None and state not in {s.value for s in RunState}:
+        raise CliError(
+            f"--state: unknown state {state!r} (one of {', '.join(s.value for s in RunState)})",
+            code=EXIT_BAD_INPUT,
+        )
+    with processes.control_plane(settings()).session() as session:
+        rows = run_rows(session, pipeline=pipeline, state=state, limit=limit)
+    if json_:
+        print_json({"runs": rows})
+        return
+    print_table(rows, RUN_COLUMNS, empty="no runs")
+
+
+@app.command("run")
+def run_pipeline(
+    pipeline: Annotated[str, typer.Argument(help="Pipeline name.")],
+    wait: Annotated[
+        bool,
+        typer.Option("--wait", help="Wait for the run to finish; exit 0 on success, 1 on failure."),
+    ] = False,
+    timeout: Annotated[
+        float, typer.Option(help="Seconds to wait with --wait (exit 3 when exceeded).")
+    ] = 3600.0,
+    json_: JsonOption = False,
+) -> None:
+    """Start a run of PIPELINE now."""
+    cp = processes.control_plane(settings())
+    with cp.session() as session:
+        new = create_run(
+            session,
+            get_pipeline(session, pipeline),
+            trigger=RunTrigger.MANUAL,
+            now=utcnow(),
+            expires=cp.settings.run_job_expires,
+        )
+    assert new is not None  # manual run keys are unique
+    cp.send_runs([new])
+    key = new.run.run_key
+    if not json_:
+        info(f"run {key} queued on daemon {new.run.daemon}" if new.message else f"run {key} {new.run.error}")
+    if not wait:
+        if json_:
+            print_json(run_row(new.run))
+        return
+    deadline = time.monotonic() + timeout
+    while True:
+        with cp.session() as session:
+            run = session.get(Run, new.run.id)
+        assert run is not None
+        if run.state.finished or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    if json_:
+        print_json(run_row(run))
+    if not run.state.finished:
+        raise CliError(f"run {key} still {run.state} after {timeout:.0f}s", code=EXIT_TIMEOUT)
+    if run.state is RunState.SUCCEEDED:
+        if not json_:
+            info(f"run {key} succeeded: {run.rows_written} rows written")
+        return
+    if not json_:
+        error(f"run {key} {run.state}: {run.error or 'no error recorded'}")
+    raise typer.Exit(EXIT_FAILED)
+
+
+# --- entry point -------------------------------------------------------------------------
+
+BAD_INPUT_ERRORS = (ConfigError, SettingsError, UnknownPipelineError)
+
+
+def run() -> None:
+    """Console-script entry: one-line errors on stderr and exit codes scripts can trust."""
+    debug = "--debug" in sys.argv
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        code = app(standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        code = exc.exit_code
+    except click.ClickException as exc:
+        exc.show()
+        code = exc.exit_code
+    except click.exceptions.Abort:
+        code = 130
+    except ConfigError as exc:
+        for problem in exc.problems:
+            error(problem)
+        code = EXIT_BAD_INPUT
+    except CliError as exc:
+        error(str(exc))
+        code = exc.code
+    except (*BAD_INPUT_ERRORS, BrokerNotConfiguredError) as exc:
+        if debug:
+            raise
+        error(str(exc))
+        code = EXIT_BAD_INPUT if isinstance(exc, BAD_INPUT_ERRORS) else EXIT_FAILED
+    except Exception as exc:
+        if debug:
+            raise
+        error(f"{type(exc).__name__}: {exc} (run with --debug for a traceback)")
+        code = EXIT_FAILED
+    sys.exit(code if isinstance(code, int) else EXIT_OK)

@@ -1,0 +1,132 @@
+"""``mycelial up``: run the whole stack as child processes and stop all of them together."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import FrameType
+
+from cp.celery_app import make_celery
+from cp.cli.demo import prepare_demo
+from cp.cli.output import EXIT_FAILED, EXIT_OK, info, warn
+from cp.cli.processes import flower_credentials
+from cp.embedded_redis import EmbeddedRedis
+from cp.settings import Settings
+
+STOP_GRACE = 10.0  # seconds a child gets after SIGTERM before SIGKILL
+PR_SET_PDEATHSIG = 1
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    process: subprocess.Popen[bytes] | None = None
+
+
+@dataclass
+class Stack:
+    children: list[Child] = field(default_factory=list)
+    stopping: bool = False
+
+    def start(self, env: dict[str, str]) -> None:
+        for child in self.children:
+            child.process = subprocess.Popen(child.argv, env=env, preexec_fn=_die_with_parent)
+            info(f"  started {child.name} (pid {child.process.pid})")
+
+    def first_exited(self) -> Child | None:
+        return next((c for c in self.children if c.process and c.process.poll() is not None), None)
+
+    def stop(self) -> None:
+        self.stopping = True
+        alive = [c for c in self.children if c.process and c.process.poll() is None]
+        for child in alive:
+            assert child.process is not None
+            with contextlib.suppress(ProcessLookupError):
+                child.process.terminate()
+        deadline = time.monotonic() + STOP_GRACE
+        for child in alive:
+            assert child.process is not None
+            try:
+                child.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                warn(f"{child.name} did not stop within {STOP_GRACE:.0f}s; killing it")
+                child.process.kill()
+                child.process.wait()
+
+
+def _die_with_parent() -> None:
+    """Linux: children get SIGTERM if `mycelial up` itself is killed, so nothing is left running."""
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "cp.cli", *args]
+
+
+def run_stack(settings: Settings, *, demo: bool) -> int:
+    settings.home.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    redis: EmbeddedRedis | None = None
+    if not settings.broker_url:
+        redis = EmbeddedRedis(settings.embedded_redis_socket)
+        env["MYCELIAL_BROKER_URL"] = redis.start()
+        info(f"embedded Redis on {redis.socket_path}")
+    env["MYCELIAL_HOME"] = str(settings.home)
+
+    stack = Stack(
+        [
+            Child("control-plane worker", _cli("worker")),
+            Child("beat", _cli("beat")),
+            Child("daemon local", _cli("daemon", "--name", "local", "--labels", "site=local")),
+            Child("flower", _cli("flower")),
+        ]
+    )
+    received: list[int] = []
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        received.append(signum)
+
+    previous: dict[int, Callable[..., object] | int | None] = {
+        sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)
+    }
+    try:
+        info(f"home: {settings.home}   database: {settings.effective_database_url}")
+        stack.start(env)
+        user, password = flower_credentials(settings.home)
+        info(
+            f"Flower: http://{settings.flower_address}:{settings.flower_port}"
+            f"  (user {user}, password {password})"
+        )
+        if demo:
+            demo_env_settings = Settings(
+                home=settings.home,
+                broker_url=env["MYCELIAL_BROKER_URL"],
+                database_url=settings.database_url,
+            )
+            prepare_demo(demo_env_settings, app_factory=make_celery)
+        info("press Ctrl-C to stop everything")
+        while not received:
+            exited = stack.first_exited()
+            if exited is not None:
+                assert exited.process is not None
+                warn(f"{exited.name} exited with code {exited.process.returncode}; stopping the stack")
+                return EXIT_FAILED
+            time.sleep(0.2)
+        return EXIT_OK
+    finally:
+        info("stopping...")
+        stack.stop()
+        if redis is not None:
+            redis.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        info("stopped")

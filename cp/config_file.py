@@ -1,0 +1,220 @@
+"""Parse and validate a declarative configuration file into a normalized document.
+
+Validation is all-or-nothing: every problem is collected and reported as
+``FILE: path.inside[0].file: what is wrong`` before anything is stored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import yaml
+from croniter import croniter
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from cp.connectors import CONNECTOR_KINDS
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
+SECRET_REF = re.compile(r"\$\{(env|file):([^}]+)\}")
+ANY_REF = re.compile(r"\$\{[^}]*\}")
+MODES = ("replace", "append")
+
+
+class ConfigError(ValueError):
+    """A configuration file with one or more problems; ``problems`` holds one line each."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DaemonDecl(_Strict):
+    name: str = Field(pattern=NAME_PATTERN)
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
+class ConnectorDecl(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    name: str = Field(pattern=NAME_PATTERN)
+    kind: str
+
+
+class Endpoint(_Strict):
+    connector: str
+    table: str | None = None
+    query: str | None = None
+
+
+class PipelineDecl(_Strict):
+    name: str = Field(pattern=NAME_PATTERN)
+    source: Endpoint
+    destination: Endpoint
+    mode: Literal["replace", "append"] = "replace"
+    batch_size: int = Field(default=10_000, ge=1, le=1_000_000)
+    schedule: str | None = None
+    timezone: str = "UTC"
+    daemon: str | None = None
+    labels: dict[str, str] | None = None
+    enabled: bool = True
+
+
+class ConfigDocument(_Strict):
+    daemons: list[DaemonDecl] = Field(default_factory=list)
+    connectors: list[ConnectorDecl] = Field(default_factory=list)
+    pipelines: list[PipelineDecl] = Field(default_factory=list)
+
+
+def load_config_file(path: Path) -> dict[str, Any]:
+    """Read, parse and validate ``path``; return the normalized document or raise ConfigError."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read file: {exc.strerror}"]) from None
+    return parse_config_text(text, source=str(path))
+
+
+def parse_config_text(text: str, *, source: str) -> dict[str, Any]:
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError([f"{source}: invalid YAML{where}: {problem}"]) from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError([f"{source}: top level must be a mapping with daemons, connectors, pipelines"])
+    try:
+        doc = ConfigDocument.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError([f"{source}: {_loc(err['loc'])}: {_msg(err)}" for err in exc.errors()]) from None
+    problems = [f"{source}: {p}" for p in _semantic_problems(doc)]
+    if problems:
+        raise ConfigError(problems)
+    return normalize(doc)
+
+
+def _loc(loc: Iterable[int | str]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "<top level>"
+
+
+def _msg(err: Any) -> str:
+    if err["type"] == "extra_forbidden":
+        return "unknown field"
+    if err["type"] == "string_pattern_mismatch":
+        return f"invalid name {err['input']!r} (letters, digits, '_', '.', '-'; at most 63)"
+    return str(err["msg"])
+
+
+def _duplicates(kind: str, names: list[str]) -> Iterable[str]:
+    seen: set[str] = set()
+    for index, name in enumerate(names):
+        if name in seen:
+            yield f"{kind}[{index}].name: duplicate name {name!r}"
+        seen.add(name)
+
+
+def _semantic_problems(doc: ConfigDocument) -> list[str]:
+    problems: list[str] = []
+    problems += _duplicates("daemons", [d.name for d in doc.daemons])
+    problems += _duplicates("connectors", [c.name for c in doc.connectors])
+    problems += _duplicates("pipelines", [p.name for p in doc.pipelines])
+
+    for i, conn in enumerate(doc.connectors):
+        problems += _connector_problems(f"connectors[{i}]", conn)
+
+    connectors = {c.name for c in doc.connectors}
+    daemons = {d.name: d for d in doc.daemons}
+    for i, pipe in enumerate(doc.pipelines):
+        where = f"pipelines[{i}]"
+        for end_name, end in (("source", pipe.source), ("destination", pipe.destination)):
+            if end.connector not in connectors:
+                problems.append(f"{where}.{end_name}.connector: unknown connector {end.connector!r}")
+        if (pipe.source.table is None) == (pipe.source.query is None):
+            problems.append(f"{where}.source: give exactly one of table or query")
+        if pipe.destination.query is not None:
+            problems.append(f"{where}.destination.query: a destination takes a table, not a query")
+        if not pipe.destination.table:
+            problems.append(f"{where}.destination.table: required")
+        if pipe.schedule is not None and not croniter.is_valid(pipe.schedule):
+            problems.append(f'{where}.schedule: invalid cron "{pipe.schedule}"')
+        try:
+            ZoneInfo(pipe.timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            problems.append(f"{where}.timezone: unknown time zone {pipe.timezone!r}")
+        if (pipe.daemon is None) == (pipe.labels is None):
+            problems.append(f"{where}: give exactly one of daemon or labels for placement")
+        elif pipe.daemon is not None and pipe.daemon not in daemons:
+            problems.append(f"{where}.daemon: unknown daemon {pipe.daemon!r} (declare it under daemons)")
+        elif pipe.labels is not None and not any(
+            matches_selector(d.labels, pipe.labels) for d in doc.daemons
+        ):
+            problems.append(f"{where}.labels: no declared daemon matches {pipe.labels}")
+    return problems
+
+
+def _connector_problems(where: str, conn: ConnectorDecl) -> list[str]:
+    options_model = CONNECTOR_KINDS.get(conn.kind)
+    if options_model is None:
+        known = ", ".join(sorted(CONNECTOR_KINDS))
+        return [f"{where}.kind: unknown connector kind {conn.kind!r} (known: {known})"]
+    problems: list[str] = []
+    options = conn.model_extra or {}
+    try:
+        options_model.model_validate(options)
+    except ValidationError as exc:
+        problems += [f"{where}.{_loc(err['loc'])}: {_msg(err)}" for err in exc.errors()]
+    for key, value in options.items():
+        if isinstance(value, str):
+            for ref in ANY_REF.findall(value):
+                if not SECRET_REF.fullmatch(ref):
+                    problems.append(
+                        f"{where}.{key}: invalid reference {ref} (use ${{env:NAME}} or ${{file:/path}})"
+                    )
+    return problems
+
+
+def matches_selector(labels: dict[str, str], selector: dict[str, str]) -> bool:
+    """True when ``labels`` carry every key/value of ``selector``."""
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+def normalize(doc: ConfigDocument) -> dict[str, Any]:
+    """A canonical, JSON-ready document: sorted by name, defaults filled in."""
+    return {
+        "daemons": sorted(
+            ({"name": d.name, "labels": dict(sorted(d.labels.items()))} for d in doc.daemons),
+            key=lambda d: str(d["name"]),
+        ),
+        "connectors": sorted(
+            (
+                {
+                    "name": c.name,
+                    "kind": c.kind,
+                    "options": dict(sorted((c.model_extra or {}).items())),
+                }
+                for c in doc.connectors
+            ),
+            key=lambda c: str(c["name"]),
+        ),
+        "pipelines": sorted((p.model_dump(mode="json") for p in doc.pipelines), key=lambda p: str(p["name"])),
+    }
+
+
+def checksum(document: Any) -> str:
+    canonical = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()

@@ -1,0 +1,96 @@
+"""The broker-facing edge: build messages for daemons and publish them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from celery import Celery
+
+from cp.config_store import ConfigPush
+from cp.protocol import (
+    DAEMON_APPLY_CONFIG,
+    DAEMON_RUN_JOB,
+    ApplyConfig,
+    PipelineSpec,
+    RunJob,
+    daemon_queue,
+    dump,
+)
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """One message to publish; ``argsrepr`` is what Flower shows instead of the payload."""
+
+    task: str
+    queue: str
+    payload: dict[str, Any]
+    argsrepr: str
+    task_id: str | None = None
+    expires: float | None = None
+
+
+class Dispatcher(Protocol):
+    def send(self, message: Outgoing) -> None: ...
+
+
+class CeleryDispatcher:
+    """Publishes through a Celery app's producer pool."""
+
+    def __init__(self, app: Celery) -> None:
+        self._app = app
+
+    def send(self, message: Outgoing) -> None:
+        self._app.send_task(
+            message.task,
+            args=[message.payload],
+            queue=message.queue,
+            task_id=message.task_id,
+            expires=message.expires,
+            argsrepr=message.argsrepr,
+            kwargsrepr="{}",
+        )
+
+
+@dataclass
+class MemoryDispatcher:
+    """Keeps messages in a list: the in-memory twin for unit tests."""
+
+    sent: list[Outgoing] = field(default_factory=list)
+
+    def send(self, message: Outgoing) -> None:
+        self.sent.append(message)
+
+
+def apply_config_message(push: ConfigPush, *, expires: float) -> Outgoing:
+    payload = ApplyConfig(version=push.version, checksum=push.checksum, state=push.state)
+    names = ",".join(p.name for p in push.state.pipelines) or "-"
+    return Outgoing(
+        task=DAEMON_APPLY_CONFIG,
+        queue=daemon_queue(push.daemon),
+        payload=dump(payload),
+        argsrepr=f"daemon={push.daemon} version={push.version} pipelines={names}",
+        expires=expires,
+    )
+
+
+def run_job_message(
+    *,
+    daemon: str,
+    run_key: str,
+    task_id: str,
+    attempt: int,
+    pipeline: PipelineSpec,
+    cursor: str | None,
+    expires: float,
+) -> Outgoing:
+    payload = RunJob(run_key=run_key, attempt=attempt, pipeline=pipeline, cursor=cursor)
+    return Outgoing(
+        task=DAEMON_RUN_JOB,
+        queue=daemon_queue(daemon),
+        payload=dump(payload),
+        argsrepr=f"pipeline={pipeline.name} run={run_key} attempt={attempt}",
+        task_id=task_id,
+        expires=expires,
+    )

@@ -1,0 +1,185 @@
+"""SQLModel tables: the control plane's system of record."""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, Column, DateTime, Index, Text, TypeDecorator, UniqueConstraint
+from sqlalchemy.engine import Dialect
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Stores UTC, returns timezone-aware UTC datetimes on SQLite and PostgreSQL alike."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r} given; use timezone-aware UTC")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _ts(*, nullable: bool = True) -> Any:
+    return Field(default=None, sa_column=Column(UTCDateTime(), nullable=nullable))
+
+
+def _json() -> Any:
+    return Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+
+
+class DaemonStatus(enum.StrEnum):
+    UNKNOWN = "unknown"
+    ONLINE = "online"
+    DEGRADED = "degraded"
+    OFFLINE = "offline"
+
+
+class RunState(enum.StrEnum):
+    SCHEDULED = "scheduled"
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    TIMED_OUT = "timed_out"
+    CANCELLED = "cancelled"
+    LOST = "lost"
+
+    @property
+    def finished(self) -> bool:
+        return self in FINISHED_RUN_STATES
+
+
+FINISHED_RUN_STATES = frozenset(
+    {RunState.SUCCEEDED, RunState.FAILED, RunState.TIMED_OUT, RunState.CANCELLED, RunState.LOST}
+)
+
+
+class RunTrigger(enum.StrEnum):
+    MANUAL = "manual"
+    SCHEDULE = "schedule"
+
+
+class Daemon(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(unique=True, index=True)
+    labels: dict[str, str] = _json()
+    declared: bool = False
+    status: DaemonStatus = DaemonStatus.UNKNOWN
+    status_since: datetime | None = _ts()
+    status_reason: str | None = None
+    software_version: str | None = None
+    hostname: str | None = None
+    last_heartbeat_at: datetime | None = _ts()
+    running_runs: int = 0
+    cpu_percent: float | None = None
+    memory_mb: float | None = None
+    desired_config_version: int | None = None
+    desired_checksum: str | None = None
+    applied_config_version: int | None = None
+    applied_at: datetime | None = _ts()
+    config_pushed_at: datetime | None = _ts()
+    config_error: str | None = Field(default=None, sa_column=Column(Text))
+
+
+class ConfigVersion(SQLModel, table=True):
+    """An applied configuration document; rows are never updated or deleted."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    created_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+    author: str
+    comment: str = ""
+    source: str = ""
+    document: dict[str, Any] = _json()
+    checksum: str = Field(index=True)
+
+
+class Connector(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(unique=True, index=True)
+    kind: str
+    options: dict[str, Any] = _json()
+    config_version: int
+
+
+class Pipeline(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(unique=True, index=True)
+    source_connector: str
+    source_table: str | None = None
+    source_query: str | None = Field(default=None, sa_column=Column(Text))
+    destination_connector: str
+    destination_table: str
+    mode: str = "replace"
+    batch_size: int = 10_000
+    schedule: str | None = None
+    timezone: str = "UTC"
+    schedule_since: datetime | None = _ts()
+    daemon: str | None = None
+    labels: dict[str, str] = _json()
+    enabled: bool = True
+    config_version: int
+
+
+class Run(SQLModel, table=True):
+    __table_args__ = (Index("ix_run_pipeline_created", "pipeline", "created_at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_key: str = Field(unique=True, index=True)
+    pipeline: str
+    trigger: RunTrigger
+    scheduled_for: datetime | None = _ts()
+    daemon: str | None = None
+    state: RunState = Field(default=RunState.QUEUED, index=True)
+    attempt: int = 1
+    task_id: str | None = None
+    deliveries: int = 0
+    created_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+    queued_at: datetime | None = _ts()
+    started_at: datetime | None = _ts()
+    finished_at: datetime | None = _ts()
+    rows_read: int = 0
+    rows_written: int = 0
+    cursor_before: str | None = None
+    cursor_after: str | None = None
+    error: str | None = Field(default=None, sa_column=Column(Text))
+
+
+class DaemonEvent(SQLModel, table=True):
+    """Something that happened to a daemon: a status change, a config result, a rejected message."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False, index=True))
+    daemon: str | None = Field(default=None, index=True)
+    kind: str
+    from_status: str | None = None
+    to_status: str | None = None
+    reason: str = Field(default="", sa_column=Column(Text, nullable=False))
+
+
+class LogRecord(SQLModel, table=True):
+    __table_args__ = (UniqueConstraint("daemon", "seq", name="uq_logrecord_daemon_seq"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    daemon: str = Field(index=True)
+    seq: str
+    ts: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False, index=True))
+    level: str
+    logger: str
+    run_key: str | None = Field(default=None, index=True)
+    message: str = Field(sa_column=Column(Text, nullable=False))

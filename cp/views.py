@@ -1,0 +1,119 @@
+"""Read models for listings: plain dicts that the CLI prints as tables or JSON."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func
+from sqlmodel import Session, col, select
+
+from cp.models import ConfigVersion, Daemon, Pipeline, Run
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def daemon_rows(session: Session, *, now: datetime) -> list[dict[str, Any]]:
+    rows = []
+    for d in session.exec(select(Daemon).order_by(col(Daemon.name))):
+        age = (now - d.last_heartbeat_at).total_seconds() if d.last_heartbeat_at else None
+        rows.append(
+            {
+                "name": d.name,
+                "status": str(d.status),
+                "status_since": _iso(d.status_since),
+                "status_reason": d.status_reason,
+                "declared": d.declared,
+                "labels": d.labels,
+                "last_heartbeat_at": _iso(d.last_heartbeat_at),
+                "last_heartbeat_age_s": round(age, 1) if age is not None else None,
+                "running_runs": d.running_runs,
+                "desired_config_version": d.desired_config_version,
+                "applied_config_version": d.applied_config_version,
+                "config_in_sync": d.desired_config_version is None
+                or d.desired_config_version == d.applied_config_version,
+                "config_error": d.config_error,
+                "software_version": d.software_version,
+                "hostname": d.hostname,
+            }
+        )
+    return rows
+
+
+def pipeline_rows(session: Session) -> list[dict[str, Any]]:
+    newest_ids = select(func.max(Run.id)).group_by(Run.pipeline)
+    last_runs = {run.pipeline: run for run in session.exec(select(Run).where(col(Run.id).in_(newest_ids)))}
+    rows = []
+    for p in session.exec(select(Pipeline).order_by(col(Pipeline.name))):
+        last = last_runs.get(p.name)
+        rows.append(
+            {
+                "name": p.name,
+                "source": p.source_connector,
+                "source_table": p.source_table,
+                "destination": p.destination_connector,
+                "destination_table": p.destination_table,
+                "mode": p.mode,
+                "schedule": p.schedule,
+                "timezone": p.timezone,
+                "placement": {"daemon": p.daemon} if p.daemon else {"labels": p.labels},
+                "enabled": p.enabled,
+                "config_version": p.config_version,
+                "last_run": last.run_key if last else None,
+                "last_run_state": str(last.state) if last else None,
+                "last_run_finished_at": _iso(last.finished_at) if last else None,
+            }
+        )
+    return rows
+
+
+def run_row(run: Run) -> dict[str, Any]:
+    duration = (
+        (run.finished_at - run.started_at).total_seconds() if run.finished_at and run.started_at else None
+    )
+    return {
+        "run_key": run.run_key,
+        "pipeline": run.pipeline,
+        "state": str(run.state),
+        "trigger": str(run.trigger),
+        "daemon": run.daemon,
+        "attempt": run.attempt,
+        "scheduled_for": _iso(run.scheduled_for),
+        "created_at": _iso(run.created_at),
+        "started_at": _iso(run.started_at),
+        "finished_at": _iso(run.finished_at),
+        "duration_s": round(duration, 3) if duration is not None else None,
+        "rows_read": run.rows_read,
+        "rows_written": run.rows_written,
+        "error": run.error,
+    }
+
+
+def run_rows(
+    session: Session, *, pipeline: str | None = None, state: str | None = None, limit: int = 50
+) -> list[dict[str, Any]]:
+    query = select(Run).order_by(col(Run.created_at).desc(), col(Run.id).desc()).limit(limit)
+    if pipeline:
+        query = query.where(Run.pipeline == pipeline)
+    if state:
+        query = query.where(col(Run.state) == state)
+    return [run_row(r) for r in session.exec(query)]
+
+
+def config_history_rows(session: Session, *, limit: int = 50) -> list[dict[str, Any]]:
+    query = select(ConfigVersion).order_by(col(ConfigVersion.id).desc()).limit(limit)
+    return [
+        {
+            "version": v.id,
+            "created_at": _iso(v.created_at),
+            "author": v.author,
+            "comment": v.comment,
+            "source": v.source,
+            "checksum": v.checksum,
+            "pipelines": len(v.document.get("pipelines", [])),
+            "daemons": len(v.document.get("daemons", [])),
+        }
+        for v in session.exec(query)
+    ]

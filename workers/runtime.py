@@ -1,0 +1,131 @@
+"""What a daemon process holds: its identity, local state, running jobs and a way to talk to the cp."""
+
+from __future__ import annotations
+
+import logging
+import os
+import resource
+import socket
+import threading
+import time
+from pathlib import Path
+
+from celery import Celery
+from pydantic import BaseModel
+
+import cp
+from cp.models import utcnow
+from cp.protocol import (
+    CP_DAEMON_HELLO,
+    CP_HEARTBEAT,
+    CP_QUEUE,
+    DaemonHello,
+    Heartbeat,
+    dump,
+)
+from cp.settings import Settings
+from workers.local_state import LocalState
+
+log = logging.getLogger(__name__)
+
+
+class DaemonRuntime:
+    def __init__(self, settings: Settings, app: Celery, *, name: str, labels: dict[str, str]) -> None:
+        self.settings = settings
+        self.app = app
+        self.name = name
+        self.labels = labels
+        self.home = settings.home
+        self.state = LocalState(settings.home / "daemons" / name)
+        self._running: set[str] = set()
+        self._finished: set[str] = set()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._heartbeat_thread: threading.Thread | None = None
+        self._cpu_mark = (time.monotonic(), _cpu_seconds())
+
+    def send(self, task: str, message: BaseModel, *, argsrepr: str) -> None:
+        self.app.send_task(task, args=[dump(message)], queue=CP_QUEUE, argsrepr=argsrepr, kwargsrepr="{}")
+
+    # --- running-job bookkeeping: a redelivered message must not run a job twice at once
+
+    def claim(self, run_key: str) -> bool:
+        with self._lock:
+            if run_key in self._running or run_key in self._finished:
+                return False
+            self._running.add(run_key)
+            return True
+
+    def release(self, run_key: str) -> None:
+        with self._lock:
+            self._running.discard(run_key)
+            self._finished.add(run_key)
+
+    def running(self) -> list[str]:
+        with self._lock:
+            return sorted(self._running)
+
+    # --- lifecycle
+
+    def start(self) -> None:
+        applied = self.state.load()
+        self.send(
+            CP_DAEMON_HELLO,
+            DaemonHello(
+                name=self.name,
+                labels=self.labels,
+                software_version=cp.__version__,
+                hostname=socket.gethostname(),
+                applied_config_version=applied.version if applied else None,
+            ),
+            argsrepr=f"daemon={self.name}",
+        )
+        self._stop.clear()
+        self._heartbeat_thread = threading.Thread(
+            target=self._heartbeat_loop, name="mycelial-heartbeat", daemon=True
+        )
+        self._heartbeat_thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._heartbeat_thread is not None:
+            self._heartbeat_thread.join(timeout=5)
+
+    def heartbeat(self) -> None:
+        self.send(
+            CP_HEARTBEAT,
+            Heartbeat(
+                name=self.name,
+                sent_at=utcnow(),
+                running_runs=self.running(),
+                cpu_percent=self._cpu_percent(),
+                memory_mb=_rss_mb(),
+            ),
+            argsrepr=f"daemon={self.name}",
+        )
+
+    def _heartbeat_loop(self) -> None:
+        while not self._stop.wait(self.settings.heartbeat_interval):
+            try:
+                self.heartbeat()
+            except Exception:
+                log.exception("heartbeat from %s failed; trying again next interval", self.name)
+
+    def _cpu_percent(self) -> float:
+        now, cpu_now = time.monotonic(), _cpu_seconds()
+        then, cpu_then = self._cpu_mark
+        self._cpu_mark = (now, cpu_now)
+        return round(100.0 * (cpu_now - cpu_then) / max(now - then, 1e-6), 1)
+
+
+def _cpu_seconds() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+def _rss_mb() -> float:
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+        return round(pages * os.sysconf("SC_PAGE_SIZE") / 2**20, 1)
+    except (OSError, ValueError, IndexError):
+        return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
