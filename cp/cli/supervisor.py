@@ -38,7 +38,10 @@ class Stack:
 
     def start(self, env: dict[str, str]) -> None:
         for child in self.children:
-            child.process = subprocess.Popen(child.argv, env=env, preexec_fn=_die_with_parent)
+            # own session: a terminal's Ctrl-C reaches only `up`, which then stops children in order
+            child.process = subprocess.Popen(
+                child.argv, env=env, preexec_fn=_die_with_parent, start_new_session=True
+            )
             info(f"  started {child.name} (pid {child.process.pid})")
 
     def first_exited(self) -> Child | None:
