@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, SQLModel, create_engine
 
 from cp import models  # noqa: F401  (registers the tables on SQLModel.metadata)
@@ -35,9 +37,28 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+SCHEMA_LOCK_ID = 0x6D7963656C69616C  # "mycelial": serializes schema creation across processes
+
+
 def create_schema(engine: Engine) -> None:
-    """Create missing tables (migrations take over after the first release)."""
-    SQLModel.metadata.create_all(engine)
+    """Create missing tables; safe when several processes start at once.
+
+    Migrations take over after the first release.
+    """
+    if engine.dialect.name == "postgresql":
+        with engine.begin() as conn:
+            conn.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": SCHEMA_LOCK_ID})
+            SQLModel.metadata.create_all(conn)
+        return
+    for attempt in range(5):
+        try:
+            SQLModel.metadata.create_all(engine)
+            return
+        except OperationalError:
+            # another process created a table between our check and our CREATE; look again
+            if attempt == 4:
+                raise
+            time.sleep(0.2 * (attempt + 1))
 
 
 @contextmanager

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import JSON, Column, DateTime, Index, Text, TypeDecorator, UniqueConstraint
+from sqlalchemy import Enum as SAEnum
 from sqlalchemy.engine import Dialect
 from sqlmodel import Field, SQLModel
 
@@ -37,6 +38,18 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 def _ts(*, nullable: bool = True) -> Any:
     return Field(default=None, sa_column=Column(UTCDateTime(), nullable=nullable))
+
+
+def _enum(enum_cls: type[enum.StrEnum], default: Any, *, index: bool = False) -> Any:
+    """Stored as its string value in a plain VARCHAR: no native ENUM types to migrate."""
+    column_type = SAEnum(
+        enum_cls,
+        native_enum=False,
+        create_constraint=False,
+        length=32,
+        values_callable=lambda members: [m.value for m in members],
+    )
+    return Field(default=default, sa_type=column_type, index=index)
 
 
 def _json() -> Any:
@@ -80,7 +93,7 @@ class Daemon(SQLModel, table=True):
     name: str = Field(unique=True, index=True)
     labels: dict[str, str] = _json()
     declared: bool = False
-    status: DaemonStatus = DaemonStatus.UNKNOWN
+    status: DaemonStatus = _enum(DaemonStatus, DaemonStatus.UNKNOWN)
     status_since: datetime | None = _ts()
     status_reason: str | None = None
     software_version: str | None = None
@@ -142,10 +155,10 @@ class Run(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     run_key: str = Field(unique=True, index=True)
     pipeline: str
-    trigger: RunTrigger
+    trigger: RunTrigger = _enum(RunTrigger, RunTrigger.MANUAL)
     scheduled_for: datetime | None = _ts()
     daemon: str | None = None
-    state: RunState = Field(default=RunState.QUEUED, index=True)
+    state: RunState = _enum(RunState, RunState.QUEUED, index=True)
     attempt: int = 1
     task_id: str | None = None
     deliveries: int = 0

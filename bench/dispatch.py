@@ -1,0 +1,273 @@
+"""Dispatch: commit and publish runs to 100 daemon queues, against raw ``send_task`` of as many messages.
+
+Cases (each against the same baseline):
+
+- ``cp dispatch (commit per run)``: one session per run — load the pipeline, ``create_run``, commit,
+  publish — exactly what ``mycelial run PIPELINE`` does.
+- ``cp dispatch (batched outbox, 100 runs per commit)``: a scheduler tick in which all 100 pipelines
+  fire: 100 scheduled runs, one commit, then 100 publishes.
+
+Baseline: ``app.send_task("daemon.run_job", args=[payload], queue=...)`` of the same number of
+messages, with payloads built by ``create_run`` itself, to the same 100 queues on the same app and
+broker. It is measured before and after the cases; the better of the two is used.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from celery import Celery
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, select
+
+from bench.harness import Result, broker, progress, rate
+from cp.celery_app import make_celery
+from cp.config_file import parse_config_text
+from cp.config_store import apply_document
+from cp.db import create_schema, make_engine, session_scope
+from cp.dispatch import CeleryDispatcher, Outgoing
+from cp.models import Pipeline, RunTrigger, utcnow
+from cp.protocol import DAEMON_RUN_JOB, daemon_queue
+from cp.runs import NewRun, create_run, get_pipeline
+from cp.settings import Settings
+
+RUNS = 5_000
+RUNS_QUICK = 1_000
+DAEMONS = 100
+TICK = 100  # runs per commit in the batched case: one tick in which every pipeline fires
+WARM_UP = 200
+
+CASE_PER_RUN = "cp dispatch (commit per run)"
+CASE_BATCHED = f"cp dispatch (batched outbox, {TICK} runs per commit)"
+
+
+def daemon_name(index: int) -> str:
+    return f"daemon-{index:03d}"
+
+
+def pipeline_name(index: int) -> str:
+    return f"pipeline-{index:03d}"
+
+
+def config_text(daemons: int = DAEMONS) -> str:
+    """A configuration file: ``daemons`` daemons, one SQLite connector pair, one pinned pipeline each."""
+    lines = ["daemons:"]
+    for i in range(daemons):
+        lines += [f"  - name: {daemon_name(i)}", "    labels:", f"      site: site-{i:03d}"]
+    lines += [
+        "connectors:",
+        "  - name: bench-source",
+        "    kind: sqlite",
+        "    path: bench/source.db",
+        "  - name: bench-sink",
+        "    kind: sqlite",
+        "    path: bench/sink.db",
+        "pipelines:",
+    ]
+    for i in range(daemons):
+        lines += [
+            f"  - name: {pipeline_name(i)}",
+            "    source:",
+            "      connector: bench-source",
+            f"      table: orders_{i:03d}",
+            "    destination:",
+            "      connector: bench-sink",
+            f"      table: orders_{i:03d}",
+            "    mode: append",
+            "    batch_size: 5000",
+            f"    daemon: {daemon_name(i)}",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+@dataclass
+class Bench:
+    """The control plane under test: a fresh SQLite database, a Celery app and the daemon queues."""
+
+    settings: Settings
+    engine: Engine
+    app: Celery
+    client: Any  # the broker's redis client, to count and delete queue keys
+    key_names: Callable[[str], list[str]]
+    pipelines: list[str]
+
+    @property
+    def queues(self) -> list[str]:
+        return [daemon_queue(daemon_name(i)) for i in range(len(self.pipelines))]
+
+    def queued(self) -> int:
+        with self.client.pipeline() as pipe:
+            for queue in self.queues:
+                pipe.llen(queue)
+            return sum(pipe.execute())
+
+    def drop_messages(self) -> None:
+        """Delete the daemon queues' message lists (bindings stay: the app has declared them)."""
+        self.client.delete(*self.queues)
+
+    def drop_everything(self) -> None:
+        """Delete the daemon queues and their bindings, so nothing of this run stays in Redis."""
+        keys = [key for queue in self.queues for key in self.key_names(queue)]
+        self.client.delete(*keys)
+
+
+def commit_per_run(bench: Bench, count: int) -> None:
+    """``mycelial run``: a session per run, commit, then publish."""
+    dispatcher = CeleryDispatcher(bench.app)
+    names = bench.pipelines
+    for i in range(count):
+        with session_scope(bench.engine) as session:
+            new = create_run(
+                session,
+                get_pipeline(session, names[i % len(names)]),
+                trigger=RunTrigger.MANUAL,
+                now=utcnow(),
+                expires=bench.settings.run_job_expires,
+            )
+        assert new is not None and new.message is not None
+        dispatcher.send(new.message)
+
+
+def batched_outbox(bench: Bench, count: int, *, first_fire: datetime) -> None:
+    """A scheduler tick: every pipeline fires, one commit for the lot, then publish each."""
+    dispatcher = CeleryDispatcher(bench.app)
+    for tick, start in enumerate(range(0, count, TICK)):
+        fire = first_fire + timedelta(minutes=tick)
+        created: list[NewRun] = []
+        with session_scope(bench.engine) as session:
+            pipelines = session.exec(select(Pipeline).order_by(col(Pipeline.name))).all()
+            now = utcnow()
+            for pipeline in pipelines[: min(TICK, count - start)]:
+                new = create_run(
+                    session,
+                    pipeline,
+                    trigger=RunTrigger.SCHEDULE,
+                    now=now,
+                    scheduled_for=fire,
+                    expires=bench.settings.run_job_expires,
+                )
+                assert new is not None and new.message is not None
+                created.append(new)
+        for new in created:
+            assert new.message is not None
+            dispatcher.send(new.message)
+
+
+def raw_send_task(bench: Bench, messages: list[Outgoing], count: int) -> None:
+    """The baseline: Celery's own ``send_task``, no database."""
+    for i in range(count):
+        message = messages[i % len(messages)]
+        bench.app.send_task(DAEMON_RUN_JOB, args=[message.payload], queue=message.queue)
+
+
+def sample_messages(bench: Bench) -> list[Outgoing]:
+    """One job message per pipeline, built by ``create_run`` and rolled back."""
+    with Session(bench.engine) as session:
+        messages = []
+        for name in bench.pipelines:
+            new = create_run(
+                session,
+                get_pipeline(session, name),
+                trigger=RunTrigger.MANUAL,
+                now=utcnow(),
+                expires=bench.settings.run_job_expires,
+            )
+            assert new is not None and new.message is not None
+            messages.append(new.message)
+        session.rollback()
+    return messages
+
+
+def measure(bench: Bench, label: str, count: int, work: Callable[[], object]) -> float:
+    """Time ``work``, check that exactly ``count`` messages arrived, then drop them."""
+    bench.drop_messages()
+    per_second = rate(count, work)
+    arrived = bench.queued()
+    bench.drop_messages()
+    if arrived != count:
+        raise RuntimeError(f"{label}: {arrived} messages in the daemon queues, expected {count}")
+    progress(f"  {label}: {per_second:,.0f}/s")
+    return per_second
+
+
+@contextmanager
+def control_plane(broker_url: str, home: Path) -> Iterator[Bench]:
+    """A fresh control plane with the generated configuration applied."""
+    started = time.perf_counter()
+    settings = Settings(home=home)
+    engine = make_engine(f"sqlite:///{home / 'mycelial.db'}")
+    create_schema(engine)
+    document = parse_config_text(config_text(), source="<bench dispatch>")
+    with session_scope(engine) as session:
+        apply_document(
+            session, document, author="bench", comment="dispatch benchmark", source="<bench>", now=utcnow()
+        )
+    progress(f"  set-up: config with {DAEMONS} daemons applied in {time.perf_counter() - started:.1f}s")
+    app = make_celery(settings, name="mycelial-bench", url=broker_url)
+    try:
+        with app.connection_for_write() as connection:
+            channel = connection.default_channel
+            client = channel.client
+            client.ping()
+
+            def key_names(queue: str) -> list[str]:
+                # the message list (one per priority step) and the bindings kombu declares for the queue
+                lists = [queue] + [f"{queue}{channel.sep}{p}" for p in channel.priority_steps if p]
+                bindings = [channel.keyprefix_queue % queue, channel.keyprefix_binding_permanent % queue]
+                return lists + bindings
+
+            bench = Bench(
+                settings=settings,
+                engine=engine,
+                app=app,
+                client=client,
+                key_names=key_names,
+                pipelines=[pipeline_name(i) for i in range(DAEMONS)],
+            )
+            bench.drop_everything()
+            try:
+                yield bench
+            finally:
+                bench.drop_everything()
+    finally:
+        app.close()
+        engine.dispose()
+
+
+def run(*, quick: bool) -> list[Result]:
+    count = RUNS_QUICK if quick else RUNS
+    progress(f"dispatch: {count:,} runs to {DAEMONS} daemon queues")
+    with broker() as url, tempfile.TemporaryDirectory(prefix="mycb") as home:
+        with control_plane(url, Path(home)) as bench:
+            messages = sample_messages(bench)
+            size = len(json.dumps(messages[0].payload))
+            progress(f"  job payload: {size} bytes of JSON")
+            # warm up: connection, producer pool, queue declarations, SQLAlchemy's statement cache
+            measure(bench, "warm-up (cp)", WARM_UP, lambda: commit_per_run(bench, WARM_UP))
+            measure(bench, "warm-up (raw)", WARM_UP, lambda: raw_send_task(bench, messages, WARM_UP))
+
+            baseline_before = measure(
+                bench, "baseline send_task", count, lambda: raw_send_task(bench, messages, count)
+            )
+            per_run = measure(bench, CASE_PER_RUN, count, lambda: commit_per_run(bench, count))
+            first_fire = datetime(2026, 1, 1, tzinfo=UTC)
+            batched = measure(
+                bench, CASE_BATCHED, count, lambda: batched_outbox(bench, count, first_fire=first_fire)
+            )
+            baseline_after = measure(
+                bench, "baseline send_task (again)", count, lambda: raw_send_task(bench, messages, count)
+            )
+    baseline = max(baseline_before, baseline_after)
+    progress(f"  baseline used: the better of {baseline_before:,.0f} and {baseline_after:,.0f} msgs/s")
+    return [
+        Result(case=CASE_PER_RUN, value=per_run, unit="runs/s", baseline=baseline),
+        Result(case=CASE_BATCHED, value=batched, unit="runs/s", baseline=baseline),
+    ]

@@ -1,0 +1,170 @@
+"""Specification of run rows: creation keyed by fire time, and daemons' reports applied idempotently."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from sqlmodel import Session, select
+
+from cp.models import Pipeline, Run, RunState, RunTrigger
+from cp.protocol import RunEvent
+from cp.runs import UnknownPipelineError, create_run, get_pipeline, record_run_event
+
+NOW = datetime(2025, 6, 2, 12, 0, tzinfo=UTC)
+STARTED = datetime(2025, 6, 2, 12, 0, 3, tzinfo=UTC)
+FINISHED = datetime(2025, 6, 2, 12, 1, 0, tzinfo=UTC)
+
+
+def event(state: str, *, at: datetime = STARTED, run_key: str = "orders@1", **fields: Any) -> RunEvent:
+    return RunEvent(run_key=run_key, daemon="edge-1", state=state, at=at, **fields)  # type: ignore[arg-type]
+
+
+def reload(session: Session, run_key: str = "orders@1") -> Run:
+    session.expire_all()
+    return session.exec(select(Run).where(Run.run_key == run_key)).one()
+
+
+def test_a_second_run_for_the_same_fire_is_not_created(
+    session: Session, add_pipeline: Callable[..., Pipeline]
+) -> None:
+    pipeline = add_pipeline("orders", daemon="edge-1")
+    fire = datetime(2025, 6, 2, 11, 0, tzinfo=UTC)
+
+    first = create_run(session, pipeline, trigger=RunTrigger.SCHEDULE, now=NOW, scheduled_for=fire, expires=60)
+    second = create_run(session, pipeline, trigger=RunTrigger.SCHEDULE, now=NOW, scheduled_for=fire, expires=60)
+    session.commit()
+
+    assert first is not None and second is None
+    assert [r.run_key for r in session.exec(select(Run))] == ["orders@2025-06-02T11:00:00Z"]
+
+
+def test_manual_runs_get_distinct_keys_and_go_to_the_pinned_daemon(
+    session: Session, add_pipeline: Callable[..., Pipeline]
+) -> None:
+    pipeline = add_pipeline("orders", daemon="edge-1")
+
+    made = [create_run(session, pipeline, trigger=RunTrigger.MANUAL, now=NOW, expires=60) for _ in range(2)]
+    session.commit()
+
+    keys = [m.run.run_key for m in made if m is not None]
+    assert len(set(keys)) == 2 and all(k.startswith("orders@manual-") for k in keys)
+    assert [m.message.queue for m in made if m is not None and m.message] == ["mycelial.daemon.edge-1"] * 2
+
+
+def test_looking_up_an_unknown_pipeline_names_it(session: Session) -> None:
+    with pytest.raises(UnknownPipelineError, match="unknown pipeline 'ghost'"):
+        get_pipeline(session, "ghost")
+
+
+def test_a_started_event_moves_a_queued_run_to_running(session: Session, add_run: Callable[..., Run]) -> None:
+    add_run("orders@1")
+
+    applied = record_run_event(session, event("started"), now=NOW)
+    session.commit()
+
+    run = reload(session)
+    assert applied is True
+    assert (run.state, run.started_at, run.finished_at) == (RunState.RUNNING, STARTED, None)
+
+
+def test_a_progress_event_updates_counts_but_keeps_the_run_running(
+    session: Session, add_run: Callable[..., Run]
+) -> None:
+    add_run("orders@1", state=RunState.RUNNING)
+
+    record_run_event(session, event("progress", rows_read=500, rows_written=400, cursor="42"), now=NOW)
+    session.commit()
+
+    run = reload(session)
+    assert (run.state, run.rows_read, run.rows_written, run.cursor_after) == (RunState.RUNNING, 500, 400, "42")
+
+
+def test_a_succeeded_event_finishes_the_run_with_its_counts(
+    session: Session, add_run: Callable[..., Run]
+) -> None:
+    add_run("orders@1")
+    record_run_event(session, event("started"), now=NOW)
+
+    record_run_event(session, event("succeeded", at=FINISHED, rows_read=1000, rows_written=1000), now=NOW)
+    session.commit()
+
+    run = reload(session)
+    assert (run.state, run.rows_read, run.rows_written, run.error) == (RunState.SUCCEEDED, 1000, 1000, None)
+    assert (run.started_at, run.finished_at) == (STARTED, FINISHED)
+
+
+def test_a_failed_event_finishes_the_run_with_its_error(session: Session, add_run: Callable[..., Run]) -> None:
+    add_run("orders@1", state=RunState.RUNNING)
+
+    record_run_event(
+        session, event("failed", at=FINISHED, rows_read=20, error="source shop: no such table: orders"), now=NOW
+    )
+    session.commit()
+
+    run = reload(session)
+    assert (run.state, run.rows_read, run.error) == (RunState.FAILED, 20, "source shop: no such table: orders")
+    assert run.finished_at == FINISHED
+
+
+def test_a_finish_without_a_start_event_still_records_when_it_started(
+    session: Session, add_run: Callable[..., Run]
+) -> None:
+    add_run("orders@1")
+
+    record_run_event(session, event("succeeded", at=FINISHED), now=NOW)
+    session.commit()
+
+    assert reload(session).started_at == FINISHED
+
+
+@pytest.mark.parametrize("late", ["started", "progress", "failed", "succeeded"])
+def test_events_for_a_finished_run_are_ignored(
+    session: Session, add_run: Callable[..., Run], late: str
+) -> None:
+    add_run("orders@1")
+    record_run_event(session, event("succeeded", at=FINISHED, rows_read=10, rows_written=10), now=NOW)
+    session.commit()
+
+    applied = record_run_event(
+        session, event(late, at=datetime(2025, 6, 2, 13, 0, tzinfo=UTC), rows_read=99, error="late"), now=NOW
+    )
+    session.commit()
+
+    run = reload(session)
+    assert applied is False
+    assert (run.state, run.rows_read, run.finished_at, run.error) == (RunState.SUCCEEDED, 10, FINISHED, None)
+
+
+def test_a_redelivered_started_event_does_not_move_the_start_time(
+    session: Session, add_run: Callable[..., Run]
+) -> None:
+    add_run("orders@1")
+    record_run_event(session, event("started"), now=NOW)
+
+    record_run_event(session, event("started", at=datetime(2025, 6, 2, 12, 5, tzinfo=UTC)), now=NOW)
+    session.commit()
+
+    assert reload(session).started_at == STARTED
+
+
+def test_counts_never_go_backwards_when_events_arrive_out_of_order(
+    session: Session, add_run: Callable[..., Run]
+) -> None:
+    add_run("orders@1", state=RunState.RUNNING)
+    record_run_event(session, event("progress", rows_read=800, rows_written=800), now=NOW)
+
+    record_run_event(session, event("progress", rows_read=300, rows_written=300), now=NOW)
+    session.commit()
+
+    assert (reload(session).rows_read, reload(session).rows_written) == (800, 800)
+
+
+def test_an_event_for_an_unknown_run_is_ignored(session: Session) -> None:
+    applied = record_run_event(session, event("started", run_key="ghost@1"), now=NOW)
+    session.commit()
+
+    assert applied is False
+    assert session.exec(select(Run)).all() == []
