@@ -200,21 +200,26 @@ def measure(bench: Bench, label: str, count: int, work: Callable[[], object]) ->
 
 @contextmanager
 def control_plane(broker_url: str, home: Path) -> Iterator[Bench]:
-    """A fresh control plane with the generated configuration applied."""
+    """A fresh control plane with the generated configuration applied; its queues are emptied after."""
     started = time.perf_counter()
     settings = Settings(home=home)
     engine = make_engine(f"sqlite:///{home / 'mycelial.db'}")
-    create_schema(engine)
-    document = parse_config_text(config_text(), source="<bench dispatch>")
-    with session_scope(engine) as session:
-        apply_document(
-            session, document, author="bench", comment="dispatch benchmark", source="<bench>", now=utcnow()
-        )
-    progress(f"  set-up: config with {DAEMONS} daemons applied in {time.perf_counter() - started:.1f}s")
     app = make_celery(settings, name="mycelial-bench", url=broker_url)
     try:
+        create_schema(engine)
+        document = parse_config_text(config_text(), source="<bench dispatch>")
+        with session_scope(engine) as session:
+            apply_document(
+                session,
+                document,
+                author="bench",
+                comment="dispatch benchmark",
+                source="<bench>",
+                now=utcnow(),
+            )
+        progress(f"  set-up: config with {DAEMONS} daemons applied in {time.perf_counter() - started:.1f}s")
         with app.connection_for_write() as connection:
-            channel = connection.default_channel
+            channel: Any = connection.default_channel  # kombu's Redis channel: the client and key names
             client = channel.client
             client.ping()
 

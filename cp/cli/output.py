@@ -46,7 +46,7 @@ def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[Column], *, em
 
 
 def info(message: str) -> None:
-    Console().print(message, highlight=False)
+    Console(soft_wrap=True).print(message, highlight=False, markup=False)
 
 
 def warn(message: str) -> None:

@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import FrameType
 
 from cp.celery_app import make_celery
@@ -36,13 +37,21 @@ class Stack:
     children: list[Child] = field(default_factory=list)
     stopping: bool = False
 
-    def start(self, env: dict[str, str]) -> None:
+    def start(self, env: dict[str, str], *, log_dir: Path) -> None:
+        log_dir.mkdir(parents=True, exist_ok=True)
         for child in self.children:
-            # own session: a terminal's Ctrl-C reaches only `up`, which then stops children in order
-            child.process = subprocess.Popen(
-                child.argv, env=env, preexec_fn=_die_with_parent, start_new_session=True
-            )
-            info(f"  started {child.name} (pid {child.process.pid})")
+            log_path = log_dir / f"{child.name.replace(' ', '-')}.log"
+            with open(log_path, "ab") as log:
+                # own session: a terminal's Ctrl-C reaches only `up`, which then stops children in order
+                child.process = subprocess.Popen(
+                    child.argv,
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    preexec_fn=_die_with_parent,
+                    start_new_session=True,
+                )
+            info(f"  started {child.name:<13} pid {child.process.pid}")
 
     def first_exited(self) -> Child | None:
         return next((c for c in self.children if c.process and c.process.poll() is not None), None)
@@ -87,9 +96,9 @@ def run_stack(settings: Settings, *, demo: bool) -> int:
 
     stack = Stack(
         [
-            Child("control-plane worker", _cli("worker")),
+            Child("worker", _cli("worker")),
             Child("beat", _cli("beat")),
-            Child("daemon local", _cli("daemon", "--name", "local", "--labels", "site=local")),
+            Child("daemon-local", _cli("daemon", "--name", "local", "--labels", "site=local")),
             Child("flower", _cli("flower")),
         ]
     )
@@ -103,7 +112,8 @@ def run_stack(settings: Settings, *, demo: bool) -> int:
     }
     try:
         info(f"home: {settings.home}   database: {settings.effective_database_url}")
-        stack.start(env)
+        stack.start(env, log_dir=settings.home / "logs")
+        info(f"logs: {settings.home / 'logs'}/")
         user, password = flower_credentials(settings.home)
         info(
             f"Flower: http://{settings.flower_address}:{settings.flower_port}"
@@ -121,7 +131,10 @@ def run_stack(settings: Settings, *, demo: bool) -> int:
             exited = stack.first_exited()
             if exited is not None:
                 assert exited.process is not None
-                warn(f"{exited.name} exited with code {exited.process.returncode}; stopping the stack")
+                warn(
+                    f"{exited.name} exited with code {exited.process.returncode} "
+                    f"(see {settings.home / 'logs'}); stopping the stack"
+                )
                 return EXIT_FAILED
             time.sleep(0.2)
         return EXIT_OK
