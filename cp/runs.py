@@ -126,3 +126,11 @@ def record_run_event(session: Session, event: RunEvent, *, now: datetime) -> boo
         run.error = event.error
     session.add(run)
     return True
+
+
+def mark_unpublished(session: Session, run_key: str, *, error: str, now: datetime) -> None:
+    """A manual run whose job could not be published fails at once instead of waiting unseen."""
+    run = session.exec(select(Run).where(Run.run_key == run_key)).one()
+    if run.state is RunState.QUEUED:
+        run.state, run.finished_at, run.error = RunState.FAILED, now, error
+        session.add(run)

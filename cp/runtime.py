@@ -10,6 +10,7 @@ from celery import Celery
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
+from cp.celery_app import make_celery
 from cp.config_store import ConfigPush
 from cp.db import create_schema, make_engine, session_scope
 from cp.dispatch import CeleryDispatcher, Dispatcher, apply_config_message
@@ -19,12 +20,22 @@ from cp.settings import Settings
 
 
 class ControlPlane:
-    """Opens nothing until first used."""
+    """Opens nothing until first used; read-only commands never need the broker."""
 
-    def __init__(self, settings: Settings, app: Celery, *, dispatcher: Dispatcher | None = None) -> None:
+    def __init__(
+        self, settings: Settings, app: Celery | None = None, *, dispatcher: Dispatcher | None = None
+    ) -> None:
         self.settings = settings
-        self.app = app
-        self.dispatcher: Dispatcher = dispatcher or CeleryDispatcher(app)
+        self._app = app
+        self._dispatcher = dispatcher
+
+    @cached_property
+    def app(self) -> Celery:
+        return self._app or make_celery(self.settings)
+
+    @cached_property
+    def dispatcher(self) -> Dispatcher:
+        return self._dispatcher or CeleryDispatcher(self.app)
 
     @cached_property
     def engine(self) -> Engine:

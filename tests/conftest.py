@@ -37,7 +37,11 @@ class Broker:
         """A URL for an empty Redis database, so stacks never see each other's messages."""
         db = self._next_db
         self._next_db = db % 15 + 1
-        url = f"{self.base_url.rstrip('/')}/{db}" if self.base_url.startswith("redis://") else f"{self.base_url}?virtual_host={db}"
+        url = (
+            f"{self.base_url.rstrip('/')}/{db}"
+            if self.base_url.startswith("redis://")
+            else f"{self.base_url}?virtual_host={db}"
+        )
         client = _client(url)
         client.flushdb()
         client.close()
@@ -129,7 +133,9 @@ class Stack:
 
     def start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
         log = open(self.home / f"{name}.log", "wb")
-        proc = subprocess.Popen([sys.executable, "-m", "cp.cli", *args], env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "cp.cli", *args], env=self.env, stdout=log, stderr=subprocess.STDOUT
+        )
         self.procs[name] = proc
         return proc
 
@@ -149,17 +155,25 @@ class Stack:
 
     def cli(self, *args: str, check: bool = False, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
-            [sys.executable, "-m", "cp.cli", *args], env=self.env, capture_output=True, text=True, timeout=timeout
+            [sys.executable, "-m", "cp.cli", *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
         )
         if check and result.returncode != 0:
-            raise AssertionError(f"mycelial {' '.join(args)} exited {result.returncode}:\n{result.stderr}{result.stdout}")
+            raise AssertionError(
+                f"mycelial {' '.join(args)} exited {result.returncode}:\n{result.stderr}{result.stdout}"
+            )
         return result
 
     def json(self, *args: str) -> Any:
         return json.loads(self.cli(*args, "--json", check=True).stdout)
 
     def logs(self) -> str:
-        return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-4000:]}" for p in sorted(self.home.glob("*.log")))
+        return "\n".join(
+            f"--- {p.name}\n{p.read_text(errors='replace')[-4000:]}" for p in sorted(self.home.glob("*.log"))
+        )
 
     def write_config(self, text: str, name: str = "config.yaml") -> Path:
         path = self.home / name

@@ -102,7 +102,9 @@ def test_apply_then_run_moves_rows_and_a_failing_run_exits_1(make_stack, databas
     ok = stack.cli("run", "orders", "--wait", "--timeout", "60")
     assert ok.returncode == 0, ok.stderr + stack.logs()
     assert "succeeded: 50 rows written" in ok.stdout
-    assert table_rows(stack.home / "warehouse.db", "orders_copy") == table_rows(stack.home / "shop.db", "orders")
+    assert table_rows(stack.home / "warehouse.db", "orders_copy") == table_rows(
+        stack.home / "shop.db", "orders"
+    )
 
     failed = stack.cli("run", "broken", "--wait", "--timeout", "60")
     assert failed.returncode == 1, failed.stdout + failed.stderr
@@ -136,7 +138,9 @@ def test_a_bad_config_file_is_rejected_whole_with_exit_2(make_stack, database_ur
     assert stack.json("pipelines")["pipelines"] == []
 
 
-def test_a_stopped_daemon_shows_offline_and_a_restarted_one_gets_its_config(make_stack, database_url: str) -> None:  # type: ignore[no-untyped-def]
+def test_a_stopped_daemon_shows_offline_and_a_restarted_one_gets_its_config(
+    make_stack, database_url: str
+) -> None:  # type: ignore[no-untyped-def]
     stack: Stack = make_stack(database_url)
     start_daemon_stack(stack, "edge-2")
     stack.start("beat", "beat")
@@ -156,7 +160,9 @@ def test_a_stopped_daemon_shows_offline_and_a_restarted_one_gets_its_config(make
     stack.cli("apply", "-f", str(stack.write_config(changed)), check=True)
     stack.start("daemon", "daemon", "--name", "edge-2", "--labels", "site=berlin")
     wait_for(
-        lambda: (d := stack.daemon("edge-2")) and d["status"] == "online" and d["applied_config_version"] == 2,
+        lambda: (
+            (d := stack.daemon("edge-2")) and d["status"] == "online" and d["applied_config_version"] == 2
+        ),
         timeout=60,
         what="edge-2 back online with config version 2",
         stack=stack,
@@ -174,7 +180,12 @@ def test_a_per_second_schedule_is_fired_by_beat_once_per_fire_time(make_stack, d
     daemon: edge-3
     schedule: "* * * * * */2"
 """
-    stack.cli("apply", "-f", str(stack.write_config(config_text(stack, "edge-3", extra=every_two_seconds))), check=True)
+    stack.cli(
+        "apply",
+        "-f",
+        str(stack.write_config(config_text(stack, "edge-3", extra=every_two_seconds))),
+        check=True,
+    )
 
     def scheduled_successes() -> list[dict[str, object]]:
         runs = stack.json("runs", "--pipeline", "ticking")["runs"]
@@ -186,7 +197,9 @@ def test_a_per_second_schedule_is_fired_by_beat_once_per_fire_time(make_stack, d
     assert len(keys) == len(set(keys))
     fire_seconds = sorted(int(str(r["scheduled_for"])[17:19]) for r in done)
     assert all(second % 2 == 0 for second in fire_seconds)
-    assert table_rows(stack.home / "warehouse.db", "ticking_copy") == table_rows(stack.home / "shop.db", "orders")
+    assert table_rows(stack.home / "warehouse.db", "ticking_copy") == table_rows(
+        stack.home / "shop.db", "orders"
+    )
 
 
 def test_malformed_messages_are_rejected_and_workers_keep_working(make_stack, database_url: str) -> None:  # type: ignore[no-untyped-def]
@@ -196,7 +209,9 @@ def test_malformed_messages_are_rejected_and_workers_keep_working(make_stack, da
     stack.cli("apply", "-f", str(stack.write_config(config_text(stack, "edge-4"))), check=True)
 
     app = make_celery(Settings(home=stack.home), url=stack.env["MYCELIAL_BROKER_URL"])
-    app.send_task("cp.heartbeat", args=[{"v": 1, "name": "edge-4", "sent_at": "not a time"}], queue="mycelial.cp")
+    app.send_task(
+        "cp.heartbeat", args=[{"v": 1, "name": "edge-4", "sent_at": "not a time"}], queue="mycelial.cp"
+    )
     app.send_task("cp.run_event", args=["just a string"], queue="mycelial.cp")
     app.send_task("daemon.run_job", args=[{"v": 99}], queue="mycelial.daemon.edge-4")
 

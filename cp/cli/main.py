@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 from typing import Annotated
 
-import click
 import typer
 
 from cp.celery_app import BrokerNotConfiguredError
@@ -29,7 +28,8 @@ from cp.cli.output import (
 from cp.config_file import ConfigError, load_config_file
 from cp.config_store import apply_document, plan_diff
 from cp.models import Run, RunState, RunTrigger, utcnow
-from cp.runs import UnknownPipelineError, create_run, get_pipeline
+from cp.runs import UnknownPipelineError, create_run, get_pipeline, mark_unpublished
+from cp.runtime import ControlPlane
 from cp.settings import Settings, SettingsError, get_settings
 from cp.views import config_history_rows, daemon_rows, pipeline_rows, run_row, run_rows
 
@@ -39,6 +39,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # usage errors as plain lines, not boxes
 )
 config_app = typer.Typer(help="Configuration versions.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
@@ -130,7 +131,8 @@ def apply(
 ) -> None:
     """Validate FILE, show the diff, store a new config version and push it to affected daemons."""
     document = load_config_file(file)
-    cp = processes.control_plane(settings())
+    cp = ControlPlane(settings())
+    _ = cp.app  # a missing broker setting is an error before anything is stored
     with cp.session() as session:
         result = apply_document(
             session,
@@ -162,8 +164,7 @@ def apply(
 def diff(file: FileOption) -> None:
     """Show what applying FILE would change. Exit 0: no changes, 1: changes."""
     document = load_config_file(file)
-    cp = processes.control_plane(settings())
-    with cp.session() as session:
+    with ControlPlane(settings()).session() as session:
         lines = plan_diff(session, document)
     for line in lines:
         info(line)
@@ -175,7 +176,7 @@ def diff(file: FileOption) -> None:
 @config_app.command("history")
 def config_history(json_: JsonOption = False, limit: int = 20) -> None:
     """List stored configuration versions, newest first."""
-    with processes.control_plane(settings()).session() as session:
+    with ControlPlane(settings()).session() as session:
         rows = config_history_rows(session, limit=limit)
     if json_:
         print_json({"versions": rows})
@@ -199,7 +200,7 @@ def config_history(json_: JsonOption = False, limit: int = 20) -> None:
 @app.command()
 def daemons(json_: JsonOption = False) -> None:
     """List daemons with status, heartbeat age and desired/applied config versions."""
-    with processes.control_plane(settings()).session() as session:
+    with ControlPlane(settings()).session() as session:
         rows = daemon_rows(session, now=utcnow())
     if json_:
         print_json({"daemons": rows})
@@ -230,7 +231,7 @@ def daemons(json_: JsonOption = False) -> None:
 @app.command()
 def pipelines(json_: JsonOption = False) -> None:
     """List pipelines with schedule, placement and their last run."""
-    with processes.control_plane(settings()).session() as session:
+    with ControlPlane(settings()).session() as session:
         rows = pipeline_rows(session)
     if json_:
         print_json({"pipelines": rows})
@@ -279,7 +280,7 @@ def runs(
             f"--state: unknown state {state!r} (one of {', '.join(s.value for s in RunState)})",
             code=EXIT_BAD_INPUT,
         )
-    with processes.control_plane(settings()).session() as session:
+    with ControlPlane(settings()).session() as session:
         rows = run_rows(session, pipeline=pipeline, state=state, limit=limit)
     if json_:
         print_json({"runs": rows})
@@ -300,7 +301,8 @@ def run_pipeline(
     json_: JsonOption = False,
 ) -> None:
     """Start a run of PIPELINE now."""
-    cp = processes.control_plane(settings())
+    cp = ControlPlane(settings())
+    _ = cp.app  # a missing broker setting is an error before the run row exists
     with cp.session() as session:
         new = create_run(
             session,
@@ -310,7 +312,14 @@ def run_pipeline(
             expires=cp.settings.run_job_expires,
         )
     assert new is not None  # manual run keys are unique
-    cp.send_runs([new])
+    try:
+        cp.send_runs([new])
+    except Exception as exc:
+        with cp.session() as session:
+            mark_unpublished(
+                session, new.run.run_key, error=f"could not publish the job: {exc}", now=utcnow()
+            )
+        raise CliError(f"run {new.run.run_key} failed: could not publish the job ({exc})") from None
     key = new.run.run_key
     if not json_:
         info(f"run {key} queued on daemon {new.run.daemon}" if new.message else f"run {key} {new.run.error}")
@@ -341,7 +350,7 @@ def run_pipeline(
 
 # --- entry point -------------------------------------------------------------------------
 
-BAD_INPUT_ERRORS = (ConfigError, SettingsError, UnknownPipelineError)
+BAD_INPUT_ERRORS = (SettingsError, UnknownPipelineError, BrokerNotConfiguredError)
 
 
 def run() -> None:
@@ -349,14 +358,8 @@ def run() -> None:
     debug = "--debug" in sys.argv
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        code = app(standalone_mode=False)
-    except click.exceptions.Exit as exc:
-        code = exc.exit_code
-    except click.ClickException as exc:
-        exc.show()
-        code = exc.exit_code
-    except click.exceptions.Abort:
-        code = 130
+        app()  # standalone: typer reports usage errors itself (exit 2) and exits through SystemExit
+        code = EXIT_OK
     except ConfigError as exc:
         for problem in exc.problems:
             error(problem)
@@ -364,14 +367,14 @@ def run() -> None:
     except CliError as exc:
         error(str(exc))
         code = exc.code
-    except (*BAD_INPUT_ERRORS, BrokerNotConfiguredError) as exc:
+    except BAD_INPUT_ERRORS as exc:
         if debug:
             raise
         error(str(exc))
-        code = EXIT_BAD_INPUT if isinstance(exc, BAD_INPUT_ERRORS) else EXIT_FAILED
+        code = EXIT_BAD_INPUT
     except Exception as exc:
         if debug:
             raise
         error(f"{type(exc).__name__}: {exc} (run with --debug for a traceback)")
         code = EXIT_FAILED
-    sys.exit(code if isinstance(code, int) else EXIT_OK)
+    sys.exit(code)

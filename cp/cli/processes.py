@@ -24,6 +24,7 @@ FLOWER_USER = "admin"
 
 
 def control_plane(settings: Settings) -> ControlPlane:
+    """A ControlPlane whose Celery app (created on first use) carries the cp.* tasks."""
     app = make_celery(settings)
     cp = ControlPlane(settings, app)
     register_cp_tasks(app, cp)

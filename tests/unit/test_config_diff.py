@@ -37,7 +37,9 @@ def test_removed_and_added_items_get_minus_and_plus_lines(
     assert diff_documents(old, normalized(raw_config)) == ["- pipeline stock", "+ pipeline inventory"]
 
 
-def test_a_changed_field_shows_its_old_and_new_value(raw_config: dict[str, Any], normalized: Normalize) -> None:
+def test_a_changed_field_shows_its_old_and_new_value(
+    raw_config: dict[str, Any], normalized: Normalize
+) -> None:
     old = normalized(raw_config)
     raw_config["pipelines"][0]["schedule"] = "30 2 * * *"
     raw_config["pipelines"][0]["batch_size"] = 500
@@ -47,7 +49,9 @@ def test_a_changed_field_shows_its_old_and_new_value(raw_config: dict[str, Any],
     ]
 
 
-def test_a_nested_change_is_named_by_its_dotted_path(raw_config: dict[str, Any], normalized: Normalize) -> None:
+def test_a_nested_change_is_named_by_its_dotted_path(
+    raw_config: dict[str, Any], normalized: Normalize
+) -> None:
     old = normalized(raw_config)
     raw_config["pipelines"][0]["destination"]["table"] = "orders_v2"
     raw_config["connectors"][0]["path"] = "/data/shop.db"

@@ -97,13 +97,22 @@ BAD_INPUTS = [
         'pipelines[1].schedule: invalid cron "every hour"',
         id="cron-not-an-expression",
     ),
-    pytest.param("pipelines.0.colour", "red", "pipelines[0].colour: unknown field", id="unknown-pipeline-field"),
     pytest.param(
-        "pipelines.0.source.where", "1=1", "pipelines[0].source.where: unknown field", id="unknown-endpoint-field"
+        "pipelines.0.colour", "red", "pipelines[0].colour: unknown field", id="unknown-pipeline-field"
+    ),
+    pytest.param(
+        "pipelines.0.source.where",
+        "1=1",
+        "pipelines[0].source.where: unknown field",
+        id="unknown-endpoint-field",
     ),
     pytest.param("daemons.0.region", "eu", "daemons[0].region: unknown field", id="unknown-daemon-field"),
-    pytest.param("connectors.0.colour", "red", "connectors[0].colour: unknown field", id="unknown-connector-option"),
-    pytest.param("connectors.0.path", DELETE, "connectors[0].path: Field required", id="missing-connector-option"),
+    pytest.param(
+        "connectors.0.colour", "red", "connectors[0].colour: unknown field", id="unknown-connector-option"
+    ),
+    pytest.param(
+        "connectors.0.path", DELETE, "connectors[0].path: Field required", id="missing-connector-option"
+    ),
     pytest.param(
         "pipelines.1.name",
         "orders",
@@ -335,9 +344,7 @@ def test_a_valid_file_loads_to_the_same_document_as_its_text(
 
 def test_the_checksum_does_not_depend_on_key_or_item_order(raw_config: dict[str, Any]) -> None:
     shuffled = {
-        "pipelines": [
-            dict(reversed(list(p.items()))) for p in reversed(raw_config["pipelines"])
-        ],
+        "pipelines": [dict(reversed(list(p.items()))) for p in reversed(raw_config["pipelines"])],
         "connectors": [dict(reversed(list(c.items()))) for c in reversed(raw_config["connectors"])],
         "daemons": list(reversed(raw_config["daemons"])),
     }

@@ -18,7 +18,9 @@ def pipeline_spec(name: str = "orders") -> PipelineSpec:
         name=name,
         source=ConnectorSpec(name="crm", kind="postgres", options=SECRET_OPTIONS),
         source_table="customers",
-        destination=ConnectorSpec(name="warehouse", kind="sqlite", options={"path": "${file:/run/secrets/p}"}),
+        destination=ConnectorSpec(
+            name="warehouse", kind="sqlite", options={"path": "${file:/run/secrets/p}"}
+        ),
         destination_table="customers",
     )
 
@@ -63,14 +65,20 @@ def test_a_job_payload_is_a_valid_run_job_carrying_references_not_values() -> No
 
 
 def push(daemon: str = "edge-1", pipelines: tuple[str, ...] = ("orders", "stock")) -> ConfigPush:
-    state = DesiredState(daemon=daemon, labels={"site": "berlin"}, pipelines=[pipeline_spec(n) for n in pipelines])
+    state = DesiredState(
+        daemon=daemon, labels={"site": "berlin"}, pipelines=[pipeline_spec(n) for n in pipelines]
+    )
     return ConfigPush(daemon=daemon, version=7, checksum="abc123", state=state)
 
 
 def test_a_config_push_goes_to_the_daemons_own_queue_with_an_expiry() -> None:
     message = apply_config_message(push(), expires=60.0)
 
-    assert (message.task, message.queue, message.expires) == ("daemon.apply_config", "mycelial.daemon.edge-1", 60.0)
+    assert (message.task, message.queue, message.expires) == (
+        "daemon.apply_config",
+        "mycelial.daemon.edge-1",
+        60.0,
+    )
 
 
 def test_a_config_push_argsrepr_names_daemon_version_and_pipelines_only() -> None:
@@ -81,7 +89,10 @@ def test_a_config_push_argsrepr_names_daemon_version_and_pipelines_only() -> Non
 
 
 def test_an_empty_config_push_says_so_in_its_argsrepr() -> None:
-    assert apply_config_message(push(pipelines=()), expires=60.0).argsrepr == "daemon=edge-1 version=7 pipelines=-"
+    assert (
+        apply_config_message(push(pipelines=()), expires=60.0).argsrepr
+        == "daemon=edge-1 version=7 pipelines=-"
+    )
 
 
 def test_a_config_push_payload_is_the_full_desired_state() -> None:

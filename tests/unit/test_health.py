@@ -159,7 +159,9 @@ def test_a_failed_config_apply_keeps_the_old_version_and_records_the_error(
 
 
 def test_a_rejected_message_is_recorded_as_a_daemon_event(session: Session) -> None:
-    record_rejected_message(session, task="cp.heartbeat", daemon="edge-1", reason="v: Input should be 1", now=NOW)
+    record_rejected_message(
+        session, task="cp.heartbeat", daemon="edge-1", reason="v: Input should be 1", now=NOW
+    )
     session.commit()
 
     [event] = events(session)

@@ -25,7 +25,9 @@ RUN_EVENT = {"run_key": "orders@1", "daemon": "edge-1", "state": "started", "at"
 @pytest.mark.parametrize(
     ("model", "payload", "message"),
     [
-        pytest.param(DaemonHello, ["edge-1"], "DaemonHello: payload must be an object, got list", id="a-list"),
+        pytest.param(
+            DaemonHello, ["edge-1"], "DaemonHello: payload must be an object, got list", id="a-list"
+        ),
         pytest.param(DaemonHello, "edge-1", "DaemonHello: payload must be an object, got str", id="a-string"),
         pytest.param(Heartbeat, None, "Heartbeat: payload must be an object, got NoneType", id="nothing"),
         pytest.param(

@@ -33,8 +33,12 @@ def test_a_second_run_for_the_same_fire_is_not_created(
     pipeline = add_pipeline("orders", daemon="edge-1")
     fire = datetime(2025, 6, 2, 11, 0, tzinfo=UTC)
 
-    first = create_run(session, pipeline, trigger=RunTrigger.SCHEDULE, now=NOW, scheduled_for=fire, expires=60)
-    second = create_run(session, pipeline, trigger=RunTrigger.SCHEDULE, now=NOW, scheduled_for=fire, expires=60)
+    first = create_run(
+        session, pipeline, trigger=RunTrigger.SCHEDULE, now=NOW, scheduled_for=fire, expires=60
+    )
+    second = create_run(
+        session, pipeline, trigger=RunTrigger.SCHEDULE, now=NOW, scheduled_for=fire, expires=60
+    )
     session.commit()
 
     assert first is not None and second is None
@@ -79,7 +83,12 @@ def test_a_progress_event_updates_counts_but_keeps_the_run_running(
     session.commit()
 
     run = reload(session)
-    assert (run.state, run.rows_read, run.rows_written, run.cursor_after) == (RunState.RUNNING, 500, 400, "42")
+    assert (run.state, run.rows_read, run.rows_written, run.cursor_after) == (
+        RunState.RUNNING,
+        500,
+        400,
+        "42",
+    )
 
 
 def test_a_succeeded_event_finishes_the_run_with_its_counts(
@@ -96,16 +105,24 @@ def test_a_succeeded_event_finishes_the_run_with_its_counts(
     assert (run.started_at, run.finished_at) == (STARTED, FINISHED)
 
 
-def test_a_failed_event_finishes_the_run_with_its_error(session: Session, add_run: Callable[..., Run]) -> None:
+def test_a_failed_event_finishes_the_run_with_its_error(
+    session: Session, add_run: Callable[..., Run]
+) -> None:
     add_run("orders@1", state=RunState.RUNNING)
 
     record_run_event(
-        session, event("failed", at=FINISHED, rows_read=20, error="source shop: no such table: orders"), now=NOW
+        session,
+        event("failed", at=FINISHED, rows_read=20, error="source shop: no such table: orders"),
+        now=NOW,
     )
     session.commit()
 
     run = reload(session)
-    assert (run.state, run.rows_read, run.error) == (RunState.FAILED, 20, "source shop: no such table: orders")
+    assert (run.state, run.rows_read, run.error) == (
+        RunState.FAILED,
+        20,
+        "source shop: no such table: orders",
+    )
     assert run.finished_at == FINISHED
 
 

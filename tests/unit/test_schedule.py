@@ -22,13 +22,19 @@ def utc(day: int, hour: int, minute: int = 0, second: int = 0, micro: int = 0) -
     ("expression", "timezone", "after", "now", "expected"),
     [
         pytest.param("0 * * * *", "UTC", utc(2, 10, 30), utc(2, 11, 15), utc(2, 11), id="hourly"),
-        pytest.param("0 * * * *", "UTC", utc(2, 10, 30), utc(2, 11), utc(2, 11), id="fire-exactly-at-now-counts"),
+        pytest.param(
+            "0 * * * *", "UTC", utc(2, 10, 30), utc(2, 11), utc(2, 11), id="fire-exactly-at-now-counts"
+        ),
         pytest.param(
             "0 * * * *", "UTC", utc(2, 10, 30), utc(2, 10, 59, 59, 999_999), None, id="just-before-first-fire"
         ),
-        pytest.param("0 * * * *", "UTC", utc(2, 11), utc(2, 11, 30), None, id="fire-at-after-is-not-due-again"),
+        pytest.param(
+            "0 * * * *", "UTC", utc(2, 11), utc(2, 11, 30), None, id="fire-at-after-is-not-due-again"
+        ),
         pytest.param("0 * * * *", "UTC", utc(2, 10, 30), utc(2, 14, 10), utc(2, 14), id="newest-of-several"),
-        pytest.param("*/15 * * * *", "UTC", utc(2, 12), utc(2, 12, 44, 59), utc(2, 12, 30), id="every-15-min"),
+        pytest.param(
+            "*/15 * * * *", "UTC", utc(2, 12), utc(2, 12, 44, 59), utc(2, 12, 30), id="every-15-min"
+        ),
         pytest.param("@daily", "UTC", utc(1, 12), utc(3, 9), utc(3, 0), id="alias"),
         pytest.param(
             "30 9 * * *", "Europe/Berlin", utc(1, 12), utc(2, 8), utc(2, 7, 30), id="berlin-0930-is-0730-utc"
@@ -40,7 +46,9 @@ def utc(day: int, hour: int, minute: int = 0, second: int = 0, micro: int = 0) -
         pytest.param(
             "0 9 * * 1-5", "America/New_York", utc(6, 14), utc(9, 13), utc(9, 13), id="new-york-monday-0900"
         ),
-        pytest.param("0 9 * * *", "Asia/Kathmandu", utc(1, 12), utc(2, 12), utc(2, 3, 15), id="quarter-hour-offset"),
+        pytest.param(
+            "0 9 * * *", "Asia/Kathmandu", utc(1, 12), utc(2, 12), utc(2, 3, 15), id="quarter-hour-offset"
+        ),
     ],
 )
 def test_latest_due_is_the_newest_fire_after_the_last_one_and_not_after_now(

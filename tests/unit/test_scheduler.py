@@ -150,7 +150,9 @@ def test_after_downtime_only_the_newest_missed_fire_runs(
 def test_the_run_key_of_a_pipeline_in_another_zone_is_its_fire_time_in_utc(
     session: Session, add_pipeline: Callable[..., Pipeline], tick: Callable[[datetime], list[Outgoing]]
 ) -> None:
-    add_pipeline("nightly", daemon="edge-1", schedule="30 9 * * *", timezone="Europe/Berlin", schedule_since=SINCE)
+    add_pipeline(
+        "nightly", daemon="edge-1", schedule="30 9 * * *", timezone="Europe/Berlin", schedule_since=SINCE
+    )
 
     tick(datetime(2025, 6, 3, 8, 0, tzinfo=UTC))
 

@@ -45,7 +45,9 @@ def spec() -> Callable[..., PipelineSpec]:
             "name": "products",
             "source": ConnectorSpec(name="shop", kind="sqlite", options={"path": "shop.db"}),
             "source_table": "products",
-            "destination": ConnectorSpec(name="warehouse", kind="sqlite", options={"path": "out/warehouse.db"}),
+            "destination": ConnectorSpec(
+                name="warehouse", kind="sqlite", options={"path": "out/warehouse.db"}
+            ),
             "destination_table": "products",
             "mode": "replace",
             "batch_size": 2,
@@ -60,7 +62,9 @@ def progress() -> list[tuple[int, int]]:
     return []
 
 
-def run(spec: PipelineSpec, home: Path, progress: list[tuple[int, int]], *, stop_after: int | None = None) -> CopyResult:
+def run(
+    spec: PipelineSpec, home: Path, progress: list[tuple[int, int]], *, stop_after: int | None = None
+) -> CopyResult:
     checks: Iterator[int] = iter(range(10_000))
 
     def should_stop() -> bool:
@@ -173,12 +177,17 @@ def test_an_unsupported_connector_kind_is_a_job_error_naming_the_connector(
 ) -> None:
     destination = ConnectorSpec(name="lake", kind="postgres", options={})
 
-    with pytest.raises(JobError, match="^connector lake: kind 'postgres' is not supported by this daemon yet$"):
+    with pytest.raises(
+        JobError, match="^connector lake: kind 'postgres' is not supported by this daemon yet$"
+    ):
         run(spec(destination=destination), home, progress)
 
 
 def test_a_secret_reference_in_a_path_is_resolved_at_run_time(
-    home: Path, spec: Callable[..., PipelineSpec], progress: list[tuple[int, int]], monkeypatch: pytest.MonkeyPatch
+    home: Path,
+    spec: Callable[..., PipelineSpec],
+    progress: list[tuple[int, int]],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("WAREHOUSE_DB", str(home / "secret-place.db"))
     destination = ConnectorSpec(name="warehouse", kind="sqlite", options={"path": "${env:WAREHOUSE_DB}"})
@@ -191,8 +200,8 @@ def test_a_secret_reference_in_a_path_is_resolved_at_run_time(
 @pytest.mark.xfail(
     strict=True,
     raises=JobError,
-    reason="BUG: workers/sqlite_copy.py:55 builds the read-only URI as f'file:{path}?mode=ro', so a '#' or '?' "
-    "in the path truncates it: another (new, empty, writable) file is opened instead",
+    reason="BUG: workers/sqlite_copy.py:53 builds the read-only URI as f'file:{path}?mode=ro', so a '#' "
+    "or '?' in the path truncates it: another (new, empty, writable) file is opened instead",
 )
 def test_a_source_whose_path_contains_a_hash_is_read_from_that_file(
     home: Path, spec: Callable[..., PipelineSpec], progress: list[tuple[int, int]]
