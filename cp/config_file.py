@@ -15,7 +15,7 @@ from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from croniter import croniter
+from croniter import CroniterBadDateError, croniter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from cp.connectors import CONNECTOR_KINDS
@@ -150,8 +150,8 @@ def _semantic_problems(doc: ConfigDocument) -> list[str]:
             problems.append(f"{where}.destination.query: a destination takes a table, not a query")
         if not pipe.destination.table:
             problems.append(f"{where}.destination.table: required")
-        if pipe.schedule is not None and not croniter.is_valid(pipe.schedule):
-            problems.append(f'{where}.schedule: invalid cron "{pipe.schedule}"')
+        if pipe.schedule is not None:
+            problems += _schedule_problems(f"{where}.schedule", pipe.schedule)
         try:
             ZoneInfo(pipe.timezone)
         except (ZoneInfoNotFoundError, ValueError):
@@ -165,6 +165,17 @@ def _semantic_problems(doc: ConfigDocument) -> list[str]:
         ):
             problems.append(f"{where}.labels: no declared daemon matches {pipe.labels}")
     return problems
+
+
+def _schedule_problems(where: str, expression: str) -> list[str]:
+    if not croniter.is_valid(expression):
+        return [f'{where}: invalid cron "{expression}"']
+    try:
+        # valid syntax can still name a time that never comes, such as 31 February
+        croniter(expression).get_next()
+    except CroniterBadDateError:
+        return [f'{where}: cron "{expression}" never fires']
+    return []
 
 
 def _connector_problems(where: str, conn: ConnectorDecl) -> list[str]:

@@ -24,6 +24,9 @@ def make_engine(url: str) -> Engine:
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
         event.listen(engine, "connect", _sqlite_pragmas)
+        # pysqlite starts transactions lazily, which breaks SAVEPOINT semantics; take BEGIN over
+        # (SQLAlchemy's documented recipe) so a rolled-back session undoes its savepoints too
+        event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN"))
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
 
@@ -35,6 +38,7 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
+    dbapi_connection.isolation_level = None
 
 
 SCHEMA_LOCK_ID = 0x6D7963656C69616C  # "mycelial": serializes schema creation across processes

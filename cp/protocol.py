@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
 CP_QUEUE = "mycelial.cp"
 DAEMON_QUEUE_PREFIX = "mycelial.daemon."
@@ -44,7 +43,7 @@ class DaemonHello(Message):
 
 class Heartbeat(Message):
     name: str = Field(min_length=1)
-    sent_at: datetime
+    sent_at: AwareDatetime
     running_runs: list[str] = Field(default_factory=list)
     cpu_percent: float | None = None
     memory_mb: float | None = None
@@ -57,7 +56,7 @@ class RunEvent(Message):
     run_key: str = Field(min_length=1)
     daemon: str = Field(min_length=1)
     state: RunEventState
-    at: datetime
+    at: AwareDatetime
     rows_read: int = Field(default=0, ge=0)
     rows_written: int = Field(default=0, ge=0)
     cursor: str | None = None
@@ -74,7 +73,7 @@ class ConfigApplied(Message):
 class LogEntry(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     seq: str
-    ts: datetime
+    ts: AwareDatetime
     level: str
     logger: str
     run_key: str | None = None

@@ -37,7 +37,12 @@ def fire_due_runs(session: Session, *, now: datetime, expires: float) -> list[Ne
     for pipeline in scheduled_pipelines(session):
         assert pipeline.schedule is not None and pipeline.schedule_since is not None
         after = max(filter(None, [pipeline.schedule_since, last_fired.get(pipeline.name)]))
-        fire = latest_due(pipeline.schedule, pipeline.timezone, after, now)
+        try:
+            fire = latest_due(pipeline.schedule, pipeline.timezone, after, now)
+        except Exception:
+            # one broken schedule must not stop every other pipeline from firing
+            log.exception("pipeline %s: cannot evaluate schedule %r", pipeline.name, pipeline.schedule)
+            continue
         if fire is None:
             continue
         new = create_run(

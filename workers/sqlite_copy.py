@@ -50,7 +50,7 @@ def copy_pipeline(
     dst_path = sqlite_path(spec.destination.options, home)
     dst_path.parent.mkdir(parents=True, exist_ok=True)
 
-    src = sqlite3.connect(f"file:{src_path}?mode=ro", uri=True)
+    src = sqlite3.connect(f"{src_path.resolve().as_uri()}?mode=ro", uri=True)
     dst = sqlite3.connect(dst_path, isolation_level=None)
     try:
         dst.execute("PRAGMA busy_timeout=30000")

@@ -241,12 +241,6 @@ def test_a_bad_cron_expression_names_the_pipeline_path(raw_config: dict[str, Any
     assert str(caught.value) == 'mycelial.yaml: pipelines[0].schedule: invalid cron "61 * * * *"'
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=pytest.fail.Exception,
-    reason="BUG: croniter.is_valid accepts dates that never occur (Feb 31); the scheduler then raises "
-    "CroniterBadDateError on every tick (cp/config_file.py:153)",
-)
 def test_a_cron_expression_that_never_fires_is_rejected(raw_config: dict[str, Any]) -> None:
     raw_config["pipelines"][0]["schedule"] = "0 0 31 2 *"
 

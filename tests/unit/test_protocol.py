@@ -101,12 +101,6 @@ def test_a_run_job_needs_a_full_pipeline_snapshot() -> None:
         parse(RunJob, {"run_key": "orders@1", "attempt": 1})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=pytest.fail.Exception,
-    reason="BUG: RunEvent.at (cp/protocol.py:60) accepts a naive timestamp; record_run_event then stores it "
-    "and the flush raises 'naive datetime given' instead of the message being rejected",
-)
 def test_a_run_event_with_a_timestamp_without_zone_is_rejected() -> None:
     with pytest.raises(MessageError, match="at"):
         parse(RunEvent, {**RUN_EVENT, "at": "2025-06-02T12:00:00"})

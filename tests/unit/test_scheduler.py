@@ -186,13 +186,6 @@ def test_each_scheduled_pipeline_fires_independently(
     assert [(m.queue, m.task_id) for m in sent] == [("mycelial.daemon.edge-2", "stock@2025-06-02T10:45:00Z")]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG: on SQLite the savepoint in cp/runs.py:68 (session.begin_nested) starts and, on release, "
-    "commits the outer transaction (pysqlite legacy transaction handling), so rolling back the caller's "
-    "session leaves the run behind; cp/db.py:make_engine needs the SQLAlchemy pysqlite BEGIN workaround",
-)
 def test_a_scheduler_step_that_is_rolled_back_leaves_no_run_behind(
     engine: Engine, add_pipeline: Callable[..., Pipeline]
 ) -> None:
@@ -206,12 +199,6 @@ def test_a_scheduler_step_that_is_rolled_back_leaves_no_run_behind(
         assert check.exec(select(Run)).all() == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=CroniterBadDateError,
-    reason="BUG: a schedule that never occurs (Feb 31) passes validation, then croniter raises "
-    "CroniterBadDateError in cp/schedule.py:latest_due and cp/scheduler.py:37 lets it abort the whole step",
-)
 def test_a_schedule_that_never_occurs_does_not_stop_other_pipelines_firing(
     session: Session, add_pipeline: Callable[..., Pipeline], tick: Callable[[datetime], list[Outgoing]]
 ) -> None:

@@ -197,12 +197,6 @@ def test_a_secret_reference_in_a_path_is_resolved_at_run_time(
     assert read_table(home / "secret-place.db", "products") == ROWS
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=JobError,
-    reason="BUG: workers/sqlite_copy.py:53 builds the read-only URI as f'file:{path}?mode=ro', so a '#' "
-    "or '?' in the path truncates it: another (new, empty, writable) file is opened instead",
-)
 def test_a_source_whose_path_contains_a_hash_is_read_from_that_file(
     home: Path, spec: Callable[..., PipelineSpec], progress: list[tuple[int, int]]
 ) -> None:
