@@ -6,7 +6,6 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 import pytest
-from croniter import CroniterBadDateError
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
