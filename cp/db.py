@@ -25,8 +25,11 @@ def make_engine(url: str) -> Engine:
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
         event.listen(engine, "connect", _sqlite_pragmas)
         # pysqlite starts transactions lazily, which breaks SAVEPOINT semantics; take BEGIN over
-        # (SQLAlchemy's documented recipe) so a rolled-back session undoes its savepoints too
-        event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN"))
+        # (SQLAlchemy's documented recipe) so a rolled-back session undoes its savepoints too.
+        # IMMEDIATE takes the write lock up front: a deferred transaction that reads, then writes,
+        # fails at once with SQLITE_BUSY when another process wrote in between (busy_timeout
+        # does not help there), while IMMEDIATE simply waits its turn.
+        event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
 

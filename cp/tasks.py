@@ -8,6 +8,7 @@ from typing import Any, TypeVar
 
 from celery import Celery
 from pydantic import BaseModel
+from sqlalchemy.exc import OperationalError
 
 from cp.config_store import current_push
 from cp.health import (
@@ -64,7 +65,15 @@ def register_cp_tasks(app: Celery, cp: ControlPlane) -> None:
                     return
                 handler(message)
 
-            app.task(name=name, ignore_result=True)(task)
+            app.task(
+                name=name,
+                ignore_result=True,
+                # a locked or briefly unreachable database is retried, not dropped
+                autoretry_for=(OperationalError,),
+                retry_backoff=True,
+                retry_backoff_max=30,
+                max_retries=8,
+            )(task)
 
         return decorate
 
