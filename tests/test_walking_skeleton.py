@@ -5,6 +5,8 @@ Runs on SQLite and on PostgreSQL as the control-plane database (PostgreSQL must 
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -230,5 +232,27 @@ def test_malformed_messages_are_rejected_and_workers_keep_working(make_stack, da
 
     time.sleep(0.5)
     assert "rejected daemon.run_job message" in (stack.home / "daemon.log").read_text()
+
+    # admins reach the daemon with Celery's own CLI through the cp.admin entry point
+    pong = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "cp.admin",
+            "inspect",
+            "ping",
+            "-d",
+            "daemon@edge-4",
+            "--json",
+        ],
+        env=stack.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert pong.returncode == 0, pong.stderr
+    assert "daemon@edge-4" in pong.stdout
     ok = stack.cli("run", "orders", "--wait", "--timeout", "60")
     assert ok.returncode == 0, ok.stderr + stack.logs()
