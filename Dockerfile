@@ -41,8 +41,10 @@ COPY workers/ workers/
 COPY examples/ examples/
 
 # A regular (non-editable) install with the PostgreSQL driver and no test/dev extras, then a
-# smoke test that the CLI and everything it imports load.
-RUN /opt/mycelial/bin/pip install '.[postgres]' \
+# smoke test that the CLI and everything it imports load. `tzdata` (the IANA database as a Python
+# package) makes every zone a pipeline may name resolve: the slim base image's system tzdata
+# (Debian trixie) lacks legacy aliases such as US/Eastern that a developer machine accepts.
+RUN /opt/mycelial/bin/pip install '.[postgres]' tzdata \
  && /opt/mycelial/bin/mycelial --help > /dev/null
 
 # --- runtime: the virtualenv on a clean base, run as an unprivileged user -------------------

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import getpass
+import os
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -30,6 +32,14 @@ class ApplyResult:
     changed: bool
     diff: list[str]
     pushes: list[ConfigPush] = field(default_factory=list)
+
+
+def current_author() -> str:
+    """Who applies a config: the login name, or ``uid:N`` where the uid has no passwd entry."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return f"uid:{os.getuid()}"
 
 
 def latest_version(session: Session) -> ConfigVersion | None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import getpass
 import random
 import sqlite3
 from collections.abc import Callable
@@ -13,7 +12,7 @@ from typing import Any
 
 from cp.cli.output import info
 from cp.config_file import parse_config_text
-from cp.config_store import apply_document
+from cp.config_store import apply_document, current_author
 from cp.models import utcnow
 from cp.runtime import ControlPlane
 from cp.settings import Settings
@@ -65,7 +64,7 @@ def prepare_demo(settings: Settings, *, app_factory: Callable[..., Any]) -> None
         result = apply_document(
             session,
             document,
-            author=getpass.getuser(),
+            author=current_author(),
             comment="mycelial up --demo",
             source="examples/demo.yaml",
             now=utcnow(),

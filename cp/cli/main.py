@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import getpass
 import logging
 import sys
 import time
@@ -26,7 +25,7 @@ from cp.cli.output import (
     warn,
 )
 from cp.config_file import ConfigError, load_config_file
-from cp.config_store import apply_document, plan_diff
+from cp.config_store import apply_document, current_author, plan_diff
 from cp.models import Run, RunState, RunTrigger, utcnow
 from cp.runs import UnknownPipelineError, create_run, get_pipeline, mark_unpublished
 from cp.runtime import ControlPlane
@@ -137,7 +136,7 @@ def apply(
         result = apply_document(
             session,
             document,
-            author=getpass.getuser(),
+            author=current_author(),
             comment=comment,
             source=str(file),
             now=utcnow(),
