@@ -1,0 +1,1 @@
+"""Connector implementations, one module per kind; see ``workers.movement.registry``."""

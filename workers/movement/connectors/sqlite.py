@@ -1,0 +1,342 @@
+"""SQLite as a source and a sink. Relative paths resolve against the daemon's home directory.
+
+SQLite stores few types natively, so the sink declares column types that say the logical type
+and keep the right storage affinity: ``DECIMAL TEXT(p,s)`` and ``JSON TEXT`` keep exact text,
+``TIMESTAMPTZ`` holds ISO-8601 with ``+00:00``, ``BOOLEAN`` holds 0/1.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+from collections.abc import Callable, Iterator
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from workers.movement.errors import MovementError
+from workers.movement.interface import (
+    STATE_TABLE,
+    PipelineState,
+    ReadSpec,
+    Sink,
+    Source,
+    SourceBatch,
+    WriteSpec,
+    dump_state,
+    load_state_json,
+)
+from workers.movement.positions import tracked
+from workers.movement.sqlbuild import ordered_read
+from workers.movement.types import Column, LogicalType, Row, Schema, UnsupportedTypeError
+from workers.secrets import resolve
+
+T = LogicalType
+
+
+def quote(identifier: str) -> str:
+    return '"' + identifier.replace('"', '""') + '"'
+
+
+def database_path(options: dict[str, Any], home: Path) -> Path:
+    path = Path(resolve(str(options["path"]))).expanduser()
+    return path if path.is_absolute() else home / path
+
+
+# --- types ---------------------------------------------------------------------------------
+
+_DECLARED = re.compile(r"^\s*([A-Za-z_ ]+?)\s*(?:\(\s*(\d+)\s*(?:,\s*(\d+)\s*)?\))?\s*$")
+
+
+def logical_type(declared: str, column: str, where: str) -> Column:
+    """Map a declared SQLite column type (ours or a user's) to a logical column."""
+    match = _DECLARED.match(declared or "")
+    words = match.group(1).upper().split() if match else []
+    precision = int(match.group(2)) if match and match.group(2) else None
+    scale = int(match.group(3)) if match and match.group(3) else None
+    head = " ".join(words)
+    if not words:
+        return Column(column, T.TEXT)
+    if head in {"BIGINT", "INT8", "UNSIGNED BIG INT"}:
+        return Column(column, T.BIGINT)
+    if "INT" in head:
+        return Column(column, T.BIGINT if head == "INTEGER" else T.INTEGER)
+    if words[0] in {"DECIMAL", "NUMERIC"}:
+        return Column(column, T.DECIMAL, precision=precision, scale=scale)
+    if words[0] in {"REAL", "DOUBLE", "FLOAT"} or head == "DOUBLE PRECISION":
+        return Column(column, T.FLOAT)
+    if words[0] in {"BOOLEAN", "BOOL"}:
+        return Column(column, T.BOOLEAN)
+    if words[0] == "DATE":
+        return Column(column, T.DATE)
+    if words[0] in {"TIMESTAMPTZ"} or head.startswith("TIMESTAMP WITH TIME ZONE"):
+        return Column(column, T.TIMESTAMPTZ)
+    if words[0] in {"TIMESTAMP", "DATETIME"}:
+        return Column(column, T.TIMESTAMP)
+    if words[0] == "JSON":
+        return Column(column, T.JSON)
+    if words[0] == "BLOB":
+        return Column(column, T.BYTES)
+    if any(w in head for w in ("CHAR", "TEXT", "CLOB")):
+        return Column(column, T.TEXT)
+    raise UnsupportedTypeError(column, declared, where)
+
+
+def declared_type(column: Column) -> str:
+    if column.type is T.DECIMAL:
+        args = f"({column.precision},{column.scale or 0})" if column.precision else ""
+        return f"DECIMAL TEXT{args}"
+    return {
+        T.INTEGER: "INTEGER",
+        T.BIGINT: "BIGINT",
+        T.FLOAT: "DOUBLE",
+        T.TEXT: "TEXT",
+        T.BOOLEAN: "BOOLEAN",
+        T.DATE: "DATE",
+        T.TIMESTAMP: "TIMESTAMP",
+        T.TIMESTAMPTZ: "TIMESTAMPTZ",
+        T.BYTES: "BLOB",
+        T.JSON: "JSON TEXT",
+    }[column.type]
+
+
+def from_sqlite(kind: LogicalType) -> Callable[[Any], Any] | None:
+    if kind is T.DECIMAL:
+        return lambda v: v if isinstance(v, Decimal) else Decimal(str(v))
+    if kind is T.BOOLEAN:
+        return lambda v: (
+            bool(int(v)) if not isinstance(v, str) else v.strip().lower() in {"1", "true", "t", "yes"}
+        )
+    if kind is T.DATE:
+        return lambda v: date.fromisoformat(str(v)[:10])
+    if kind is T.TIMESTAMP:
+        return lambda v: datetime.fromisoformat(str(v)).replace(tzinfo=None)
+    if kind is T.TIMESTAMPTZ:
+        return _aware
+    if kind is T.JSON:
+        return lambda v: json.loads(v) if isinstance(v, str | bytes) else v
+    if kind is T.BYTES:
+        return lambda v: bytes(v) if not isinstance(v, str) else v.encode()
+    if kind is T.FLOAT:
+        return float
+    return None
+
+
+def _aware(value: Any) -> datetime:
+    parsed = datetime.fromisoformat(str(value))
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+
+
+def to_sqlite(kind: LogicalType) -> Callable[[Any], Any] | None:
+    if kind is T.DECIMAL:
+        return str
+    if kind is T.BOOLEAN:
+        return int
+    if kind in (T.DATE, T.TIMESTAMP):
+        return lambda v: v.isoformat()
+    if kind is T.TIMESTAMPTZ:
+        return lambda v: v.astimezone(UTC).isoformat()
+    if kind is T.JSON:
+        return lambda v: json.dumps(v, sort_keys=True, ensure_ascii=False)
+    return None
+
+
+def converter(
+    schema: Schema, make: Callable[[LogicalType], Callable[[Any], Any] | None]
+) -> Callable[[Row], Row]:
+    """One function that converts a whole row; columns that need nothing cost nothing."""
+    funcs = [make(c.type) for c in schema.columns]
+    if not any(funcs):
+        return lambda row: tuple(row)
+    pairs = list(enumerate(funcs))
+    return lambda row: tuple(
+        v if v is None or f is None else f(v) for (_, f), v in zip(pairs, row, strict=True)
+    )
+
+
+# --- source --------------------------------------------------------------------------------
+
+
+class SqliteSource(Source):
+    kind = "sqlite"
+
+    def open(self) -> None:
+        path = database_path(self.options, self.home)
+        if not path.exists():
+            raise MovementError(f"source {self.name}: database file {path} does not exist")
+        self.conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+
+    def close(self) -> None:
+        conn = getattr(self, "conn", None)
+        if conn is not None:
+            conn.close()
+            self.conn = None
+
+    def schema(self, spec: ReadSpec) -> Schema:
+        where = f"source {self.name}"
+        try:
+            if spec.table is not None:
+                info = self.conn.execute(f"PRAGMA table_info({quote(spec.table)})").fetchall()
+                if not info:
+                    raise MovementError(f"{where}: no such table: {spec.table}")
+                columns = tuple(logical_type(row[2], row[1], where) for row in info)
+                pk = tuple(row[1] for row in sorted(info, key=lambda r: r[5]) if row[5])
+                return Schema(columns, primary_key=pk)
+            assert spec.query is not None
+            cursor = self.conn.execute(f"SELECT * FROM ({spec.query.strip().rstrip(';')}) LIMIT 1")
+        except sqlite3.Error as exc:
+            raise MovementError(f"{where}: {exc}") from None
+        first = cursor.fetchone()
+        names = [d[0] for d in cursor.description]
+        return Schema(tuple(Column(n, _infer(first[i] if first else None)) for i, n in enumerate(names)))
+
+    def batches(self, spec: ReadSpec, schema: Schema) -> Iterator[SourceBatch]:
+        sql, params, tracker = ordered_read(spec, schema, quote=quote, param="?")
+        convert = converter(schema, from_sqlite)
+        try:
+            cursor = self.conn.execute(sql, [_to_param(p) for p in params])
+        except sqlite3.Error as exc:
+            raise MovementError(f"source {self.name}: {exc}") from None
+
+        def raw() -> Iterator[list[Row]]:
+            while rows := cursor.fetchmany(spec.batch_size):
+                yield [convert(r) for r in rows]
+
+        yield from tracked(raw(), tracker)
+
+
+def _infer(value: Any) -> LogicalType:
+    if isinstance(value, bool):
+        return T.BOOLEAN
+    if isinstance(value, int):
+        return T.BIGINT
+    if isinstance(value, float):
+        return T.FLOAT
+    if isinstance(value, bytes):
+        return T.BYTES
+    return T.TEXT
+
+
+def _to_param(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).isoformat() if value.tzinfo else value.isoformat()
+    if isinstance(value, date):
+        return value.isoformat()
+    return value
+
+
+# --- sink ----------------------------------------------------------------------------------
+
+
+class SqliteSink(Sink):
+    kind = "sqlite"
+
+    def open(self) -> None:
+        path = database_path(self.options, self.home)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.conn = sqlite3.connect(path, isolation_level=None, timeout=30)
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute(
+            f"CREATE TABLE IF NOT EXISTS {STATE_TABLE}"
+            " (pipeline TEXT PRIMARY KEY, state TEXT NOT NULL, updated_at TEXT)"
+        )
+
+    def close(self) -> None:
+        conn = getattr(self, "conn", None)
+        if conn is not None:
+            conn.close()
+            self.conn = None
+
+    def load_state(self, pipeline: str) -> PipelineState | None:
+        row = self.conn.execute(f"SELECT state FROM {STATE_TABLE} WHERE pipeline = ?", [pipeline]).fetchone()
+        return load_state_json(pipeline, row[0]) if row else None
+
+    def _existing_columns(self, table: str) -> dict[str, str]:
+        return {row[1]: row[2] for row in self.conn.execute(f"PRAGMA table_info({quote(table)})")}
+
+    def prepare(self, spec: WriteSpec, schema: Schema) -> str:
+        where = f"destination {self.name}"
+        try:
+            if spec.mode == "replace":
+                staging = f"_mycelial_stage_{spec.table}"
+                self.conn.execute(f"DROP TABLE IF EXISTS {quote(staging)}")
+                self._create(staging, schema, spec)
+                return staging
+            existing = self._existing_columns(spec.table)
+            if not existing:
+                self._create(spec.table, schema, spec)
+                return spec.table
+            missing = [c for c in schema.columns if c.name not in existing]
+            if missing and spec.schema_drift == "fail":
+                names = ", ".join(c.name for c in missing)
+                raise MovementError(
+                    f"{where}: source has new columns not in {spec.table}: {names} (schema_drift: fail)"
+                )
+            for column in missing:
+                self.conn.execute(
+                    f"ALTER TABLE {quote(spec.table)} ADD COLUMN {quote(column.name)} {declared_type(column)}"
+                )
+            return spec.table
+        except sqlite3.Error as exc:
+            raise MovementError(f"{where}: {exc}") from None
+
+    def _create(self, table: str, schema: Schema, spec: WriteSpec) -> None:
+        defs = [f"{quote(c.name)} {declared_type(c)}" for c in schema.columns]
+        if spec.key_columns:
+            defs.append(f"PRIMARY KEY ({', '.join(quote(k) for k in spec.key_columns)})")
+        self.conn.execute(f"CREATE TABLE {quote(table)} ({', '.join(defs)})")
+
+    def write(
+        self, table: str, spec: WriteSpec, schema: Schema, rows: list[Row], state: PipelineState
+    ) -> None:
+        convert = converter(schema, to_sqlite)
+        names = schema.names
+        columns, marks = ", ".join(quote(n) for n in names), ", ".join("?" for _ in names)
+        sql = f"INSERT INTO {quote(table)} ({columns}) VALUES ({marks})"
+        if spec.key_columns and spec.mode in ("upsert", "incremental"):
+            updates = [n for n in names if n not in spec.key_columns]
+            action = (
+                "DO UPDATE SET " + ", ".join(f"{quote(n)} = excluded.{quote(n)}" for n in updates)
+                if updates
+                else "DO NOTHING"
+            )
+            sql += f" ON CONFLICT ({', '.join(quote(k) for k in spec.key_columns)}) {action}"
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+            if rows:
+                self.conn.executemany(sql, [convert(r) for r in rows])
+            self._store_state(state)
+            self.conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._rollback()
+            raise MovementError(f"destination {self.name}: {exc}") from None
+        except BaseException:
+            self._rollback()
+            raise
+
+    def finish(self, table: str, spec: WriteSpec, state: PipelineState) -> None:
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+            if spec.mode == "replace":
+                self.conn.execute(f"DROP TABLE IF EXISTS {quote(spec.table)}")
+                self.conn.execute(f"ALTER TABLE {quote(table)} RENAME TO {quote(spec.table)}")
+            self._store_state(state)
+            self.conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._rollback()
+            raise MovementError(f"destination {self.name}: {exc}") from None
+
+    def _store_state(self, state: PipelineState) -> None:
+        self.conn.execute(
+            f"INSERT INTO {STATE_TABLE} (pipeline, state, updated_at) VALUES (?, ?, ?)"
+            " ON CONFLICT (pipeline) DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at",
+            [state.pipeline, dump_state(state), datetime.now(UTC).isoformat()],
+        )
+
+    def _rollback(self) -> None:
+        if self.conn.in_transaction:
+            self.conn.execute("ROLLBACK")

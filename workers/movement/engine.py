@@ -1,0 +1,90 @@
+"""Run one pipeline: read batches from a source and commit each, with its position, to the sink."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+from workers.movement.errors import CancelledError, MovementError
+from workers.movement.interface import Mode, PipelineState, Position, ReadSpec, Sink, Source, WriteSpec
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class RunResult:
+    rows_read: int
+    rows_written: int
+    position: Position | None
+    resumed: bool
+
+
+def start_position(state: PipelineState | None, *, mode: Mode, source: Source) -> Position | None:
+    """Where this run starts reading.
+
+    Incremental reads and folder sources continue from the committed position of any earlier run;
+    append and upsert continue only an unfinished (killed) run; replace always starts over.
+    """
+    if state is None or mode == "replace":
+        return None
+    if mode == "incremental" or source.resumes_across_runs:
+        return state.position
+    return None if state.complete else state.position
+
+
+def run_pipeline(
+    *,
+    pipeline: str,
+    run_key: str,
+    source: Source,
+    sink: Sink,
+    read: ReadSpec,
+    write: WriteSpec,
+    on_progress: Progress,
+    should_stop: Callable[[], bool],
+) -> RunResult:
+    previous = sink.load_state(pipeline)
+    start = start_position(previous, mode=write.mode, source=source)
+    schema = source.schema(read)
+    _check_columns(schema.names, read, write, where=f"source {source.name}")
+    table = sink.prepare(write, schema)
+    state = PipelineState(
+        pipeline=pipeline,
+        run_key=run_key,
+        complete=False,
+        position=start,
+        rows_loaded=0,
+    )
+    if start is not None:
+        log.info(
+            "pipeline %s resumes from %s (left by run %s)", pipeline, start, previous and previous.run_key
+        )
+    rows_read = 0
+    for batch in source.batches(replace(read, start=start), schema):
+        if should_stop():
+            raise CancelledError("cancelled between batches; everything before is committed")
+        state.position = batch.position
+        state.rows_loaded += len(batch.rows)
+        sink.write(table, write, schema, batch.rows, state)
+        rows_read += len(batch.rows)
+        on_progress(rows_read, state.rows_loaded)
+    state.complete = True
+    sink.finish(table, write, state)
+    return RunResult(
+        rows_read=rows_read,
+        rows_written=state.rows_loaded,
+        position=state.position,
+        resumed=start is not None,
+    )
+
+
+def _check_columns(names: list[str], read: ReadSpec, write: WriteSpec, *, where: str) -> None:
+    wanted = list(([read.cursor_column] if read.cursor_column else []) + list(write.key_columns))
+    missing = [c for c in wanted if c not in names]
+    if missing:
+        raise MovementError(
+            f"{where}: no column {', '.join(repr(c) for c in missing)} (have {', '.join(names)})"
+        )

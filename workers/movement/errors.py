@@ -1,0 +1,19 @@
+"""Run failures, split by whether trying again later can help."""
+
+from __future__ import annotations
+
+
+class MovementError(RuntimeError):
+    """A failure with a message fit for an operator: names the connector and the cause, no secrets."""
+
+    retryable = False
+
+
+class RetryableError(MovementError):
+    """The source or destination could not be reached; a later attempt may succeed."""
+
+    retryable = True
+
+
+class CancelledError(MovementError):
+    """The run was cancelled between batches; the destination is consistent."""

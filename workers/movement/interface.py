@@ -1,0 +1,158 @@
+"""The two small interfaces every connector implements, and the state that ties them together.
+
+A ``Source`` yields batches of typed rows, each with the *position* to resume from after it.
+A ``Sink`` writes each batch and the pipeline's state (which holds that position) in one
+destination transaction, so a daemon killed at any instant neither loses nor duplicates rows.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from workers.movement.types import Row, Schema
+
+Mode = Literal["replace", "append", "incremental", "upsert"]
+Drift = Literal["add", "fail"]
+Position = dict[str, Any]  # JSON-able; only the source that produced it interprets it
+
+
+@dataclass(frozen=True)
+class ReadSpec:
+    """What to read: a table or a query, in batches, from a position."""
+
+    table: str | None
+    query: str | None
+    batch_size: int
+    cursor_column: str | None = None
+    key_columns: tuple[str, ...] = ()
+    start: Position | None = None
+
+
+@dataclass(frozen=True)
+class SourceBatch:
+    rows: list[Row]
+    position: Position
+
+
+@dataclass
+class PipelineState:
+    """Kept in the destination, committed with every batch."""
+
+    pipeline: str
+    run_key: str
+    complete: bool
+    position: Position | None
+    rows_loaded: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class WriteSpec:
+    """Where and how to write."""
+
+    table: str
+    mode: Mode
+    key_columns: tuple[str, ...] = ()
+    schema_drift: Drift = "add"
+
+
+class Connector(ABC):
+    """Lifecycle shared by sources and sinks; ``name`` is the connector's name for messages."""
+
+    kind: ClassVar[str]
+
+    def __init__(self, name: str, options: dict[str, Any], *, home: Path) -> None:
+        self.name = name
+        self.options = options
+        self.home = home
+
+    @abstractmethod
+    def open(self) -> None:
+        """Connect; an unreachable server raises RetryableError."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release connections; safe to call twice and after a failed open."""
+
+    def __enter__(self) -> Connector:
+        self.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Source(Connector):
+    @property
+    def resumes_across_runs(self) -> bool:
+        """True when the position carries over from one run to the next (a folder's done files)."""
+        return False
+
+    @abstractmethod
+    def schema(self, spec: ReadSpec) -> Schema:
+        """The columns the read will yield, with logical types."""
+
+    @abstractmethod
+    def batches(self, spec: ReadSpec, schema: Schema) -> Iterator[SourceBatch]:
+        """Rows in a stable order, at most ``spec.batch_size`` per batch, starting after ``spec.start``."""
+
+
+@dataclass(frozen=True)
+class SinkCapabilities:
+    transactional: bool = True
+    upsert: bool = True
+
+
+class Sink(Connector):
+    capabilities: ClassVar[SinkCapabilities] = SinkCapabilities()
+
+    @abstractmethod
+    def load_state(self, pipeline: str) -> PipelineState | None:
+        """The state committed by the last batch of ``pipeline``, if any."""
+
+    @abstractmethod
+    def prepare(self, spec: WriteSpec, schema: Schema) -> str:
+        """Create or evolve the target (or a staging table for ``replace``); return the table to write."""
+
+    @abstractmethod
+    def write(
+        self, table: str, spec: WriteSpec, schema: Schema, rows: list[Row], state: PipelineState
+    ) -> None:
+        """Write ``rows`` and ``state`` in one transaction."""
+
+    @abstractmethod
+    def finish(self, table: str, spec: WriteSpec, state: PipelineState) -> None:
+        """Complete the run: for ``replace`` swap the staging table in atomically; store ``state``."""
+
+
+def dump_state(state: PipelineState) -> str:
+    return json.dumps(
+        {
+            "run_key": state.run_key,
+            "complete": state.complete,
+            "position": state.position,
+            "rows_loaded": state.rows_loaded,
+            "extra": state.extra,
+        },
+        sort_keys=True,
+    )
+
+
+def load_state_json(pipeline: str, text: str) -> PipelineState:
+    data = json.loads(text)
+    return PipelineState(
+        pipeline=pipeline,
+        run_key=data["run_key"],
+        complete=bool(data["complete"]),
+        position=data.get("position"),
+        rows_loaded=int(data.get("rows_loaded", 0)),
+        extra=data.get("extra", {}),
+    )
+
+
+STATE_TABLE = "_mycelial_state"
