@@ -44,7 +44,7 @@ CONTRACT_ROWS: list[Row] = [
         "plain",
         True,
         date(2024, 2, 29),
-        datetime(2024, 2, 29, 23, 59, 59, 123456),
+        datetime(2024, 2, 29, 23, 59, 59, 123456),  # noqa: DTZ001 - TIMESTAMP is naive
         datetime(2024, 2, 29, 23, 59, 59, 654321, tzinfo=UTC),
         b"\x00\x01\xff",
         {"a": [1, 2, {"b": None}]},
@@ -58,7 +58,7 @@ CONTRACT_ROWS: list[Row] = [
         "Grüße, 東京, emoji 🍄, quote ' \" and \\",
         False,
         date(1970, 1, 1),
-        datetime(1999, 12, 31, 0, 0, 0),
+        datetime(1999, 12, 31, 0, 0, 0),  # noqa: DTZ001
         datetime(2026, 3, 29, 1, 30, 0, tzinfo=UTC),
         b"",
         ["x", 1, True],

@@ -29,16 +29,16 @@ def ordered_read(
     relation = base_relation(spec, quote)
     start = spec.start
     if spec.cursor_column:
-        tracker: Tracker = CursorTracker(schema.index(spec.cursor_column), start)
+        cursor_tracker = CursorTracker(schema.index(spec.cursor_column), start)
         where, params = "", []
-        if tracker.start_value is not None:
-            where, params = f" WHERE {quote(spec.cursor_column)} >= {param}", [tracker.start_value]
+        if cursor_tracker.start_value is not None:
+            where, params = f" WHERE {quote(spec.cursor_column)} >= {param}", [cursor_tracker.start_value]
         else:
             where = f" WHERE {quote(spec.cursor_column)} IS NOT NULL"
         return (
             f"SELECT {columns} FROM {relation}{where} ORDER BY {quote(spec.cursor_column)}",
             params,
-            tracker,
+            cursor_tracker,
         )
     keys = list(spec.key_columns or schema.primary_key)
     if keys:

@@ -169,10 +169,9 @@ class SqliteSource(Source):
         self.conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
 
     def close(self) -> None:
-        conn = getattr(self, "conn", None)
+        conn = self.__dict__.pop("conn", None)
         if conn is not None:
             conn.close()
-            self.conn = None
 
     def schema(self, spec: ReadSpec) -> Schema:
         where = f"source {self.name}"
@@ -246,10 +245,9 @@ class SqliteSink(Sink):
         )
 
     def close(self) -> None:
-        conn = getattr(self, "conn", None)
+        conn = self.__dict__.pop("conn", None)
         if conn is not None:
             conn.close()
-            self.conn = None
 
     def load_state(self, pipeline: str) -> PipelineState | None:
         row = self.conn.execute(f"SELECT state FROM {STATE_TABLE} WHERE pipeline = ?", [pipeline]).fetchone()
