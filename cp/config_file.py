@@ -18,12 +18,11 @@ import yaml
 from croniter import CroniterBadDateError, croniter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from cp.connectors import CONNECTOR_KINDS
+from cp.connectors import CONNECTOR_KINDS, SOURCE_ONLY_KINDS
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
 SECRET_REF = re.compile(r"\$\{(env|file):([^}]+)\}")
 ANY_REF = re.compile(r"\$\{[^}]*\}")
-MODES = ("replace", "append")
 
 
 class ConfigError(ValueError):
@@ -59,8 +58,11 @@ class PipelineDecl(_Strict):
     name: str = Field(pattern=NAME_PATTERN)
     source: Endpoint
     destination: Endpoint
-    mode: Literal["replace", "append"] = "replace"
+    mode: Literal["replace", "append", "incremental", "upsert"] = "replace"
     batch_size: int = Field(default=10_000, ge=1, le=1_000_000)
+    cursor_column: str | None = Field(default=None, min_length=1)
+    key_columns: list[str] = Field(default_factory=list)
+    schema_drift: Literal["add", "fail"] = "add"
     schedule: str | None = None
     timezone: str = "UTC"
     daemon: str | None = None
@@ -146,6 +148,15 @@ def _semantic_problems(doc: ConfigDocument) -> list[str]:
                 problems.append(f"{where}.{end_name}.connector: unknown connector {end.connector!r}")
         if (pipe.source.table is None) == (pipe.source.query is None):
             problems.append(f"{where}.source: give exactly one of table or query")
+        problems += _mode_problems(where, pipe)
+        kinds = {c.name: c.kind for c in doc.connectors}
+        if kinds.get(pipe.destination.connector) in SOURCE_ONLY_KINDS:
+            problems.append(
+                f"{where}.destination.connector: {pipe.destination.connector!r} is a "
+                f"{kinds[pipe.destination.connector]} connector, which can only be a source"
+            )
+        if kinds.get(pipe.source.connector) in SOURCE_ONLY_KINDS and pipe.source.query is not None:
+            problems.append(f"{where}.source.query: file sources take no query")
         if pipe.destination.query is not None:
             problems.append(f"{where}.destination.query: a destination takes a table, not a query")
         if not pipe.destination.table:
@@ -164,6 +175,19 @@ def _semantic_problems(doc: ConfigDocument) -> list[str]:
             matches_selector(d.labels, pipe.labels) for d in doc.daemons
         ):
             problems.append(f"{where}.labels: no declared daemon matches {pipe.labels}")
+    return problems
+
+
+def _mode_problems(where: str, pipe: PipelineDecl) -> list[str]:
+    problems = []
+    if pipe.mode == "incremental" and not pipe.cursor_column:
+        problems.append(f"{where}.cursor_column: required for mode incremental")
+    if pipe.mode == "upsert" and not pipe.key_columns:
+        problems.append(f"{where}.key_columns: required for mode upsert")
+    if pipe.cursor_column and pipe.mode != "incremental":
+        problems.append(f"{where}.cursor_column: only used with mode incremental (mode is {pipe.mode})")
+    if len(set(pipe.key_columns)) != len(pipe.key_columns):
+        problems.append(f"{where}.key_columns: duplicate column names")
     return problems
 
 

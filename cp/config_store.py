@@ -123,6 +123,9 @@ def _sync_pipelines(session: Session, items: list[dict[str, Any]], version: int,
         row.destination_table = item["destination"]["table"]
         row.mode = item["mode"]
         row.batch_size = item["batch_size"]
+        row.cursor_column = item["cursor_column"]
+        row.key_columns = item["key_columns"]
+        row.schema_drift = item["schema_drift"]
         row.schedule = item["schedule"]
         row.timezone = item["timezone"]
         row.daemon = item["daemon"]
@@ -172,6 +175,9 @@ def pipeline_spec(session: Session, pipeline: Pipeline) -> PipelineSpec:
         destination_table=pipeline.destination_table,
         mode=pipeline.mode,
         batch_size=pipeline.batch_size,
+        cursor_column=pipeline.cursor_column,
+        key_columns=pipeline.key_columns,
+        schema_drift=pipeline.schema_drift,
     )
 
 

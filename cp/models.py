@@ -140,6 +140,9 @@ class Pipeline(SQLModel, table=True):
     destination_table: str
     mode: str = "replace"
     batch_size: int = 10_000
+    cursor_column: str | None = None
+    key_columns: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    schema_drift: str = "add"
     schedule: str | None = None
     timezone: str = "UTC"
     schedule_since: datetime | None = _ts()
@@ -171,6 +174,7 @@ class Run(SQLModel, table=True):
     cursor_before: str | None = None
     cursor_after: str | None = None
     error: str | None = Field(default=None, sa_column=Column(Text))
+    cancel_requested_at: datetime | None = _ts()
 
 
 class DaemonEvent(SQLModel, table=True):

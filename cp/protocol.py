@@ -49,7 +49,7 @@ class Heartbeat(Message):
     memory_mb: float | None = None
 
 
-RunEventState = Literal["started", "progress", "succeeded", "failed"]
+RunEventState = Literal["started", "progress", "succeeded", "failed", "cancelled"]
 
 
 class RunEvent(Message):
@@ -61,6 +61,7 @@ class RunEvent(Message):
     rows_written: int = Field(default=0, ge=0)
     cursor: str | None = None
     error: str | None = None
+    retryable: bool = False
 
 
 class ConfigApplied(Message):
@@ -102,8 +103,11 @@ class PipelineSpec(BaseModel):
     source_query: str | None = None
     destination: ConnectorSpec
     destination_table: str
-    mode: str = "replace"
+    mode: Literal["replace", "append", "incremental", "upsert"] = "replace"
     batch_size: int = 10_000
+    cursor_column: str | None = None
+    key_columns: list[str] = Field(default_factory=list)
+    schema_drift: Literal["add", "fail"] = "add"
 
 
 class ApplyConfig(Message):

@@ -84,6 +84,34 @@ def create_run(
     return NewRun(run=run, message=message)
 
 
+FINAL_STATES = {
+    "succeeded": RunState.SUCCEEDED,
+    "failed": RunState.FAILED,
+    "cancelled": RunState.CANCELLED,
+}
+
+
+class RunNotCancellableError(ValueError):
+    pass
+
+
+def request_cancel(session: Session, run_key: str, *, now: datetime) -> Run:
+    """Cancel a queued run at once; ask a running one to stop between batches.
+
+    The caller then revokes the run's task id so the daemon skips or stops it.
+    """
+    run = session.exec(select(Run).where(Run.run_key == run_key)).first()
+    if run is None:
+        raise RunNotCancellableError(f"unknown run {run_key!r}")
+    if run.state.finished:
+        raise RunNotCancellableError(f"run {run_key} already finished ({run.state})")
+    run.cancel_requested_at = now
+    if run.state in (RunState.QUEUED, RunState.SCHEDULED):
+        run.state, run.finished_at, run.error = RunState.CANCELLED, now, "cancelled before it started"
+    session.add(run)
+    return run
+
+
 def get_pipeline(session: Session, name: str) -> Pipeline:
     pipeline = session.exec(select(Pipeline).where(Pipeline.name == name)).first()
     if pipeline is None:
@@ -120,7 +148,7 @@ def record_run_event(session: Session, event: RunEvent, *, now: datetime) -> boo
             run.started_at = event.at
             run.error = None
     else:
-        run.state = RunState.SUCCEEDED if event.state == "succeeded" else RunState.FAILED
+        run.state = FINAL_STATES[event.state]
         run.started_at = run.started_at or event.at
         run.finished_at = event.at
         run.error = event.error

@@ -78,7 +78,8 @@ def test_a_bad_file_reports_every_problem_and_stores_nothing(tmp_path: Path) -> 
     result = cli(tmp_path, "apply", "-f", str(bad), MYCELIAL_BROKER_URL="redis://127.0.0.1:1/0")
     assert result.returncode == 2
     assert result.stderr.splitlines() == [
-        f"error: {bad}: connectors[1].kind: unknown connector kind 'oracle' (known: sqlite)",
+        f"error: {bad}: connectors[1].kind: unknown connector kind 'oracle'"
+        " (known: csv, jsonl, mysql, postgres, sqlite)",
         f'error: {bad}: pipelines[0].schedule: invalid cron "61 * * * *"',
         f"error: {bad}: pipelines[0].timezone: unknown time zone 'Mars/Olympus'",
     ]

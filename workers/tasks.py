@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 
 from celery import Celery, bootsteps
+from celery.worker import state as worker_state
 
 from cp.models import utcnow
 from cp.protocol import (
@@ -18,16 +18,13 @@ from cp.protocol import (
     ConfigApplied,
     MessageError,
     RunEvent,
-    RunEventState,
     RunJob,
     parse,
 )
+from workers.jobs import Outcome, Report, execute
 from workers.runtime import DaemonRuntime
-from workers.secrets import SecretError
-from workers.sqlite_copy import JobError, copy_pipeline
 
 log = logging.getLogger(__name__)
-PROGRESS_EVERY = 1.0  # seconds between progress events, at most
 
 
 def register_daemon_tasks(app: Celery, daemon: DaemonRuntime) -> None:
@@ -64,7 +61,7 @@ def register_daemon_tasks(app: Celery, daemon: DaemonRuntime) -> None:
             log.warning("run %s is already running or done here; duplicate delivery ignored", job.run_key)
             return
         try:
-            _run(daemon, job)
+            _run(daemon, job, task_id=run_job.request.id or job.run_key)
         finally:
             daemon.release(job.run_key)
 
@@ -79,49 +76,33 @@ def _store_config(daemon: DaemonRuntime, config: ApplyConfig) -> str | None:
     return None
 
 
-def _run(daemon: DaemonRuntime, job: RunJob) -> None:
-    def report(state: RunEventState, *, read: int = 0, written: int = 0, error: str | None = None) -> None:
+def _run(daemon: DaemonRuntime, job: RunJob, *, task_id: str) -> None:
+    def send(outcome: Outcome) -> None:
         event = RunEvent(
             run_key=job.run_key,
             daemon=daemon.name,
-            state=state,
+            state=outcome.state,
             at=utcnow(),
-            rows_read=read,
-            rows_written=written,
-            error=error,
+            rows_read=outcome.rows_read,
+            rows_written=outcome.rows_written,
+            error=outcome.error,
+            retryable=outcome.retryable,
         )
         daemon.send(
             CP_RUN_EVENT,
             event,
-            argsrepr=f"pipeline={job.pipeline.name} run={job.run_key} state={state}",
+            argsrepr=f"pipeline={job.pipeline.name} run={job.run_key} state={outcome.state}",
         )
-
-    last_progress = time.monotonic()
-
-    def on_progress(read: int, written: int) -> None:
-        nonlocal last_progress
-        if time.monotonic() - last_progress >= PROGRESS_EVERY:
-            last_progress = time.monotonic()
-            report("progress", read=read, written=written)
 
     log.info("run %s of pipeline %s started", job.run_key, job.pipeline.name)
-    report("started")
-    try:
-        result = copy_pipeline(
-            job.pipeline, home=daemon.home, on_progress=on_progress, should_stop=lambda: False
-        )
-    except (JobError, SecretError) as exc:
-        error = f"pipeline {job.pipeline.name}: {exc}"
-        log.error("run %s failed: %s", job.run_key, error)
-        report("failed", error=error)
-        return
-    except Exception as exc:
-        error = f"pipeline {job.pipeline.name}: unexpected {type(exc).__name__}"
-        log.exception("run %s failed unexpectedly", job.run_key)
-        report("failed", error=error)
-        return
-    log.info("run %s succeeded: %d rows", job.run_key, result.rows_written)
-    report("succeeded", read=result.rows_read, written=result.rows_written)
+    # `mycelial cancel` revokes the task id; Celery's revoke reaches a busy worker by broadcast
+    outcome = execute(
+        job, home=daemon.home, report=Report(send), should_stop=lambda: task_id in worker_state.revoked
+    )
+    if outcome.state == "succeeded":
+        log.info("run %s succeeded: %d rows", job.run_key, outcome.rows_written)
+    else:
+        log.error("run %s %s: %s", job.run_key, outcome.state, outcome.error)
 
 
 def _single_payload(args: tuple[Any, ...], kwargs: dict[str, Any]) -> object:

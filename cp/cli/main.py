@@ -27,7 +27,14 @@ from cp.cli.output import (
 from cp.config_file import ConfigError, load_config_file
 from cp.config_store import apply_document, current_author, plan_diff
 from cp.models import Run, RunState, RunTrigger, utcnow
-from cp.runs import UnknownPipelineError, create_run, get_pipeline, mark_unpublished
+from cp.runs import (
+    RunNotCancellableError,
+    UnknownPipelineError,
+    create_run,
+    get_pipeline,
+    mark_unpublished,
+    request_cancel,
+)
 from cp.runtime import ControlPlane
 from cp.settings import Settings, SettingsError, get_settings
 from cp.views import config_history_rows, daemon_rows, pipeline_rows, run_row, run_rows
@@ -347,9 +354,24 @@ def run_pipeline(
     raise typer.Exit(EXIT_FAILED)
 
 
+@app.command()
+def cancel(run_key: Annotated[str, typer.Argument(help="The run key, as `mycelial runs` shows it.")]) -> None:
+    """Cancel a run: a queued run never starts; a running one stops between batches."""
+    cp = ControlPlane(settings())
+    _ = cp.app
+    with cp.session() as session:
+        run = request_cancel(session, run_key, now=utcnow())
+    # a broadcast, so it reaches the daemon even while its queue is busy with this very job
+    cp.app.control.revoke(run.task_id or run.run_key)
+    if run.state is RunState.CANCELLED:
+        info(f"run {run.run_key} cancelled before it started")
+    else:
+        info(f"run {run.run_key} asked to stop; it ends `cancelled` after its current batch")
+
+
 # --- entry point -------------------------------------------------------------------------
 
-BAD_INPUT_ERRORS = (SettingsError, UnknownPipelineError, BrokerNotConfiguredError)
+BAD_INPUT_ERRORS = (SettingsError, UnknownPipelineError, RunNotCancellableError, BrokerNotConfiguredError)
 
 
 def run() -> None:

@@ -54,6 +54,9 @@ def test_a_valid_document_is_sorted_by_name_with_defaults_filled_in(raw_config: 
         "destination": {"connector": "warehouse", "table": "orders", "query": None},
         "mode": "replace",
         "batch_size": 10_000,
+        "cursor_column": None,
+        "key_columns": [],
+        "schema_drift": "add",
         "schedule": "0 * * * *",
         "timezone": "UTC",
         "daemon": "edge-paris",
@@ -140,7 +143,7 @@ BAD_INPUTS = [
     pytest.param(
         "connectors.1.kind",
         "oracle",
-        "connectors[1].kind: unknown connector kind 'oracle' (known: sqlite)",
+        "connectors[1].kind: unknown connector kind 'oracle' (known: csv, jsonl, mysql, postgres, sqlite)",
         id="unknown-connector-kind",
     ),
     pytest.param(
@@ -212,7 +215,7 @@ BAD_INPUTS = [
     pytest.param(
         "pipelines.0.mode",
         "merge",
-        "pipelines[0].mode: Input should be 'replace' or 'append'",
+        "pipelines[0].mode: Input should be 'replace', 'append', 'incremental' or 'upsert'",
         id="unknown-mode",
     ),
     pytest.param(
