@@ -36,7 +36,8 @@ pipelines:
 def make_source(path: Path) -> None:
     with sqlite3.connect(path) as conn:
         conn.execute(
-            "CREATE TABLE events (id INTEGER PRIMARY KEY, bucket INTEGER NOT NULL, payload TEXT, amount DECIMAL(12,2))"
+            "CREATE TABLE events"
+            " (id INTEGER PRIMARY KEY, bucket INTEGER NOT NULL, payload TEXT, amount DECIMAL(12,2))"
         )
         # many rows share each bucket value, so cursor ties straddle batch boundaries
         conn.executemany(
