@@ -174,6 +174,7 @@ class Run(SQLModel, table=True):
     cursor_before: str | None = None
     cursor_after: str | None = None
     error: str | None = Field(default=None, sa_column=Column(Text))
+    error_retryable: bool = False
     cancel_requested_at: datetime | None = _ts()
 
 

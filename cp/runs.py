@@ -152,6 +152,7 @@ def record_run_event(session: Session, event: RunEvent, *, now: datetime) -> boo
         run.started_at = run.started_at or event.at
         run.finished_at = event.at
         run.error = event.error
+        run.error_retryable = event.retryable
     session.add(run)
     return True
 

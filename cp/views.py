@@ -88,6 +88,7 @@ def run_row(run: Run) -> dict[str, Any]:
         "rows_read": run.rows_read,
         "rows_written": run.rows_written,
         "error": run.error,
+        "error_retryable": run.error_retryable,
     }
 
 
