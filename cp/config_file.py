@@ -140,16 +140,17 @@ def _semantic_problems(doc: ConfigDocument) -> list[str]:
         problems += _connector_problems(f"connectors[{i}]", conn)
 
     connectors = {c.name for c in doc.connectors}
+    kinds = {c.name: c.kind for c in doc.connectors}
     daemons = {d.name: d for d in doc.daemons}
     for i, pipe in enumerate(doc.pipelines):
         where = f"pipelines[{i}]"
         for end_name, end in (("source", pipe.source), ("destination", pipe.destination)):
             if end.connector not in connectors:
                 problems.append(f"{where}.{end_name}.connector: unknown connector {end.connector!r}")
-        if (pipe.source.table is None) == (pipe.source.query is None):
+        file_source = kinds.get(pipe.source.connector) in SOURCE_ONLY_KINDS
+        if not file_source and (pipe.source.table is None) == (pipe.source.query is None):
             problems.append(f"{where}.source: give exactly one of table or query")
         problems += _mode_problems(where, pipe)
-        kinds = {c.name: c.kind for c in doc.connectors}
         if kinds.get(pipe.destination.connector) in SOURCE_ONLY_KINDS:
             problems.append(
                 f"{where}.destination.connector: {pipe.destination.connector!r} is a "

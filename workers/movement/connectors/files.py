@@ -1,0 +1,612 @@
+"""CSV and JSON-lines files as sources: a single file, or a folder whose files are each loaded once.
+
+Options (both kinds):
+
+- ``path``: a file or a folder. A relative path resolves against the daemon's home; ``${env:..}``
+  references are resolved at run time.
+- ``pattern``: the glob a folder's file names must match (not recursive); default ``*.csv`` or
+  ``*.jsonl``. Names starting with ``.`` or ending in ``.tmp`` / ``.part`` are never read: write a
+  file under such a name, then rename it once it is complete.
+- ``columns``: ``{name: type}``, the schema in order; types are the logical type names, a decimal
+  optionally as ``decimal(18,4)``. Without it a CSV's columns are its header's names, all ``text``,
+  and a JSON-lines source takes the keys of its first record, typed from their JSON values. Give it
+  for a folder, so the schema does not depend on which file happens to come first.
+
+CSV options: ``delimiter`` (default ``,``); ``header`` (default true: columns are found in the
+header by name; without a header, ``columns`` is required and fields are taken in its order);
+``null`` (default the empty string). A field equal to ``null`` is NULL, except that in ``text`` and
+``bytes`` columns a quoted field is always a value, as in PostgreSQL's ``COPY ... CSV``: ``a,,b``
+holds NULL, ``a,"",b`` the empty string. Blank lines are skipped. Files are UTF-8 (a BOM is
+allowed), with ``\\n`` or ``\\r\\n`` line ends.
+
+Values: ``bytes`` are standard base64 with padding, in both formats; dates and timestamps are ISO
+8601; a ``timestamp`` must have no UTC offset, a ``timestamptz`` without one is taken as UTC;
+booleans are ``true/false/t/f/yes/no/1/0`` in any case. JSON-lines numbers are read exactly, so
+decimals keep every digit, and numbers and booleans may also come as strings; a missing key is
+NULL and keys outside the schema are ignored; a JSON string in a ``json`` column stays a string,
+while CSV ``json`` fields hold JSON text.
+
+The pipeline's source table is only a label: ``path`` and ``pattern`` say what to read.
+
+Positions: ``{"file": name, "line": n}`` for a single file and ``{"done": [names], "file": name or
+None, "line": n}`` for a folder, where ``line`` counts the file's lines already loaded (a CSV
+header included), so a killed run resumes inside the file. A folder's position carries over from
+run to run: files are loaded in name order, each once, by name (rewriting a loaded file does not
+load it again), and files that appear later are loaded by the next run. That position is also a
+folder's incremental cursor, so ``cursor_column`` is not used; a single file refuses one.
+"""
+
+from __future__ import annotations
+
+import base64
+import codecs
+import csv
+import json
+import re
+from abc import abstractmethod
+from collections.abc import Callable, Generator, Iterator
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from fnmatch import fnmatchcase
+from functools import partial
+from pathlib import Path
+from typing import Any, BinaryIO, ClassVar
+
+from workers.movement.errors import MovementError
+from workers.movement.interface import Position, ReadSpec, Source, SourceBatch
+from workers.movement.types import Column, LogicalType, Row, Schema
+from workers.secrets import resolve
+
+T = LogicalType
+
+_TYPE = re.compile(r"^\s*([A-Za-z]+)\s*(?:\(\s*(\d+)\s*(?:,\s*(\d+)\s*)?\))?\s*$")
+_RANGES = {T.INTEGER: (-(2**31), 2**31 - 1), T.BIGINT: (-(2**63), 2**63 - 1)}
+_BOOLEANS = {
+    **dict.fromkeys(("true", "t", "yes", "1"), True),
+    **dict.fromkeys(("false", "f", "no", "0"), False),
+}
+_WHAT = {
+    T.INTEGER: "an integer",
+    T.BIGINT: "a bigint",
+    T.FLOAT: "a float",
+    T.DECIMAL: "a decimal",
+    T.TEXT: "text",
+    T.BOOLEAN: "a boolean",
+    T.DATE: "a date",
+    T.TIMESTAMP: "a timestamp",
+    T.TIMESTAMPTZ: "a timestamptz",
+    T.BYTES: "base64 bytes",
+    T.JSON: "JSON",
+}
+# a quoted field up to its closing quote, where "" is a quote inside it
+_QUOTED = re.compile(r'"[^"]*(?:""[^"]*)*"?')
+_CONVERSION_ERRORS = (ValueError, ArithmeticError, TypeError)
+
+
+class BadValue(ValueError):
+    """A value that does not fit its column; ``reason`` (if any) replaces "is not a <type>"."""
+
+    def __init__(self, reason: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def open_file(path: Path) -> BinaryIO:
+    """Open a file to read; one place, so tests can watch how much of a file is read."""
+    return path.open("rb")
+
+
+def declared_columns(raw: Any, where: str) -> tuple[Column, ...] | None:
+    """The ``columns`` option as logical columns, or None when it is not given."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or not raw:
+        raise MovementError(f"{where}: option 'columns' must map column names to types")
+    columns = []
+    known = ", ".join(t.value for t in T)
+    for name, spec in raw.items():
+        match = _TYPE.match(spec) if isinstance(spec, str) else None
+        kind = match.group(1).lower() if match else ""
+        if match is None or kind not in {t.value for t in T} or (match.group(2) and kind != "decimal"):
+            raise MovementError(f"{where}: column {name!r} has unknown type {spec!r} (known: {known})")
+        precision = int(match.group(2)) if match.group(2) else None
+        scale = int(match.group(3)) if match.group(3) else None
+        columns.append(Column(str(name), T(kind), precision=precision, scale=scale))
+    return tuple(columns)
+
+
+# --- values --------------------------------------------------------------------------------
+
+
+def _integer(kind: LogicalType) -> Callable[[int], int]:
+    low, high = _RANGES[kind]
+
+    def check(value: int) -> int:
+        if low <= value <= high:
+            return value
+        raise BadValue(f"is out of range for {kind}")
+
+    return check
+
+
+def _decimal(text: str) -> Decimal:
+    value = Decimal(text)
+    if not value.is_finite():
+        raise BadValue()
+    return value
+
+
+def _boolean(text: str) -> bool:
+    value = _BOOLEANS.get(text.strip().lower())
+    if value is None:
+        raise BadValue()
+    return value
+
+
+def _timestamp(text: str) -> datetime:
+    value = datetime.fromisoformat(text.strip())
+    if value.tzinfo is not None:
+        raise BadValue("has a UTC offset, which a timestamp column cannot keep (use timestamptz)")
+    return value
+
+
+def _timestamptz(text: str) -> datetime:
+    value = datetime.fromisoformat(text.strip())
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def text_parser(kind: LogicalType) -> Callable[[str], Any]:
+    """Text (a CSV field) → the column's Python value; failures raise ValueError or ArithmeticError."""
+    if kind in _RANGES:
+        check = _integer(kind)
+        return lambda text: check(int(text))
+    parsers: dict[LogicalType, Callable[[str], Any]] = {
+        T.FLOAT: float,
+        T.DECIMAL: _decimal,
+        T.TEXT: str,
+        T.BOOLEAN: _boolean,
+        T.DATE: lambda text: date.fromisoformat(text.strip()),
+        T.TIMESTAMP: _timestamp,
+        T.TIMESTAMPTZ: _timestamptz,
+        T.BYTES: lambda text: base64.b64decode(text, validate=True),
+        T.JSON: json.loads,
+    }
+    return parsers[kind]
+
+
+def plain_json(value: Any) -> Any:
+    """A parsed JSON value with the exact decimals of the reader turned back into floats."""
+    if isinstance(value, Decimal):
+        return float(value)
+    if isinstance(value, list):
+        return [plain_json(v) for v in value]
+    if isinstance(value, dict):
+        return {k: plain_json(v) for k, v in value.items()}
+    return value
+
+
+def json_parser(kind: LogicalType) -> Callable[[Any], Any]:
+    """A JSON value (numbers as Decimal or int) → the column's Python value."""
+    from_text = text_parser(kind)
+    if kind in _RANGES:
+        check = _integer(kind)
+
+        def integer(value: Any) -> int:
+            if isinstance(value, Decimal) and value.is_finite() and value == value.to_integral_value():
+                value = int(value)
+            if isinstance(value, int) and not isinstance(value, bool):
+                return check(value)
+            if isinstance(value, str):
+                return check(int(value))
+            raise BadValue()
+
+        return integer
+    if kind is T.FLOAT:
+
+        def to_float(value: Any) -> float:
+            if isinstance(value, int | float | Decimal | str) and not isinstance(value, bool):
+                return float(value)
+            raise BadValue()
+
+        return to_float
+    if kind is T.DECIMAL:
+
+        def to_decimal(value: Any) -> Decimal:
+            if isinstance(value, int | Decimal | str) and not isinstance(value, bool):
+                return _decimal(str(value))
+            raise BadValue()
+
+        return to_decimal
+    if kind is T.TEXT:
+
+        def to_text(value: Any) -> str:
+            if isinstance(value, str):
+                return value
+            if isinstance(value, bool):
+                return "true" if value else "false"
+            if isinstance(value, int | Decimal):
+                return str(value)
+            raise BadValue()
+
+        return to_text
+    if kind is T.BOOLEAN:
+
+        def to_boolean(value: Any) -> bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, int) and value in (0, 1):
+                return bool(value)
+            if isinstance(value, str):
+                return _boolean(value)
+            raise BadValue()
+
+        return to_boolean
+    if kind is T.JSON:
+        return plain_json
+
+    def from_string(value: Any) -> Any:
+        if isinstance(value, str):
+            return from_text(value)
+        raise BadValue()
+
+    return from_string
+
+
+def json_type(value: Any) -> LogicalType:
+    """The logical type a JSON value suggests, for a schema taken from a first record."""
+    if isinstance(value, bool):
+        return T.BOOLEAN
+    if isinstance(value, int):
+        return T.BIGINT
+    if isinstance(value, Decimal | float):
+        return T.FLOAT
+    if isinstance(value, dict | list):
+        return T.JSON
+    return T.TEXT
+
+
+def bad_value(label: str, line: int, column: Column, shown: str, exc: Exception) -> MovementError:
+    """The error for a value that does not fit its column; ``shown`` is the value as the file has it."""
+    reason = exc.reason if isinstance(exc, BadValue) and exc.reason else f"is not {_WHAT[column.type]}"
+    shown = shown if len(shown) <= 80 else shown[:77] + "..."
+    return MovementError(f"{label} line {line}: column {column.name!r}: {shown} {reason}")
+
+
+def _inside_folder(done: list[str], name: str, line: int) -> Position:
+    return {"done": list(done), "file": name, "line": line}
+
+
+def _end(pattern: re.Pattern[str], text: str, pos: int) -> int:
+    match = pattern.match(text, pos)
+    return match.end() if match else pos
+
+
+# --- reading -------------------------------------------------------------------------------
+
+
+class Lines:
+    """A binary file's lines as text, counted, keeping the raw text of the record being read."""
+
+    def __init__(self, handle: BinaryIO, label: str, *, keep_raw: bool) -> None:
+        self._lines = iter(handle)
+        self.label = label
+        self.count = 0
+        self.raw: list[str] = []
+        self._keep_raw = keep_raw
+
+    def __iter__(self) -> Lines:
+        return self
+
+    def __next__(self) -> str:
+        data = next(self._lines)
+        self.count += 1
+        if self.count == 1 and data.startswith(codecs.BOM_UTF8):
+            data = data[len(codecs.BOM_UTF8) :]
+        try:
+            line = data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise MovementError(f"{self.label} line {self.count}: not valid UTF-8") from None
+        if self._keep_raw:
+            self.raw.append(line)
+        return line
+
+    def skip_to(self, line: int) -> None:
+        """Consume lines until ``line`` lines have been read (or the file ends)."""
+        while self.count < line and next(self, None) is not None:
+            pass
+        self.raw.clear()
+
+
+class FileSource(Source):
+    """What CSV and JSON-lines sources share: files, folders, positions and batches."""
+
+    default_pattern: ClassVar[str]
+
+    def __init__(self, name: str, options: dict[str, Any], *, home: Path) -> None:
+        super().__init__(name, options, home=home)
+        self.where = f"source {name}"
+        self.columns: tuple[Column, ...] | None = None
+
+    @property
+    def root(self) -> Path:
+        if not self.options.get("path"):
+            raise MovementError(f"{self.where}: option 'path' is required")
+        path = Path(resolve(str(self.options["path"]))).expanduser()
+        return path if path.is_absolute() else self.home / path
+
+    @property
+    def resumes_across_runs(self) -> bool:
+        """A folder remembers its loaded files from run to run; a single file starts over."""
+        return self.root.is_dir()
+
+    def open(self) -> None:
+        if not self.root.exists():
+            raise MovementError(f"{self.where}: {self.root} does not exist")
+        self.columns = declared_columns(self.options.get("columns"), self.where)
+
+    def close(self) -> None:
+        pass
+
+    def files(self) -> list[Path]:
+        """The files to read, in name order: the path itself, or the folder's finished matching files."""
+        root = self.root
+        if not root.is_dir():
+            return [root]
+        pattern = self.options.get("pattern") or self.default_pattern
+        try:
+            entries = list(root.iterdir())
+        except OSError as exc:
+            raise MovementError(f"{self.where}: cannot list {root}: {exc.strerror}") from None
+        names = [
+            p
+            for p in entries
+            if fnmatchcase(p.name, pattern)
+            and not p.name.startswith(".")
+            and not p.name.endswith((".tmp", ".part"))
+            and p.is_file()
+        ]
+        return sorted(names, key=lambda p: p.name)
+
+    def _check(self, spec: ReadSpec) -> None:
+        if spec.query is not None:
+            raise MovementError(f"{self.where}: file sources take no query")
+        if spec.cursor_column and not self.root.is_dir():
+            raise MovementError(
+                f"{self.where}: a single file has no cursor order (cursor_column {spec.cursor_column!r});"
+                " point path at a folder, whose new files are the increments"
+            )
+
+    def _open(self, path: Path) -> BinaryIO:
+        try:
+            return open_file(path)
+        except OSError as exc:
+            raise MovementError(f"{self.where}: cannot read {path}: {exc.strerror}") from None
+
+    def schema(self, spec: ReadSpec) -> Schema:
+        self._check(spec)
+        if self.columns is not None:
+            return Schema(self.columns)
+        for path in self.files():
+            columns = self.infer(path)
+            if columns is not None:
+                return Schema(columns)
+        raise MovementError(
+            f"{self.where}: no data in {self.root} to take the columns from; give the 'columns' option"
+        )
+
+    def batches(self, spec: ReadSpec, schema: Schema) -> Iterator[SourceBatch]:
+        self._check(spec)
+        start = spec.start or {}
+        size = max(1, spec.batch_size)
+        root = self.root
+        if not root.is_dir():
+            name = root.name
+            skip = int(start.get("line") or 0) if start.get("file") == name else 0
+            yield from self._file_batches(root, schema, size, skip, lambda n: {"file": name, "line": n}, None)
+            return
+        done: list[str] = sorted(start.get("done") or [])
+        finished = set(done)
+        current, line = start.get("file"), int(start.get("line") or 0)
+        for path in self.files():
+            if path.name in finished:
+                continue
+            before, name = done, path.name
+            done = sorted([*done, name])
+            yield from self._file_batches(
+                path,
+                schema,
+                size,
+                line if name == current else 0,
+                partial(_inside_folder, before, name),
+                {"done": done, "file": None, "line": 0},
+            )
+
+    def _file_batches(
+        self,
+        path: Path,
+        schema: Schema,
+        size: int,
+        skip: int,
+        at: Callable[[int], Position],
+        end: Position | None,
+    ) -> Iterator[SourceBatch]:
+        """One file's rows in batches; a folder's file ends with a batch (maybe empty) marking it done."""
+        rows: list[Row] = []
+        last = skip
+        for last, row in self.records(path, schema, skip):
+            rows.append(row)
+            if len(rows) >= size:
+                yield SourceBatch(rows, at(last))
+                rows = []
+        if end is not None:
+            yield SourceBatch(rows, end)
+        elif rows:
+            yield SourceBatch(rows, at(last))
+
+    @abstractmethod
+    def infer(self, path: Path) -> tuple[Column, ...] | None:
+        """The columns ``path`` suggests, or None when it holds no data."""
+
+    @abstractmethod
+    def records(self, path: Path, schema: Schema, skip: int) -> Iterator[tuple[int, Row]]:
+        """Each row of ``path`` after its first ``skip`` lines, with the count of lines read so far."""
+
+
+class CsvSource(FileSource):
+    kind = "csv"
+    default_pattern = "*.csv"
+
+    def open(self) -> None:
+        super().open()
+        delimiter = self.options.get("delimiter") or ","
+        if not isinstance(delimiter, str) or len(delimiter) != 1 or delimiter in '"\r\n':
+            raise MovementError(f"{self.where}: option 'delimiter' must be one character other than a quote")
+        header = self.options.get("header")
+        header = True if header is None else header
+        if not isinstance(header, bool):
+            raise MovementError(f"{self.where}: option 'header' must be true or false")
+        null = self.options.get("null")
+        if not isinstance(null, str | None):
+            raise MovementError(f"{self.where}: option 'null' must be a string")
+        if not header and self.columns is None:
+            raise MovementError(f"{self.where}: a CSV without a header needs the 'columns' option")
+        self.delimiter, self.header, self.null = delimiter, header, null or ""
+        self._unquoted = re.compile(f"[^{re.escape(delimiter)}\r\n]*")
+
+    def _reader(self, lines: Lines) -> Iterator[list[str]]:
+        return csv.reader(lines, delimiter=self.delimiter)
+
+    def _next(self, reader: Iterator[list[str]], lines: Lines) -> list[str] | None:
+        try:
+            return next(reader, None)
+        except csv.Error as exc:
+            raise MovementError(f"{lines.label} line {lines.count}: {exc}") from None
+
+    def _header(self, reader: Iterator[list[str]], lines: Lines) -> list[str] | None:
+        while (names := self._next(reader, lines)) == []:
+            pass
+        return names
+
+    def infer(self, path: Path) -> tuple[Column, ...] | None:
+        label = f"{self.where}: {path.name}"
+        with self._open(path) as handle:
+            lines = Lines(handle, label, keep_raw=False)
+            names = self._header(self._reader(lines), lines)
+        if names is None:
+            return None
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise MovementError(f"{label}: the header repeats {', '.join(map(repr, duplicates))}")
+        return tuple(Column(n, T.TEXT) for n in names)
+
+    def quoted_fields(self, raw: str) -> list[bool]:
+        """Which fields of a record's raw text are quoted (the csv module does not say)."""
+        flags: list[bool] = []
+        pos = 0
+        while True:
+            quoted = raw.startswith('"', pos)
+            flags.append(quoted)
+            if quoted:
+                pos = _end(_QUOTED, raw, pos)
+            pos = _end(self._unquoted, raw, pos)
+            if not raw.startswith(self.delimiter, pos):
+                return flags
+            pos += 1
+
+    def records(self, path: Path, schema: Schema, skip: int) -> Iterator[tuple[int, Row]]:
+        label = f"{self.where}: {path.name}"
+        null = self.null
+        with self._open(path) as handle:
+            lines = Lines(handle, label, keep_raw=True)
+            reader = self._reader(lines)
+            width = len(schema.columns)
+            indexes = list(range(width))
+            if self.header:
+                names = self._header(reader, lines)
+                if names is None:
+                    return
+                missing = [c.name for c in schema.columns if c.name not in names]
+                if missing:
+                    raise MovementError(
+                        f"{label}: the header has no column {', '.join(map(repr, missing))}"
+                        f" (it has {', '.join(names)})"
+                    )
+                width, indexes = len(names), [names.index(c.name) for c in schema.columns]
+            lines.skip_to(skip)
+            plan = [
+                (index, column, text_parser(column.type), column.type in (T.TEXT, T.BYTES))
+                for index, column in zip(indexes, schema.columns, strict=True)
+            ]
+            while True:
+                first = lines.count + 1
+                fields = self._next(reader, lines)
+                if fields is None:
+                    return
+                raw, lines.raw = lines.raw, []
+                if not fields:
+                    continue
+                if len(fields) != width:
+                    raise MovementError(f"{label} line {first}: expected {width} fields, found {len(fields)}")
+                quoted: list[bool] | None = None
+                values: list[Any] = []
+                for index, column, parse, literal in plan:
+                    text = fields[index]
+                    if text == null:
+                        if not literal:
+                            values.append(None)
+                            continue
+                        quoted = quoted if quoted is not None else self.quoted_fields("".join(raw))
+                        if index >= len(quoted) or not quoted[index]:
+                            values.append(None)
+                            continue
+                    try:
+                        values.append(parse(text))
+                    except _CONVERSION_ERRORS as exc:
+                        raise bad_value(label, first, column, repr(text), exc) from None
+                yield lines.count, tuple(values)
+
+
+class JsonlSource(FileSource):
+    kind = "jsonl"
+    default_pattern = "*.jsonl"
+
+    def _objects(self, path: Path, skip: int) -> Generator[tuple[int, dict[str, Any]], None, None]:
+        label = f"{self.where}: {path.name}"
+        # decimals stay exact; columns that want floats convert
+        decoder = json.JSONDecoder(parse_float=Decimal)
+        with self._open(path) as handle:
+            lines = Lines(handle, label, keep_raw=False)
+            lines.skip_to(skip)
+            for line in lines:
+                if not line.strip():
+                    continue
+                try:
+                    record = decoder.decode(line)
+                except ValueError as exc:
+                    raise MovementError(f"{label} line {lines.count}: not valid JSON: {exc}") from None
+                if not isinstance(record, dict):
+                    found = type(record).__name__
+                    raise MovementError(f"{label} line {lines.count}: expected a JSON object, found {found}")
+                yield lines.count, record
+
+    def infer(self, path: Path) -> tuple[Column, ...] | None:
+        objects = self._objects(path, 0)
+        try:
+            first = next(objects, None)
+        finally:
+            objects.close()
+        return None if first is None else tuple(Column(str(k), json_type(v)) for k, v in first[1].items())
+
+    def records(self, path: Path, schema: Schema, skip: int) -> Iterator[tuple[int, Row]]:
+        label = f"{self.where}: {path.name}"
+        plan = [(column, json_parser(column.type)) for column in schema.columns]
+        for line, record in self._objects(path, skip):
+            values: list[Any] = []
+            for column, parse in plan:
+                value = record.get(column.name)
+                try:
+                    values.append(None if value is None else parse(value))
+                except _CONVERSION_ERRORS as exc:
+                    shown = json.dumps(plain_json(value), ensure_ascii=False)
+                    raise bad_value(label, line, column, shown, exc) from None
+            yield line, tuple(values)
