@@ -125,3 +125,10 @@ def test_incremental_and_upsert_settings_are_kept_in_the_normalized_document() -
         ["id"],
         "fail",
     )
+
+
+def test_a_file_source_needs_neither_table_nor_query() -> None:
+    assert problems(source="kind: csv, path: in/", source_end="pattern_is_in_the_connector: true") == [
+        "f.yaml: pipelines[0].source.pattern_is_in_the_connector: unknown field"
+    ]
+    assert problems(source="kind: csv, path: in/", source_end="table: null") == []
