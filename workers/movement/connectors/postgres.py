@@ -1,0 +1,515 @@
+"""PostgreSQL as a source and a sink (psycopg 3).
+
+Options: ``dsn`` (a libpq URL or key=value string, may hold ``${env:NAME}`` / ``${file:/path}``) and
+``schema`` (default ``public``), which qualifies table names without one and, when set to another
+schema, comes first on the session's ``search_path`` so queries see its tables. Sessions run in
+UTC, so ``timestamptz`` values arrive aware in UTC. Reads go through a server-side cursor; each
+sink write is one transaction holding a COPY of the batch and the pipeline's state.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import replace
+from typing import Any
+from urllib.parse import unquote
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
+from psycopg.types.string import TextLoader
+
+from workers.movement.errors import MovementError, RetryableError
+from workers.movement.interface import (
+    STATE_TABLE,
+    PipelineState,
+    ReadSpec,
+    Sink,
+    Source,
+    SourceBatch,
+    WriteSpec,
+    dump_state,
+    load_state_json,
+)
+from workers.movement.positions import tracked
+from workers.movement.sqlbuild import base_relation, ordered_read
+from workers.movement.types import Column, LogicalType, Row, Schema, UnsupportedTypeError
+from workers.secrets import resolve
+
+T = LogicalType
+Connection = psycopg.Connection[tuple[Any, ...]]
+
+CONNECT_TIMEOUT = 10  # seconds; libpq would otherwise wait forever on a silent host
+
+
+def quote(identifier: str) -> str:
+    return '"' + identifier.replace('"', '""') + '"'
+
+
+def _quote_escaped(identifier: str) -> str:
+    return quote(identifier).replace("%", "%%")
+
+
+def relation(table: str) -> str:
+    """A quoted, possibly schema-qualified table name (``schema.table``)."""
+    return ".".join(quote(part) for part in table.split("."))
+
+
+def split_table(table: str, schema: str) -> tuple[str, str]:
+    namespace, dot, name = table.rpartition(".")
+    return (namespace if dot else schema), name
+
+
+# --- types ---------------------------------------------------------------------------------
+
+_BY_TYPE_NAME: dict[str, LogicalType] = {
+    "int2": T.INTEGER,
+    "int4": T.INTEGER,
+    "int8": T.BIGINT,
+    "float4": T.FLOAT,
+    "float8": T.FLOAT,
+    "numeric": T.DECIMAL,
+    "text": T.TEXT,
+    "varchar": T.TEXT,
+    "bpchar": T.TEXT,
+    "name": T.TEXT,
+    "uuid": T.TEXT,
+    "citext": T.TEXT,
+    "bool": T.BOOLEAN,
+    "date": T.DATE,
+    "timestamp": T.TIMESTAMP,
+    "timestamptz": T.TIMESTAMPTZ,
+    "bytea": T.BYTES,
+    "json": T.JSON,
+    "jsonb": T.JSON,
+}
+_BY_OID: dict[int, LogicalType] = {
+    info.oid: kind
+    for name, kind in _BY_TYPE_NAME.items()
+    if (info := psycopg.postgres.types.get(name)) is not None
+}
+
+#: the PostgreSQL type a sink column gets; also the COPY type of its values
+_PG_TYPE: dict[LogicalType, str] = {
+    T.INTEGER: "int4",
+    T.BIGINT: "int8",
+    T.FLOAT: "float8",
+    T.DECIMAL: "numeric",
+    T.TEXT: "text",
+    T.BOOLEAN: "bool",
+    T.DATE: "date",
+    T.TIMESTAMP: "timestamp",
+    T.TIMESTAMPTZ: "timestamptz",
+    T.BYTES: "bytea",
+    T.JSON: "jsonb",
+}
+
+
+_COPY_OID: dict[LogicalType, int] = {
+    kind: psycopg.postgres.types[name].oid for kind, name in _PG_TYPE.items()
+}
+INT4_MIN, INT4_MAX = -(2**31), 2**31 - 1
+
+
+def declared_type(column: Column) -> str:
+    if column.type is T.DECIMAL:
+        return f"NUMERIC({column.precision},{column.scale or 0})" if column.precision else "NUMERIC"
+    return {
+        T.INTEGER: "INTEGER",
+        T.BIGINT: "BIGINT",
+        T.FLOAT: "DOUBLE PRECISION",
+        T.TEXT: "TEXT",
+        T.BOOLEAN: "BOOLEAN",
+        T.DATE: "DATE",
+        T.TIMESTAMP: "TIMESTAMP",
+        T.TIMESTAMPTZ: "TIMESTAMPTZ",
+        T.BYTES: "BYTEA",
+        T.JSON: "JSONB",
+    }[column.type]
+
+
+# --- connections and errors ----------------------------------------------------------------
+
+_URL_USERINFO = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://([^@/?#]*)@")
+_URL_PASSWORD_PARAM = re.compile(r"[?&]password=([^&#]*)", re.IGNORECASE)
+_KV_PASSWORD = re.compile(r"\bpassword\s*=\s*('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
+
+
+def secrets_of(dsn: str) -> list[str]:
+    """Every form in which the DSN's password could show up in a message, longest first."""
+    found = {dsn}
+    userinfo = _URL_USERINFO.match(dsn)
+    if userinfo and ":" in userinfo.group(1):
+        found.add(userinfo.group(1).split(":", 1)[1])
+    found.update(m.group(1) for m in _URL_PASSWORD_PARAM.finditer(dsn))
+    found.update(m.group(1).strip("'") for m in _KV_PASSWORD.finditer(dsn))
+    try:
+        found.add(str(conninfo_to_dict(dsn).get("password") or ""))
+    except psycopg.Error:
+        pass  # malformed: the patterns above already caught what they could
+    found.update([unquote(s) for s in found])
+    return sorted((s for s in found if s), key=len, reverse=True)
+
+
+def redact(text: str, secrets: list[str]) -> str:
+    for secret in secrets:
+        text = text.replace(secret, "***")
+    return text
+
+
+def reason(exc: BaseException, secrets: list[str]) -> str:
+    """The operator-facing part of a driver error: its first line(s), never the DSN or password."""
+    diag = getattr(exc, "diag", None)
+    primary = diag.message_primary if diag is not None else None
+    text = primary or " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    return redact(text or type(exc).__name__, secrets)
+
+
+def failure(where: str, exc: psycopg.Error, secrets: list[str]) -> MovementError:
+    """Connection-level errors (lost connection, shutdown, timeouts, serialization) are retryable."""
+    cls = RetryableError if isinstance(exc, psycopg.OperationalError) else MovementError
+    return cls(f"{where}: {reason(exc, secrets)}")
+
+
+def connect(options: dict[str, Any], where: str) -> tuple[Connection, list[str]]:
+    """An autocommit session in UTC with the configured schema first on the search path."""
+    dsn = resolve(str(options["dsn"]))
+    secrets = secrets_of(dsn)
+    try:
+        given = conninfo_to_dict(dsn)
+        extra: dict[str, Any] = {} if "connect_timeout" in given else {"connect_timeout": CONNECT_TIMEOUT}
+        conn = psycopg.connect(dsn, autocommit=True, fallback_application_name="mycelial", **extra)
+    except psycopg.OperationalError as exc:
+        raise RetryableError(f"{where}: cannot connect to PostgreSQL: {reason(exc, secrets)}") from None
+    except psycopg.Error as exc:
+        raise MovementError(
+            f"{where}: invalid PostgreSQL connection string: {reason(exc, secrets)}"
+        ) from None
+    try:
+        conn.execute("SET TIME ZONE 'UTC'")
+        schema = schema_option(options)
+        if schema != "public":
+            conn.execute(sql.SQL("SET search_path TO {}, public").format(sql.Identifier(schema)))
+    except psycopg.Error as exc:
+        conn.close()
+        raise failure(where, exc, secrets) from None
+    return conn, secrets
+
+
+def schema_option(options: dict[str, Any]) -> str:
+    return str(options.get("schema") or "public")
+
+
+# --- source --------------------------------------------------------------------------------
+
+
+class PostgresSource(Source):
+    kind = "postgres"
+
+    @property
+    def where(self) -> str:
+        return f"source {self.name}"
+
+    def open(self) -> None:
+        self.conn, self.secrets = connect(self.options, self.where)
+        # carried as text: load as str, not uuid.UUID
+        self.conn.adapters.register_loader("uuid", TextLoader)
+
+    def close(self) -> None:
+        reading = self.__dict__.pop("_reading", None)
+        conn = self.__dict__.pop("conn", None)
+        if reading is not None and conn is not None and not conn.closed:
+            try:
+                reading.close()
+            except MovementError:
+                pass  # the connection is being dropped anyway
+        if conn is not None:
+            conn.close()
+
+    def _qualified(self, spec: ReadSpec) -> ReadSpec:
+        if spec.table is None:
+            return spec
+        return replace(spec, table=".".join(split_table(spec.table, schema_option(self.options))))
+
+    def schema(self, spec: ReadSpec) -> Schema:
+        spec = self._qualified(spec)
+        try:
+            if spec.table is not None:
+                regclass = self.conn.execute("SELECT to_regclass(%s)::oid", [relation(spec.table)]).fetchone()
+                if regclass is None or regclass[0] is None:
+                    raise MovementError(f"{self.where}: no such table: {spec.table}")
+            with self.conn.cursor() as cursor:
+                cursor.execute(f"SELECT * FROM {base_relation(spec, quote)} LIMIT 0")
+                description = list(cursor.description or [])
+            names = [d.name for d in description]
+            if len(set(names)) != len(names):
+                duplicates = sorted({n for n in names if names.count(n) > 1})
+                raise MovementError(f"{self.where}: more than one column named {', '.join(duplicates)}")
+            unknown = {d.type_code for d in description if d.type_code not in _BY_OID}
+            extra = self._extra_types(unknown)
+            columns = []
+            for d in description:
+                kind = _BY_OID.get(d.type_code) or extra[d.type_code]
+                if not isinstance(kind, LogicalType):
+                    raise UnsupportedTypeError(d.name, kind, self.where)
+                decimal = kind is T.DECIMAL
+                columns.append(
+                    Column(
+                        d.name,
+                        kind,
+                        precision=d.precision if decimal else None,
+                        scale=d.scale if decimal else None,
+                    )
+                )
+            if spec.table is None:
+                return Schema(tuple(columns))
+            not_null, pk = self._constraints(spec.table)
+            columns = [replace(c, nullable=False) if c.name in not_null else c for c in columns]
+            return Schema(tuple(columns), primary_key=pk)
+        except psycopg.Error as exc:
+            raise failure(self.where, exc, self.secrets) from None
+
+    def _extra_types(self, oids: set[int]) -> dict[int, LogicalType | str]:
+        """Extension types (citext) and enums are text; anything else is its type's name (unsupported)."""
+        if not oids:
+            return {}
+        rows = self.conn.execute(
+            "SELECT oid::int, typname, typtype, format_type(oid, NULL) FROM pg_type WHERE oid = ANY(%s)",
+            [list(oids)],
+        ).fetchall()
+        found: dict[int, LogicalType | str] = {
+            oid: T.TEXT if name in _BY_TYPE_NAME or typtype == "e" else pretty
+            for oid, name, typtype, pretty in rows
+        }
+        return {oid: found.get(oid, f"oid {oid}") for oid in oids}
+
+    def _constraints(self, table: str) -> tuple[set[str], tuple[str, ...]]:
+        not_null = {
+            row[0]
+            for row in self.conn.execute(
+                "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(%s)"
+                " AND attnum > 0 AND NOT attisdropped AND attnotnull",
+                [relation(table)],
+            )
+        }
+        pk = self.conn.execute(
+            "SELECT a.attname FROM pg_index i"
+            " JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)"
+            " WHERE i.indrelid = to_regclass(%s) AND i.indisprimary"
+            " ORDER BY array_position(i.indkey::int2[], a.attnum)",
+            [relation(table)],
+        ).fetchall()
+        return not_null, tuple(row[0] for row in pk)
+
+    def batches(self, spec: ReadSpec, schema: Schema) -> Iterator[SourceBatch]:
+        spec = self._qualified(spec)
+        by_offset = not spec.cursor_column and not (spec.key_columns or schema.primary_key)
+        if by_offset and any(c.type is T.JSON for c in schema.columns):
+            # ordering by every column needs an ordering for json, which only jsonb has
+            columns = ", ".join(
+                f"{quote(c.name)}::jsonb AS {quote(c.name)}" if c.type is T.JSON else quote(c.name)
+                for c in schema.columns
+            )
+            spec = replace(spec, table=None, query=f"SELECT {columns} FROM {base_relation(spec, quote)}")
+        if spec.query is not None:
+            spec = replace(spec, query=spec.query.replace("%", "%%"))
+        # parameters are always passed, so every literal % (query text, names) must be escaped
+        query, params, tracker = ordered_read(spec, schema, quote=_quote_escaped, param="%s")
+        self._reading = self._raw(query, list(params), spec.batch_size)
+        yield from tracked(self._reading, tracker)
+
+    def _raw(self, query: str, params: list[Any], batch_size: int) -> Iterator[list[Row]]:
+        try:
+            with self.conn.transaction():
+                self.conn.execute("SET TRANSACTION READ ONLY")
+                with self.conn.cursor(name="_mycelial_read") as cursor:
+                    cursor.itersize = batch_size
+                    cursor.execute(query, params)
+                    while rows := cursor.fetchmany(batch_size):
+                        yield rows
+        except psycopg.Error as exc:
+            raise failure(self.where, exc, self.secrets) from None
+
+
+# --- sink ----------------------------------------------------------------------------------
+
+
+class PostgresSink(Sink):
+    kind = "postgres"
+
+    @property
+    def where(self) -> str:
+        return f"destination {self.name}"
+
+    @property
+    def state_table(self) -> str:
+        return relation(f"{schema_option(self.options)}.{STATE_TABLE}")
+
+    def open(self) -> None:
+        self.conn, self.secrets = connect(self.options, self.where)
+        self._binary: dict[str, bool] = {}  # per written table: may its batches use binary COPY
+        try:
+            self.conn.execute(
+                f"CREATE TABLE IF NOT EXISTS {self.state_table}"
+                " (pipeline TEXT PRIMARY KEY, state JSONB NOT NULL, updated_at TIMESTAMPTZ)"
+            )
+        except psycopg.Error as exc:
+            raise failure(self.where, exc, self.secrets) from None
+
+    def close(self) -> None:
+        conn = self.__dict__.pop("conn", None)
+        if conn is not None:
+            conn.close()
+
+    def load_state(self, pipeline: str) -> PipelineState | None:
+        try:
+            row = self.conn.execute(
+                f"SELECT state::text FROM {self.state_table} WHERE pipeline = %s", [pipeline]
+            ).fetchone()
+        except psycopg.Error as exc:
+            raise failure(self.where, exc, self.secrets) from None
+        return load_state_json(pipeline, row[0]) if row else None
+
+    def _existing_columns(self, table: str) -> dict[str, int]:
+        """Column name → type OID; empty when the table does not exist."""
+        rows = self.conn.execute(
+            "SELECT attname, atttypid::int FROM pg_attribute WHERE attrelid = to_regclass(%s)"
+            " AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+            [relation(table)],
+        ).fetchall()
+        return {row[0]: row[1] for row in rows}
+
+    def prepare(self, spec: WriteSpec, schema: Schema) -> str:
+        namespace, name = split_table(spec.table, schema_option(self.options))
+        target = f"{namespace}.{name}"
+        table = target
+        try:
+            with self.conn.transaction():
+                if spec.mode == "replace":
+                    table = f"{namespace}._mycelial_stage_{name}"
+                    self.conn.execute(f"DROP TABLE IF EXISTS {relation(table)}")
+                    self._create(table, schema, spec)
+                elif not (existing := self._existing_columns(target)):
+                    self._create(target, schema, spec)
+                else:
+                    missing = [c for c in schema.columns if c.name not in existing]
+                    if missing and spec.schema_drift == "fail":
+                        names = ", ".join(c.name for c in missing)
+                        raise MovementError(
+                            f"{self.where}: source has new columns not in {spec.table}: {names}"
+                            " (schema_drift: fail)"
+                        )
+                    for column in missing:
+                        definition = f"{quote(column.name)} {declared_type(column)}"
+                        self.conn.execute(f"ALTER TABLE {relation(target)} ADD COLUMN {definition}")
+                self._binary[table] = self._binary_compatible(table, schema)
+        except psycopg.Error as exc:
+            raise failure(self.where, exc, self.secrets) from None
+        return table
+
+    def _binary_compatible(self, table: str, schema: Schema) -> bool:
+        """Binary COPY needs the exact column types; a user's table with others gets text COPY (casts)."""
+        existing = self._existing_columns(table)
+        return all(existing.get(c.name) == _COPY_OID[c.type] for c in schema.columns)
+
+    def _create(self, table: str, schema: Schema, spec: WriteSpec) -> None:
+        defs = [f"{quote(c.name)} {declared_type(c)}" for c in schema.columns]
+        if spec.key_columns:
+            defs.append(f"PRIMARY KEY ({', '.join(quote(k) for k in spec.key_columns)})")
+        self.conn.execute(f"CREATE TABLE {relation(table)} ({', '.join(defs)})")
+
+    def write(
+        self, table: str, spec: WriteSpec, schema: Schema, rows: list[Row], state: PipelineState
+    ) -> None:
+        columns = ", ".join(quote(n) for n in schema.names)
+        keys = list(spec.key_columns) if spec.mode in ("upsert", "incremental") else []
+        try:
+            binary = self._binary.get(table)
+            if binary is None:
+                binary = self._binary[table] = self._binary_compatible(table, schema)
+            if binary:
+                self._check_ranges(schema, rows)
+            with self.conn.transaction():
+                if rows and keys:
+                    self.conn.execute(
+                        f"CREATE TEMP TABLE _mycelial_batch ON COMMIT DROP AS"
+                        f" SELECT {columns} FROM {relation(table)} WITH NO DATA"
+                    )
+                    self._copy("_mycelial_batch", columns, schema, rows, binary=binary)
+                    self.conn.execute(self._merge(table, schema.names, keys))
+                elif rows:
+                    self._copy(relation(table), columns, schema, rows, binary=binary)
+                self._store_state(state)
+        except psycopg.Error as exc:
+            raise failure(self.where, exc, self.secrets) from None
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise MovementError(f"{self.where}: a value does not fit its column type: {exc}") from None
+
+    def _check_ranges(self, schema: Schema, rows: list[Row]) -> None:
+        """The driver's binary int4 dumper keeps the low 32 bits of a larger int instead of failing."""
+        for i, column in enumerate(schema.columns):
+            if column.type is T.INTEGER:
+                values = [row[i] for row in rows if row[i] is not None]
+                if values and not (INT4_MIN <= min(values) and max(values) <= INT4_MAX):
+                    raise MovementError(
+                        f"{self.where}: column {column.name!r} has a value outside the INTEGER range"
+                    )
+
+    def _copy(self, target: str, columns: str, schema: Schema, rows: list[Row], *, binary: bool) -> None:
+        options = " (FORMAT BINARY)" if binary else ""
+        with (
+            self.conn.cursor() as cursor,
+            cursor.copy(f"COPY {target} ({columns}) FROM STDIN{options}") as copy,
+        ):
+            copy.set_types([_COPY_OID[c.type] for c in schema.columns])
+            for row in rows:
+                copy.write_row(row)
+
+    @staticmethod
+    def _merge(table: str, names: list[str], keys: list[str]) -> str:
+        """Upsert the batch; of rows sharing a key, the last one written wins (COPY order = ctid order)."""
+        columns = ", ".join(quote(n) for n in names)
+        key_list = ", ".join(quote(k) for k in keys)
+        updates = [n for n in names if n not in keys]
+        action = (
+            "DO UPDATE SET " + ", ".join(f"{quote(n)} = EXCLUDED.{quote(n)}" for n in updates)
+            if updates
+            else "DO NOTHING"
+        )
+        return (
+            f"INSERT INTO {relation(table)} ({columns})"
+            f" SELECT DISTINCT ON ({key_list}) {columns} FROM _mycelial_batch ORDER BY {key_list}, ctid DESC"
+            f" ON CONFLICT ({key_list}) {action}"
+        )
+
+    def finish(self, table: str, spec: WriteSpec, state: PipelineState) -> None:
+        namespace, name = split_table(spec.table, schema_option(self.options))
+        target = f"{namespace}.{name}"
+        try:
+            with self.conn.transaction():
+                if spec.mode == "replace":
+                    self.conn.execute(f"DROP TABLE IF EXISTS {relation(target)}")
+                    self.conn.execute(f"ALTER TABLE {relation(table)} RENAME TO {quote(name)}")
+                    self._rename_primary_key(target, name)
+                self._store_state(state)
+        except psycopg.Error as exc:
+            raise failure(self.where, exc, self.secrets) from None
+
+    def _rename_primary_key(self, table: str, name: str) -> None:
+        """The staging table's key index keeps its name; free it for the next run's staging table."""
+        row = self.conn.execute(
+            "SELECT conname FROM pg_constraint WHERE conrelid = to_regclass(%s) AND contype = 'p'",
+            [relation(table)],
+        ).fetchone()
+        if row is not None:
+            self.conn.execute(
+                f"ALTER TABLE {relation(table)} RENAME CONSTRAINT {quote(row[0])} TO {quote(name + '_pkey')}"
+            )
+
+    def _store_state(self, state: PipelineState) -> None:
+        self.conn.execute(
+            f"INSERT INTO {self.state_table} (pipeline, state, updated_at) VALUES (%s, %s::jsonb, now())"
+            " ON CONFLICT (pipeline) DO UPDATE SET state = EXCLUDED.state, updated_at = EXCLUDED.updated_at",
+            [state.pipeline, dump_state(state)],
+        )
