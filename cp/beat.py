@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import random
 from typing import Any
 
 from celery.beat import Scheduler
@@ -10,9 +11,10 @@ from celery.beat import Scheduler
 from cp.models import utcnow
 from cp.runtime import ControlPlane
 from cp.schedule import next_fire
-from cp.scheduler import fire_due_runs, scheduled_pipelines
+from cp.scheduler import TickSettings, scheduled_pipelines, tick
 
 log = logging.getLogger(__name__)
+_rng = random.Random()
 
 
 def make_scheduler_class(cp: ControlPlane) -> type[Scheduler]:
@@ -38,11 +40,16 @@ def fire_pipelines(cp: ControlPlane) -> float:
     """
     now = utcnow()
     with cp.session() as session:
-        created = fire_due_runs(session, now=now, expires=cp.settings.run_job_expires)
+        result = tick(session, now=now, settings=TickSettings(expires=cp.settings.run_job_expires), rng=_rng)
         upcoming = [
             next_fire(p.schedule, p.timezone, now) for p in scheduled_pipelines(session) if p.schedule
         ]
-    cp.send_runs(created)
+    try:
+        cp.publish_jobs(result.messages)
+    except Exception:
+        log.warning("broker unreachable: %d job(s) stay queued for the reconciler", len(result.messages))
+    if result.revoke:
+        cp.app.control.revoke(result.revoke)
     wait = cp.settings.schedule_poll_interval
     if upcoming:
         wait = min(wait, (min(upcoming) - utcnow()).total_seconds() + 0.001)

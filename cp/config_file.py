@@ -54,6 +54,12 @@ class Endpoint(_Strict):
     query: str | None = None
 
 
+class RetryDecl(_Strict):
+    max_attempts: int = Field(default=3, ge=1, le=100)
+    backoff: float = Field(default=10.0, gt=0, le=86_400)
+    max_backoff: float = Field(default=600.0, gt=0, le=7 * 86_400)
+
+
 class PipelineDecl(_Strict):
     name: str = Field(pattern=NAME_PATTERN)
     source: Endpoint
@@ -68,6 +74,12 @@ class PipelineDecl(_Strict):
     daemon: str | None = None
     labels: dict[str, str] | None = None
     enabled: bool = True
+    catchup: Literal["latest", "all"] = "latest"
+    max_catchup: int = Field(default=10, ge=1, le=10_000)
+    overlap: Literal["skip", "queue", "allow"] = "skip"
+    max_active_runs: int = Field(default=1, ge=1, le=1_000)
+    retries: RetryDecl = Field(default_factory=RetryDecl)
+    timeout: float | None = Field(default=None, gt=0, le=7 * 86_400)
 
 
 class ConfigDocument(_Strict):
@@ -187,6 +199,10 @@ def _mode_problems(where: str, pipe: PipelineDecl) -> list[str]:
         problems.append(f"{where}.key_columns: required for mode upsert")
     if pipe.cursor_column and pipe.mode != "incremental":
         problems.append(f"{where}.cursor_column: only used with mode incremental (mode is {pipe.mode})")
+    if pipe.max_active_runs > 1 and pipe.overlap != "allow":
+        problems.append(f"{where}.max_active_runs: only used with overlap allow (overlap is {pipe.overlap})")
+    if pipe.retries.max_backoff < pipe.retries.backoff:
+        problems.append(f"{where}.retries.max_backoff: smaller than retries.backoff")
     if len(set(pipe.key_columns)) != len(pipe.key_columns):
         problems.append(f"{where}.key_columns: duplicate column names")
     return problems

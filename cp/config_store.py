@@ -131,6 +131,12 @@ def _sync_pipelines(session: Session, items: list[dict[str, Any]], version: int,
         row.daemon = item["daemon"]
         row.labels = item["labels"] or {}
         row.enabled = item["enabled"]
+        row.catchup, row.max_catchup = item["catchup"], item["max_catchup"]
+        row.overlap, row.max_active_runs = item["overlap"], item["max_active_runs"]
+        retries = item["retries"]
+        row.max_attempts, row.retry_backoff = retries["max_attempts"], retries["backoff"]
+        row.retry_backoff_max = retries["max_backoff"]
+        row.timeout = item["timeout"]
         row.config_version = version
         if schedule_changed:
             # fires are counted from here on: a new or edited schedule does not catch up on the past

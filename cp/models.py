@@ -64,6 +64,7 @@ class DaemonStatus(enum.StrEnum):
 
 
 class RunState(enum.StrEnum):
+    SKIPPED = "skipped"
     SCHEDULED = "scheduled"
     QUEUED = "queued"
     RUNNING = "running"
@@ -79,8 +80,16 @@ class RunState(enum.StrEnum):
 
 
 FINISHED_RUN_STATES = frozenset(
-    {RunState.SUCCEEDED, RunState.FAILED, RunState.TIMED_OUT, RunState.CANCELLED, RunState.LOST}
+    {
+        RunState.SKIPPED,
+        RunState.SUCCEEDED,
+        RunState.FAILED,
+        RunState.TIMED_OUT,
+        RunState.CANCELLED,
+        RunState.LOST,
+    }
 )
+ACTIVE_RUN_STATES = frozenset({RunState.QUEUED, RunState.RUNNING})
 
 
 class RunTrigger(enum.StrEnum):
@@ -149,6 +158,15 @@ class Pipeline(SQLModel, table=True):
     daemon: str | None = None
     labels: dict[str, str] = _json()
     enabled: bool = True
+    paused: bool = False  # operational, set by `mycelial pause`; survives config applies
+    catchup: str = "latest"
+    max_catchup: int = 10
+    overlap: str = "skip"
+    max_active_runs: int = 1
+    max_attempts: int = 3
+    retry_backoff: float = 10.0
+    retry_backoff_max: float = 600.0
+    timeout: float | None = None
     config_version: int
 
 
@@ -165,6 +183,8 @@ class Run(SQLModel, table=True):
     attempt: int = 1
     task_id: str | None = None
     deliveries: int = 0
+    next_attempt_at: datetime | None = _ts()
+    published_at: datetime | None = _ts()
     created_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
     queued_at: datetime | None = _ts()
     started_at: datetime | None = _ts()
@@ -176,6 +196,25 @@ class Run(SQLModel, table=True):
     error: str | None = Field(default=None, sa_column=Column(Text))
     error_retryable: bool = False
     cancel_requested_at: datetime | None = _ts()
+
+
+class RunAttempt(SQLModel, table=True):
+    """One attempt of a run, kept when the run is retried."""
+
+    __table_args__ = (UniqueConstraint("run_key", "attempt", name="uq_runattempt_key_attempt"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_key: str = Field(index=True)
+    attempt: int
+    daemon: str | None = None
+    task_id: str | None = None
+    state: RunState = _enum(RunState, RunState.QUEUED)
+    queued_at: datetime | None = _ts()
+    started_at: datetime | None = _ts()
+    finished_at: datetime | None = _ts()
+    deliveries: int = 0
+    rows_written: int = 0
+    error: str | None = Field(default=None, sa_column=Column(Text))
 
 
 class DaemonEvent(SQLModel, table=True):

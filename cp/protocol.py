@@ -62,6 +62,7 @@ class RunEvent(Message):
     cursor: str | None = None
     error: str | None = None
     retryable: bool = False
+    attempt: int | None = Field(default=None, ge=1)
 
 
 class ConfigApplied(Message):

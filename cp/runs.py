@@ -1,25 +1,33 @@
-"""Run rows: create them (outbox first), and record what daemons report about them."""
+"""Run rows through their life: created (one per fire), queued (outbox first), started, finished,
+retried. Every function takes the session and ``now``; the caller commits, then publishes."""
 
 from __future__ import annotations
 
 import logging
+import random
 import uuid
-from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
+from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, select
+from sqlmodel import Session, col, func, select
 
 from cp.config_store import pipeline_spec
 from cp.dispatch import Outgoing, run_job_message
-from cp.models import Pipeline, Run, RunState, RunTrigger
+from cp.models import ACTIVE_RUN_STATES, Pipeline, Run, RunAttempt, RunState, RunTrigger
 from cp.placement import choose_daemon
 from cp.protocol import RunEvent
+from cp.retry import retry_delay
 
 log = logging.getLogger(__name__)
+WAITING_FOR_DAEMON = "waiting: no online daemon matches the pipeline's placement"
 
 
 class UnknownPipelineError(LookupError):
+    pass
+
+
+class RunNotCancellableError(ValueError):
     pass
 
 
@@ -31,85 +39,9 @@ def run_key_for(pipeline: str, *, trigger: RunTrigger, scheduled_for: datetime |
     return f"{pipeline}@manual-{uuid.uuid4().hex[:12]}"
 
 
-@dataclass(frozen=True)
-class NewRun:
-    run: Run
-    message: Outgoing | None
-
-
-def create_run(
-    session: Session,
-    pipeline: Pipeline,
-    *,
-    trigger: RunTrigger,
-    now: datetime,
-    scheduled_for: datetime | None = None,
-    expires: float,
-) -> NewRun | None:
-    """Insert a queued run and build its job message; None if that fire already has a run.
-
-    The caller commits before publishing the message (outbox order).
-    """
-    key = run_key_for(pipeline.name, trigger=trigger, scheduled_for=scheduled_for)
-    daemon = choose_daemon(session, pipeline)
-    run = Run(
-        run_key=key,
-        pipeline=pipeline.name,
-        trigger=trigger,
-        scheduled_for=scheduled_for,
-        daemon=daemon,
-        state=RunState.QUEUED,
-        created_at=now,
-        queued_at=now,
-        task_id=key,
-        error=None if daemon else "waiting: no online daemon matches the pipeline's labels",
-    )
-    try:
-        with session.begin_nested():
-            session.add(run)
-    except IntegrityError:
-        log.info("run %s exists already; not creating it again", key)
-        return None
-    if daemon is None:
-        return NewRun(run=run, message=None)
-    message = run_job_message(
-        daemon=daemon,
-        run_key=key,
-        task_id=key,
-        attempt=run.attempt,
-        pipeline=pipeline_spec(session, pipeline),
-        cursor=None,
-        expires=expires,
-    )
-    return NewRun(run=run, message=message)
-
-
-FINAL_STATES = {
-    "succeeded": RunState.SUCCEEDED,
-    "failed": RunState.FAILED,
-    "cancelled": RunState.CANCELLED,
-}
-
-
-class RunNotCancellableError(ValueError):
-    pass
-
-
-def request_cancel(session: Session, run_key: str, *, now: datetime) -> Run:
-    """Cancel a queued run at once; ask a running one to stop between batches.
-
-    The caller then revokes the run's task id so the daemon skips or stops it.
-    """
-    run = session.exec(select(Run).where(Run.run_key == run_key)).first()
-    if run is None:
-        raise RunNotCancellableError(f"unknown run {run_key!r}")
-    if run.state.finished:
-        raise RunNotCancellableError(f"run {run_key} already finished ({run.state})")
-    run.cancel_requested_at = now
-    if run.state in (RunState.QUEUED, RunState.SCHEDULED):
-        run.state, run.finished_at, run.error = RunState.CANCELLED, now, "cancelled before it started"
-    session.add(run)
-    return run
+def task_id_for(run_key: str, attempt: int) -> str:
+    """The Celery task id of one attempt: the run key itself for the first."""
+    return run_key if attempt == 1 else f"{run_key}#{attempt}"
 
 
 def get_pipeline(session: Session, name: str) -> Pipeline:
@@ -119,42 +51,91 @@ def get_pipeline(session: Session, name: str) -> Pipeline:
     return pipeline
 
 
-def record_run_event(session: Session, event: RunEvent, *, now: datetime) -> bool:
-    """Apply a daemon's report to its run; returns False when the event was ignored.
+def get_run(session: Session, run_key: str) -> Run | None:
+    return session.exec(select(Run).where(Run.run_key == run_key)).first()
 
-    Idempotent: a redelivered or late event never moves a finished run.
+
+def create_run(
+    session: Session,
+    pipeline: Pipeline,
+    *,
+    trigger: RunTrigger,
+    now: datetime,
+    scheduled_for: datetime | None = None,
+    skipped_because: str | None = None,
+) -> Run | None:
+    """Insert a ``scheduled`` run (or a finished ``skipped`` one); None if that fire has a run already."""
+    key = run_key_for(pipeline.name, trigger=trigger, scheduled_for=scheduled_for)
+    run = Run(
+        run_key=key,
+        pipeline=pipeline.name,
+        trigger=trigger,
+        scheduled_for=scheduled_for,
+        state=RunState.SKIPPED if skipped_because else RunState.SCHEDULED,
+        created_at=now,
+        finished_at=now if skipped_because else None,
+        error=skipped_because,
+    )
+    try:
+        with session.begin_nested():
+            session.add(run)
+    except IntegrityError:
+        log.info("run %s exists already; not creating it again", key)
+        return None
+    return run
+
+
+def active_runs(session: Session, pipeline: str) -> int:
+    query = select(func.count()).where(Run.pipeline == pipeline, col(Run.state).in_(ACTIVE_RUN_STATES))
+    return int(session.exec(query).one())
+
+
+def queue_run(
+    session: Session, run: Run, pipeline: Pipeline, *, now: datetime, expires: float
+) -> Outgoing | None:
+    """Place a scheduled run on a daemon and mark it queued; return the job message to publish.
+
+    None when no daemon is available (the run keeps waiting, with the reason shown) or when another
+    scheduler claimed the run first: the claim is one conditional UPDATE, so two beats cannot both
+    queue it.
     """
-    run = session.exec(select(Run).where(Run.run_key == event.run_key)).first()
-    if run is None:
-        log.warning("run event %s for unknown run %s ignored", event.state, event.run_key)
-        return False
-    if run.state.finished:
-        log.info("run event %s for finished run %s (%s) ignored", event.state, run.run_key, run.state)
-        return False
-    if run.daemon != event.daemon:
-        log.warning(
-            "run event for %s from %s, but it is placed on %s",
-            run.run_key,
-            event.daemon,
-            run.daemon,
-        )
-    run.rows_read = max(run.rows_read, event.rows_read)
-    run.rows_written = max(run.rows_written, event.rows_written)
-    if event.cursor is not None:
-        run.cursor_after = event.cursor
-    if event.state in ("started", "progress"):
-        if run.state is RunState.QUEUED:
-            run.state = RunState.RUNNING
-            run.started_at = event.at
-            run.error = None
-    else:
-        run.state = FINAL_STATES[event.state]
-        run.started_at = run.started_at or event.at
-        run.finished_at = event.at
-        run.error = event.error
-        run.error_retryable = event.retryable
-    session.add(run)
-    return True
+    daemon = choose_daemon(session, pipeline)
+    if daemon is None:
+        if run.error != WAITING_FOR_DAEMON:
+            run.error = WAITING_FOR_DAEMON
+            session.add(run)
+        return None
+    task_id = task_id_for(run.run_key, run.attempt)
+    claimed = session.exec(
+        update(Run)
+        .where(col(Run.id) == run.id, col(Run.state) == RunState.SCHEDULED, col(Run.attempt) == run.attempt)
+        .values(state=RunState.QUEUED, daemon=daemon, task_id=task_id, queued_at=now, error=None)
+    )
+    if claimed.rowcount != 1:
+        return None
+    session.refresh(run)
+    session.add(
+        RunAttempt(run_key=run.run_key, attempt=run.attempt, daemon=daemon, task_id=task_id, queued_at=now)
+    )
+    return job_message(session, run, pipeline, expires=expires)
+
+
+def job_message(session: Session, run: Run, pipeline: Pipeline, *, expires: float) -> Outgoing:
+    assert run.daemon is not None and run.task_id is not None
+    return run_job_message(
+        daemon=run.daemon,
+        run_key=run.run_key,
+        task_id=run.task_id,
+        attempt=run.attempt,
+        pipeline=pipeline_spec(session, pipeline),
+        cursor=None,
+        expires=expires,
+    )
+
+
+def mark_published(session: Session, run_keys: list[str], *, now: datetime) -> None:
+    if run_keys:
+        session.exec(update(Run).where(col(Run.run_key).in_(run_keys)).values(published_at=now))
 
 
 def mark_unpublished(session: Session, run_key: str, *, error: str, now: datetime) -> None:
@@ -163,3 +144,137 @@ def mark_unpublished(session: Session, run_key: str, *, error: str, now: datetim
     if run.state is RunState.QUEUED:
         run.state, run.finished_at, run.error = RunState.FAILED, now, error
         session.add(run)
+
+
+def request_cancel(session: Session, run_key: str, *, now: datetime) -> Run:
+    """Cancel a waiting or queued run at once; ask a running one to stop between batches.
+
+    The caller then revokes the run's task id so the daemon skips or stops it.
+    """
+    run = get_run(session, run_key)
+    if run is None:
+        raise RunNotCancellableError(f"unknown run {run_key!r}")
+    if run.state.finished:
+        raise RunNotCancellableError(f"run {run_key} already finished ({run.state})")
+    run.cancel_requested_at = now
+    if run.state in (RunState.QUEUED, RunState.SCHEDULED):
+        finish(session, run, RunState.CANCELLED, error="cancelled before it started", at=now)
+    session.add(run)
+    return run
+
+
+def finish(session: Session, run: Run, state: RunState, *, error: str | None, at: datetime) -> None:
+    run.state, run.finished_at, run.error = state, at, error
+    _close_attempt(session, run, state, error=error, at=at)
+    session.add(run)
+
+
+def fail_or_retry(
+    session: Session,
+    run: Run,
+    state: RunState,
+    *,
+    error: str | None,
+    retryable: bool,
+    at: datetime,
+    rng: random.Random,
+) -> None:
+    """End the current attempt; schedule the next one if the error allows it and attempts remain."""
+    pipeline = session.exec(select(Pipeline).where(Pipeline.name == run.pipeline)).first()
+    max_attempts = pipeline.max_attempts if pipeline else 1
+    run.error_retryable = retryable
+    if not retryable or run.attempt >= max_attempts or pipeline is None:
+        finish(session, run, state, error=error, at=at)
+        return
+    _close_attempt(session, run, state, error=error, at=at)
+    delay = retry_delay(
+        run.attempt, backoff=pipeline.retry_backoff, max_backoff=pipeline.retry_backoff_max, rng=rng
+    )
+    log.info("run %s attempt %d %s; retrying in %.1fs", run.run_key, run.attempt, state, delay)
+    run.attempt += 1
+    run.state = RunState.SCHEDULED
+    run.next_attempt_at = at + timedelta(seconds=delay)
+    run.daemon = run.task_id = run.published_at = run.started_at = None
+    run.rows_read = run.rows_written = 0
+    run.error = f"attempt {run.attempt - 1} {state}: {error}; attempt {run.attempt} in {delay:.0f}s"
+    session.add(run)
+
+
+def _close_attempt(session: Session, run: Run, state: RunState, *, error: str | None, at: datetime) -> None:
+    attempt = session.exec(
+        select(RunAttempt).where(RunAttempt.run_key == run.run_key, RunAttempt.attempt == run.attempt)
+    ).first()
+    if attempt is not None and not attempt.state.finished:
+        attempt.state, attempt.finished_at, attempt.error = state, at, error
+        attempt.rows_written = run.rows_written
+        session.add(attempt)
+
+
+def record_run_event(
+    session: Session, event: RunEvent, *, now: datetime, rng: random.Random | None = None
+) -> bool:
+    """Apply a daemon's report to its run; returns False when the event was ignored.
+
+    Idempotent: a redelivered or late event never moves a finished run, and an event of an
+    earlier attempt never moves the current one.
+    """
+    run = get_run(session, event.run_key)
+    if run is None:
+        log.warning("run event %s for unknown run %s ignored", event.state, event.run_key)
+        return False
+    if run.state.finished:
+        log.info("run event %s for finished run %s (%s) ignored", event.state, run.run_key, run.state)
+        return False
+    if event.attempt is not None and event.attempt != run.attempt:
+        log.info(
+            "run event %s for attempt %s of %s (now at %d) ignored",
+            event.state,
+            event.attempt,
+            run.run_key,
+            run.attempt,
+        )
+        return False
+    if run.daemon != event.daemon:
+        log.warning("run event for %s from %s, but it is placed on %s", run.run_key, event.daemon, run.daemon)
+    run.rows_read = max(run.rows_read, event.rows_read)
+    run.rows_written = max(run.rows_written, event.rows_written)
+    if event.cursor is not None:
+        run.cursor_after = event.cursor
+    if event.state == "started":
+        _started(session, run, event)
+    elif event.state == "progress":
+        if run.state is RunState.QUEUED:
+            run.state, run.started_at = RunState.RUNNING, event.at
+    elif event.state == "succeeded":
+        run.started_at = run.started_at or event.at
+        finish(session, run, RunState.SUCCEEDED, error=None, at=event.at)
+    elif event.state == "cancelled":
+        finish(session, run, RunState.CANCELLED, error=event.error, at=event.at)
+    else:
+        run.started_at = run.started_at or event.at
+        fail_or_retry(
+            session,
+            run,
+            RunState.FAILED,
+            error=event.error,
+            retryable=event.retryable,
+            at=event.at,
+            rng=rng or random.Random(),
+        )
+    session.add(run)
+    return True
+
+
+def _started(session: Session, run: Run, event: RunEvent) -> None:
+    """Each ``started`` is one delivery of the job: counted, so a redelivery loop is visible in SQL."""
+    run.deliveries += 1
+    if run.state in (RunState.QUEUED, RunState.SCHEDULED):
+        run.state, run.started_at, run.error = RunState.RUNNING, event.at, None
+    attempt = session.exec(
+        select(RunAttempt).where(RunAttempt.run_key == run.run_key, RunAttempt.attempt == run.attempt)
+    ).first()
+    if attempt is not None:
+        attempt.deliveries += 1
+        attempt.state = RunState.RUNNING
+        attempt.started_at = attempt.started_at or event.at
+        session.add(attempt)

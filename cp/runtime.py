@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cached_property
@@ -13,10 +14,12 @@ from sqlmodel import Session, col, select
 from cp.celery_app import make_celery
 from cp.config_store import ConfigPush
 from cp.db import create_schema, make_engine, session_scope
-from cp.dispatch import CeleryDispatcher, Dispatcher, apply_config_message
+from cp.dispatch import CeleryDispatcher, Dispatcher, Outgoing, apply_config_message
 from cp.models import Daemon, utcnow
-from cp.runs import NewRun
+from cp.runs import mark_published
 from cp.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 class ControlPlane:
@@ -60,7 +63,20 @@ class ControlPlane:
                     daemon.config_pushed_at = now
                     session.add(daemon)
 
-    def send_runs(self, runs: list[NewRun]) -> None:
-        for new in runs:
-            if new.message is not None:
-                self.dispatcher.send(new.message)
+    def publish_jobs(self, messages: list[Outgoing]) -> None:
+        """Publish job messages, then record which went out; a failed one is left to the reconciler."""
+        sent: list[str] = []
+        failed: Exception | None = None
+        for message in messages:
+            try:
+                self.dispatcher.send(message)
+            except Exception as exc:  # the broker is down: the reconciler publishes it later
+                log.warning("could not publish %s: %s", message.argsrepr, exc)
+                failed = exc
+                continue
+            sent.append(str(message.payload["run_key"]))
+        if sent:
+            with self.session() as session:
+                mark_published(session, sent, now=utcnow())
+        if failed is not None and not sent:
+            raise failed

@@ -86,6 +86,17 @@ def fires_between(
 
 def latest_due(expression: str, timezone: str, after: datetime, now: datetime) -> datetime | None:
     """The newest fire instant in (after, now]: catch-up policy ``latest`` fires only that one."""
+    fires = latest_fires(expression, timezone, after, now, limit=1)
+    return fires[0] if fires else None
+
+
+def latest_fires(
+    expression: str, timezone: str, after: datetime, now: datetime, *, limit: int
+) -> list[datetime]:
+    """The newest ``limit`` fire instants in (after, now], oldest first (catch-up policy ``all``).
+
+    Walks backwards from ``now``, so a long downtime costs ``limit`` steps, not one per missed fire.
+    """
     zone = ZoneInfo(timezone)
     # croniter's get_prev is strictly before its start, and a fire exactly at `now` counts.
     # Shortly after a fall-back the wall clock shows times it already showed: start from the
@@ -93,11 +104,16 @@ def latest_due(expression: str, timezone: str, after: datetime, now: datetime) -
     earlier = now - FALL_BACK_WINDOW
     repeated = max(timedelta(0), _offset(earlier, zone) - _offset(now, zone))
     start = _wall(now, zone) + repeated + timedelta(microseconds=1)
+    newest_first: list[datetime] = []
     for wall in _walls_backward(expression, start):
         instant = to_instant(wall, zone)
-        if instant <= now:
-            return instant if instant > after else None
-    return None
+        if instant > now:
+            continue
+        if instant <= after or len(newest_first) >= limit:
+            break
+        if not newest_first or instant < newest_first[-1]:
+            newest_first.append(instant)
+    return newest_first[::-1]
 
 
 def next_fire(expression: str, timezone: str, after: datetime) -> datetime:

@@ -33,6 +33,7 @@ from cp.runs import (
     create_run,
     get_pipeline,
     mark_unpublished,
+    queue_run,
     request_cancel,
 )
 from cp.runtime import ControlPlane
@@ -310,33 +311,29 @@ def run_pipeline(
     cp = ControlPlane(settings())
     _ = cp.app  # a missing broker setting is an error before the run row exists
     with cp.session() as session:
-        new = create_run(
-            session,
-            get_pipeline(session, pipeline),
-            trigger=RunTrigger.MANUAL,
-            now=utcnow(),
-            expires=cp.settings.run_job_expires,
-        )
-    assert new is not None  # manual run keys are unique
-    try:
-        cp.send_runs([new])
-    except Exception as exc:
-        with cp.session() as session:
-            mark_unpublished(
-                session, new.run.run_key, error=f"could not publish the job: {exc}", now=utcnow()
-            )
-        raise CliError(f"run {new.run.run_key} failed: could not publish the job ({exc})") from None
-    key = new.run.run_key
+        found = get_pipeline(session, pipeline)
+        new = create_run(session, found, trigger=RunTrigger.MANUAL, now=utcnow())
+        assert new is not None  # manual run keys are unique
+        # a manual run is queued at once; without a daemon it waits and beat queues it later
+        message = queue_run(session, new, found, now=utcnow(), expires=cp.settings.run_job_expires)
+    key = new.run_key
+    if message is not None:
+        try:
+            cp.publish_jobs([message])
+        except Exception as exc:
+            with cp.session() as session:
+                mark_unpublished(session, key, error=f"could not publish the job: {exc}", now=utcnow())
+            raise CliError(f"run {key} failed: could not publish the job ({exc})") from None
     if not json_:
-        info(f"run {key} queued on daemon {new.run.daemon}" if new.message else f"run {key} {new.run.error}")
+        info(f"run {key} queued on daemon {new.daemon}" if message else f"run {key} {new.error}")
     if not wait:
         if json_:
-            print_json(run_row(new.run))
+            print_json(run_row(new))
         return
     deadline = time.monotonic() + timeout
     while True:
         with cp.session() as session:
-            run = session.get(Run, new.run.id)
+            run = session.get(Run, new.id)
         assert run is not None
         if run.state.finished or time.monotonic() > deadline:
             break

@@ -62,6 +62,12 @@ def test_a_valid_document_is_sorted_by_name_with_defaults_filled_in(raw_config: 
         "daemon": "edge-paris",
         "labels": None,
         "enabled": True,
+        "catchup": "latest",
+        "max_catchup": 10,
+        "overlap": "skip",
+        "max_active_runs": 1,
+        "retries": {"max_attempts": 3, "backoff": 10.0, "max_backoff": 600.0},
+        "timeout": None,
     }
 
 

@@ -11,7 +11,7 @@ from sqlmodel import Session, select
 
 from cp.models import Pipeline, Run, RunState, RunTrigger
 from cp.protocol import RunEvent
-from cp.runs import UnknownPipelineError, create_run, get_pipeline, record_run_event
+from cp.runs import UnknownPipelineError, create_run, get_pipeline, queue_run, record_run_event
 
 NOW = datetime(2025, 6, 2, 12, 0, tzinfo=UTC)
 STARTED = datetime(2025, 6, 2, 12, 0, 3, tzinfo=UTC)
@@ -33,12 +33,8 @@ def test_a_second_run_for_the_same_fire_is_not_created(
     pipeline = add_pipeline("orders", daemon="edge-1")
     fire = datetime(2025, 6, 2, 11, 0, tzinfo=UTC)
 
-    first = create_run(
-        session, pipeline, trigger=RunTrigger.SCHEDULE, now=NOW, scheduled_for=fire, expires=60
-    )
-    second = create_run(
-        session, pipeline, trigger=RunTrigger.SCHEDULE, now=NOW, scheduled_for=fire, expires=60
-    )
+    first = create_run(session, pipeline, trigger=RunTrigger.SCHEDULE, now=NOW, scheduled_for=fire)
+    second = create_run(session, pipeline, trigger=RunTrigger.SCHEDULE, now=NOW, scheduled_for=fire)
     session.commit()
 
     assert first is not None and second is None
@@ -50,12 +46,13 @@ def test_manual_runs_get_distinct_keys_and_go_to_the_pinned_daemon(
 ) -> None:
     pipeline = add_pipeline("orders", daemon="edge-1")
 
-    made = [create_run(session, pipeline, trigger=RunTrigger.MANUAL, now=NOW, expires=60) for _ in range(2)]
+    made = [create_run(session, pipeline, trigger=RunTrigger.MANUAL, now=NOW) for _ in range(2)]
+    messages = [queue_run(session, run, pipeline, now=NOW, expires=60) for run in made if run is not None]
     session.commit()
 
-    keys = [m.run.run_key for m in made if m is not None]
+    keys = [run.run_key for run in made if run is not None]
     assert len(set(keys)) == 2 and all(k.startswith("orders@manual-") for k in keys)
-    assert [m.message.queue for m in made if m is not None and m.message] == ["mycelial.daemon.edge-1"] * 2
+    assert [m.queue for m in messages if m is not None] == ["mycelial.daemon.edge-1"] * 2
 
 
 def test_looking_up_an_unknown_pipeline_names_it(session: Session) -> None:

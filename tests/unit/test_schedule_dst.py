@@ -148,3 +148,14 @@ def test_croniter_alone_would_fire_the_repeated_time_twice() -> None:
     it = croniter("30 1 * * *", utc(2026, 11, 1, 4, 0).astimezone(ZoneInfo(NY)))
     fires = [it.get_next(datetime).astimezone(UTC) for _ in range(2)]
     assert fires == [utc(2026, 11, 1, 5, 30), utc(2026, 11, 1, 6, 30)]
+
+
+def test_latest_fires_returns_the_newest_missed_fires_oldest_first() -> None:
+    from cp.schedule import latest_fires
+
+    fires = latest_fires("* * * * * *", "UTC", utc(2026, 1, 1), utc(2026, 6, 1, 12, 0, 10), limit=3)
+    assert fires == [utc(2026, 6, 1, 12, 0, 8), utc(2026, 6, 1, 12, 0, 9), utc(2026, 6, 1, 12, 0, 10)]
+    assert latest_fires("0 * * * *", "UTC", utc(2026, 6, 1, 10, 30), utc(2026, 6, 1, 12, 5), limit=10) == [
+        utc(2026, 6, 1, 11),
+        utc(2026, 6, 1, 12),
+    ]

@@ -1,7 +1,8 @@
-"""Specification of one scheduler step: due cron fires become queued runs, each exactly once."""
+"""Specification of one scheduler tick: due cron fires become queued runs, each exactly once."""
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 from datetime import UTC, datetime
 
@@ -11,7 +12,8 @@ from sqlmodel import Session, col, select
 
 from cp.dispatch import MemoryDispatcher, Outgoing
 from cp.models import Daemon, DaemonStatus, Pipeline, Run, RunState, RunTrigger
-from cp.scheduler import fire_due_runs
+from cp.scheduler import TickSettings, fire_due_runs
+from cp.scheduler import tick as scheduler_tick
 
 SINCE = datetime(2025, 6, 2, 10, 30, tzinfo=UTC)
 EXPIRES = 300.0
@@ -23,11 +25,12 @@ def tick(session: Session) -> Callable[[datetime], list[Outgoing]]:
 
     def tick(now: datetime) -> list[Outgoing]:
         dispatcher = MemoryDispatcher()
-        created = fire_due_runs(session, now=now, expires=EXPIRES)
+        result = scheduler_tick(
+            session, now=now, settings=TickSettings(expires=EXPIRES), rng=random.Random(0)
+        )
         session.commit()
-        for new in created:
-            if new.message is not None:
-                dispatcher.send(new.message)
+        for message in result.messages:
+            dispatcher.send(message)
         return dispatcher.sent
 
     return tick
@@ -82,9 +85,9 @@ def test_two_schedulers_in_separate_sessions_create_a_fire_once(
     now = datetime(2025, 6, 2, 11, 0, tzinfo=UTC)
 
     with Session(engine) as beat_a, Session(engine) as beat_b:
-        created_a = fire_due_runs(beat_a, now=now, expires=EXPIRES)
+        created_a = fire_due_runs(beat_a, now=now)
         beat_a.commit()
-        created_b = fire_due_runs(beat_b, now=now, expires=EXPIRES)
+        created_b = fire_due_runs(beat_b, now=now)
         beat_b.commit()
 
     assert (len(created_a), created_b) == (1, [])
@@ -136,6 +139,10 @@ def test_after_downtime_only_the_newest_missed_fire_runs(
 ) -> None:
     add_pipeline("orders", daemon="edge-1", schedule_since=SINCE)
     tick(datetime(2025, 6, 2, 11, 0, tzinfo=UTC))
+    [first] = runs(session)
+    first.state = RunState.SUCCEEDED
+    session.add(first)
+    session.commit()
 
     sent = tick(datetime(2025, 6, 2, 15, 20, tzinfo=UTC))
 
@@ -158,7 +165,7 @@ def test_the_run_key_of_a_pipeline_in_another_zone_is_its_fire_time_in_utc(
     assert [r.run_key for r in runs(session)] == ["nightly@2025-06-03T07:30:00Z"]
 
 
-def test_a_label_placed_run_with_no_online_daemon_is_queued_and_waits_without_a_message(
+def test_a_label_placed_run_with_no_online_daemon_waits_scheduled_without_a_message(
     session: Session,
     add_pipeline: Callable[..., Pipeline],
     add_daemon: Callable[..., Daemon],
@@ -170,8 +177,8 @@ def test_a_label_placed_run_with_no_online_daemon_is_queued_and_waits_without_a_
     sent = tick(datetime(2025, 6, 2, 11, 0, tzinfo=UTC))
 
     [run] = runs(session)
-    assert (sent, run.state, run.daemon) == ([], RunState.QUEUED, None)
-    assert run.error == "waiting: no online daemon matches the pipeline's labels"
+    assert (sent, run.state, run.daemon) == ([], RunState.SCHEDULED, None)
+    assert run.error == "waiting: no online daemon matches the pipeline's placement"
 
 
 def test_each_scheduled_pipeline_fires_independently(
@@ -191,7 +198,7 @@ def test_a_scheduler_step_that_is_rolled_back_leaves_no_run_behind(
     add_pipeline("orders", daemon="edge-1", schedule_since=SINCE)
 
     with Session(engine) as beat:
-        assert len(fire_due_runs(beat, now=datetime(2025, 6, 2, 11, 0, tzinfo=UTC), expires=EXPIRES)) == 1
+        assert len(fire_due_runs(beat, now=datetime(2025, 6, 2, 11, 0, tzinfo=UTC))) == 1
         beat.rollback()
 
     with Session(engine) as check:
