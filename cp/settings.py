@@ -29,6 +29,7 @@ class Settings(BaseSettings):
     run_job_expires: float = Field(default=3600.0, gt=0)
     visibility_timeout: float = Field(default=6 * 3600.0, gt=0)
     schedule_poll_interval: float = Field(default=1.0, gt=0)
+    max_deliveries: int = Field(default=3, ge=1)
 
     flower_address: str = "127.0.0.1"
     flower_port: int = Field(default=5555, ge=1, le=65535)

@@ -24,6 +24,7 @@ from cp.protocol import (
     dump,
 )
 from cp.settings import Settings
+from workers.deliveries import DeliveryLog
 from workers.local_state import LocalState
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,7 @@ class DaemonRuntime:
         self.labels = labels
         self.home = settings.home
         self.state = LocalState(settings.home / "daemons" / name)
+        self.deliveries = DeliveryLog(settings.home / "daemons" / name / "deliveries")
         self._running: set[str] = set()
         self._finished: set[str] = set()
         self._lock = threading.Lock()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from celery import Celery, bootsteps
@@ -57,13 +58,19 @@ def register_daemon_tasks(app: Celery, daemon: DaemonRuntime) -> None:
         except MessageError as exc:
             log.error("rejected %s message: %s", DAEMON_RUN_JOB, exc)
             return
-        if not daemon.claim(job.run_key):
-            log.warning("run %s is already running or done here; duplicate delivery ignored", job.run_key)
+        task_id = run_job.request.id or job.run_key
+        if not daemon.claim(task_id):
+            log.warning("run %s is already running or done here; duplicate delivery ignored", task_id)
             return
         try:
-            _run(daemon, job, task_id=run_job.request.id or job.run_key)
+            deliveries = daemon.deliveries.record(task_id)
+            if deliveries > daemon.settings.max_deliveries:
+                _give_up(daemon, job, deliveries)
+            else:
+                _run(daemon, job, task_id=task_id)
+            daemon.deliveries.forget(task_id)
         finally:
-            daemon.release(job.run_key)
+            daemon.release(task_id)
 
 
 def _store_config(daemon: DaemonRuntime, config: ApplyConfig) -> str | None:
@@ -76,7 +83,16 @@ def _store_config(daemon: DaemonRuntime, config: ApplyConfig) -> str | None:
     return None
 
 
-def _run(daemon: DaemonRuntime, job: RunJob, *, task_id: str) -> None:
+def _give_up(daemon: DaemonRuntime, job: RunJob, deliveries: int) -> None:
+    error = (
+        f"pipeline {job.pipeline.name}: delivered {deliveries} times without finishing "
+        f"(the job may be killing the daemon); not running it again"
+    )
+    log.error("run %s: %s", job.run_key, error)
+    _sender(daemon, job)(Outcome("failed", error=error))
+
+
+def _sender(daemon: DaemonRuntime, job: RunJob) -> Callable[[Outcome], None]:
     def send(outcome: Outcome) -> None:
         event = RunEvent(
             run_key=job.run_key,
@@ -87,6 +103,7 @@ def _run(daemon: DaemonRuntime, job: RunJob, *, task_id: str) -> None:
             rows_written=outcome.rows_written,
             error=outcome.error,
             retryable=outcome.retryable,
+            attempt=job.attempt,
         )
         daemon.send(
             CP_RUN_EVENT,
@@ -94,6 +111,11 @@ def _run(daemon: DaemonRuntime, job: RunJob, *, task_id: str) -> None:
             argsrepr=f"pipeline={job.pipeline.name} run={job.run_key} state={outcome.state}",
         )
 
+    return send
+
+
+def _run(daemon: DaemonRuntime, job: RunJob, *, task_id: str) -> None:
+    send = _sender(daemon, job)
     log.info("run %s of pipeline %s started", job.run_key, job.pipeline.name)
     # `mycelial cancel` revokes the task id; Celery's revoke reaches a busy worker by broadcast
     outcome = execute(

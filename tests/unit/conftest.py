@@ -147,6 +147,7 @@ def add_pipeline(session: Session) -> Callable[..., Pipeline]:
         timezone: str = "UTC",
         enabled: bool = True,
         schedule_since: datetime | None = None,
+        **policy: Any,
     ) -> Pipeline:
         for connector in ("shop", "warehouse"):
             if session.exec(select(Connector).where(Connector.name == connector)).first() is None:
@@ -165,6 +166,7 @@ def add_pipeline(session: Session) -> Callable[..., Pipeline]:
             labels=labels or {},
             enabled=enabled,
             config_version=1,
+            **policy,
         )
         session.add(pipeline)
         session.commit()

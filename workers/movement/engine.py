@@ -47,6 +47,12 @@ def run_pipeline(
     should_stop: Callable[[], bool],
 ) -> RunResult:
     previous = sink.load_state(pipeline)
+    if previous is not None and previous.run_key == run_key and previous.complete:
+        # a redelivered job whose run already committed its last batch: nothing left to do
+        log.info("run %s already completed in the destination; not running it again", run_key)
+        return RunResult(
+            rows_read=0, rows_written=previous.rows_loaded, position=previous.position, resumed=True
+        )
     start = start_position(previous, mode=write.mode, source=source)
     schema = source.schema(read)
     _check_columns(schema.names, read, write, where=f"source {source.name}")
