@@ -102,3 +102,22 @@ def test_diff_exits_1_with_changes_and_0_without(tmp_path: Path, broker: Broker)
 
     history = json.loads(cli(tmp_path, "config", "history", "--json").stdout)["versions"]
     assert [(v["version"], v["comment"]) for v in history] == [(1, "first")]
+
+
+def test_pause_and_resume_a_pipeline(tmp_path: Path, broker: Broker) -> None:
+    url = broker.fresh_url()
+    assert cli(tmp_path, "apply", "-f", str(EXAMPLE), MYCELIAL_BROKER_URL=url).returncode == 0
+
+    def paused() -> bool:
+        [pipeline] = json.loads(cli(tmp_path, "pipelines", "--json").stdout)["pipelines"]
+        return bool(pipeline["paused"])
+
+    assert cli(tmp_path, "pause", "orders-to-warehouse").returncode == 0
+    assert paused()
+    # a paused pipeline stays paused when the configuration is applied again
+    assert cli(tmp_path, "apply", "-f", str(EXAMPLE), MYCELIAL_BROKER_URL=url).returncode == 0
+    assert paused()
+    assert cli(tmp_path, "resume", "orders-to-warehouse").returncode == 0
+    assert not paused()
+    missing = cli(tmp_path, "pause", "nope")
+    assert (missing.returncode, missing.stderr.strip()) == (2, "error: unknown pipeline 'nope'")

@@ -255,7 +255,7 @@ def pipelines(json_: JsonOption = False) -> None:
                 lambda r: f"{r['schedule']} ({r['timezone']})" if r["schedule"] else "manual",
             ),
             ("ON", lambda r: r["placement"].get("daemon") or r["placement"].get("labels")),
-            ("ENABLED", lambda r: "yes" if r["enabled"] else "no"),
+            ("ENABLED", lambda r: ("paused" if r["paused"] else "yes") if r["enabled"] else "no"),
             ("LAST RUN", lambda r: r["last_run_state"]),
         ],
         empty="no pipelines yet: apply a configuration with `mycelial apply -f FILE`",
@@ -267,6 +267,7 @@ RUN_COLUMNS = [
     ("STATE", lambda r: r["state"]),
     ("DAEMON", lambda r: r["daemon"]),
     ("TRIGGER", lambda r: r["trigger"]),
+    ("TRY", lambda r: r["attempt"]),
     ("CREATED", lambda r: (r["created_at"] or "")[:19]),
     ("ROWS", lambda r: r["rows_written"]),
     ("SECONDS", lambda r: r["duration_s"]),
@@ -349,6 +350,27 @@ def run_pipeline(
     if not json_:
         error(f"run {key} {run.state}: {run.error or 'no error recorded'}")
     raise typer.Exit(EXIT_FAILED)
+
+
+@app.command()
+def pause(pipeline: Annotated[str, typer.Argument(help="Pipeline name.")]) -> None:
+    """Stop firing PIPELINE's schedule (runs in progress go on); survives config applies."""
+    with ControlPlane(settings()).session() as session:
+        found = get_pipeline(session, pipeline)
+        found.paused = True
+        session.add(found)
+    info(f"pipeline {pipeline} paused: its schedule does not fire until `mycelial resume {pipeline}`")
+
+
+@app.command()
+def resume(pipeline: Annotated[str, typer.Argument(help="Pipeline name.")]) -> None:
+    """Fire PIPELINE's schedule again, from now on (the fires missed while paused are not run)."""
+    with ControlPlane(settings()).session() as session:
+        found = get_pipeline(session, pipeline)
+        found.paused = False
+        found.schedule_since = utcnow()
+        session.add(found)
+    info(f"pipeline {pipeline} resumed")
 
 
 @app.command()
