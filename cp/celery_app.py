@@ -54,7 +54,20 @@ def _celery_config(settings: Settings) -> dict[str, Any]:
         "worker_send_task_events": True,
         "task_send_sent_event": True,
         "broker_connection_retry_on_startup": True,
-        "broker_transport_options": {"visibility_timeout": settings.visibility_timeout},
+        # edge daemons outlive broker outages of any length: reconnect forever
+        "broker_connection_max_retries": None,
+        "broker_transport_options": {
+            # Redis redelivers a message unacked for this long (its worker died): above any job
+            "visibility_timeout": settings.visibility_timeout,
+            # how often consumers look for such messages (kombu's default is about 100 s)
+            "unacked_restore_interval": settings.unacked_restore_interval,
+            "unacked_restore_throttle": 1,
+            # without these a publish on a dead TCP connection waits forever
+            "socket_timeout": 15,
+            "socket_connect_timeout": 5,
+            "socket_keepalive": True,
+            "health_check_interval": 10,
+        },
         "enable_utc": True,
         "timezone": "UTC",
     }

@@ -153,6 +153,9 @@ class Stack:
         for name in list(self.procs):
             self.stop(name)
 
+    def cli_argv(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "cp.cli", *args]
+
     def cli(self, *args: str, check: bool = False, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
             [sys.executable, "-m", "cp.cli", *args],

@@ -85,3 +85,39 @@ def test_the_dispatch_config_pins_one_pipeline_to_each_daemon() -> None:
     assert len(document["daemons"]) == DAEMONS
     assert len(document["connectors"]) == 2
     assert [p["daemon"] for p in document["pipelines"]] == [d["name"] for d in document["daemons"]]
+
+
+def test_the_movement_rows_are_the_same_on_every_run_and_mix_eight_types() -> None:
+    from bench.movement import COLUMNS, generate
+
+    rows = list(generate(40))
+
+    assert rows == list(generate(40))
+    assert list(generate(5, start=36)) == rows[35:]
+    assert all(len(row) == len(COLUMNS) == 8 for row in rows)
+    assert {type(v).__name__ for v in rows[0]} == {"int", "str", "Decimal", "float", "bool", "datetime"}
+    assert rows[16][7] is None and rows[15][7] is not None  # a NULL note every 17th row
+    assert len({len(row[7] or "") for row in rows}) > 10  # notes of varying length
+
+
+def test_a_movement_job_is_a_valid_run_job_in_replace_mode_with_batches_of_10000() -> None:
+    from bench.movement import PAIRS, job_payload
+    from cp.protocol import RunJob, parse
+
+    for pair in PAIRS:
+        job = parse(RunJob, job_payload(pair, "mycelial_bench_test"))
+
+        assert (job.pipeline.source.kind, job.pipeline.destination.kind) == tuple(pair.split("->"))
+        assert job.pipeline.mode == "replace"
+        assert job.pipeline.batch_size == 10_000
+        assert "postgres" not in pair or "${env:" in json.dumps(job.pipeline.model_dump())
+
+
+def test_the_movement_urls_for_dlt_keep_the_server_and_never_need_a_real_password() -> None:
+    from bench.movement import count_label, sqlalchemy_url, with_password
+
+    url = "postgresql://postgres@127.0.0.1:5432/test"
+    assert sqlalchemy_url(url) == "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
+    assert with_password(url) == "postgresql://postgres:unused@127.0.0.1:5432/test"
+    assert with_password("postgresql://u:pw@h/db") == "postgresql://u:pw@h/db"
+    assert [count_label(n) for n in (1_000_000, 100_000, 10_000)] == ["1M", "100k", "10k"]
