@@ -1,10 +1,11 @@
-"""Static beat entries. Pipeline cron schedules are not here: they come from the database."""
+"""Static beat entries. Pipeline cron schedules are not here: beat's scheduler reads them from the
+database each tick, and the same tick runs the reconciler (cp/scheduler.py)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from cp.protocol import CP_CHECK_DAEMON_HEALTH, CP_QUEUE
+from cp.protocol import CP_CHECK_DAEMON_HEALTH, CP_PURGE_OLD_RECORDS, CP_QUEUE
 from cp.settings import Settings
 
 
@@ -15,5 +16,10 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
             "task": CP_CHECK_DAEMON_HEALTH,
             "schedule": settings.health_check_interval,
             "options": {"queue": CP_QUEUE, "expires": settings.health_check_interval},
+        },
+        "purge-old-records": {
+            "task": CP_PURGE_OLD_RECORDS,
+            "schedule": 3600.0,
+            "options": {"queue": CP_QUEUE, "expires": 3600.0},
         },
     }

@@ -16,6 +16,7 @@ CP_RUN_EVENT = "cp.run_event"
 CP_CONFIG_APPLIED = "cp.config_applied"
 CP_LOGS = "cp.logs"
 CP_CHECK_DAEMON_HEALTH = "cp.check_daemon_health"
+CP_PURGE_OLD_RECORDS = "cp.purge_old_records"
 DAEMON_APPLY_CONFIG = "daemon.apply_config"
 DAEMON_RUN_JOB = "daemon.run_job"
 

@@ -31,6 +31,7 @@ class Settings(BaseSettings):
     unacked_restore_interval: float = Field(default=10.0, gt=0)
     schedule_poll_interval: float = Field(default=1.0, gt=0)
     max_deliveries: int = Field(default=3, ge=1)
+    retention_days: float = Field(default=30.0, gt=0)
 
     flower_address: str = "127.0.0.1"
     flower_port: int = Field(default=5555, ge=1, le=65535)

@@ -25,6 +25,7 @@ from cp.protocol import (
     CP_CONFIG_APPLIED,
     CP_DAEMON_HELLO,
     CP_HEARTBEAT,
+    CP_PURGE_OLD_RECORDS,
     CP_RUN_EVENT,
     ConfigApplied,
     DaemonHello,
@@ -33,6 +34,7 @@ from cp.protocol import (
     RunEvent,
     parse,
 )
+from cp.retention import purge_old_records
 from cp.runs import record_run_event
 from cp.runtime import ControlPlane
 
@@ -107,6 +109,12 @@ def register_cp_tasks(app: Celery, cp: ControlPlane) -> None:
     def config_applied(msg: ConfigApplied) -> None:
         with cp.session() as session:
             record_config_applied(session, msg, now=utcnow())
+
+    @app.task(name=CP_PURGE_OLD_RECORDS, ignore_result=True)
+    def purge_old_records_task() -> None:
+        with cp.session() as session:
+            deleted = purge_old_records(session, now=utcnow(), keep_days=cp.settings.retention_days)
+        log.info("retention: deleted %s", deleted)
 
     @app.task(name=CP_CHECK_DAEMON_HEALTH, ignore_result=True)
     def check_daemon_health() -> None:
