@@ -36,7 +36,7 @@ from cp.db import create_schema, make_engine, session_scope
 from cp.dispatch import CeleryDispatcher, Outgoing
 from cp.models import Pipeline, RunTrigger, utcnow
 from cp.protocol import DAEMON_RUN_JOB, daemon_queue
-from cp.runs import NewRun, create_run, get_pipeline
+from cp.runs import create_run, get_pipeline, mark_published, queue_run
 from cp.settings import Settings
 
 RUNS = 5_000
@@ -119,21 +119,37 @@ class Bench:
         self.client.delete(*keys)
 
 
+def new_job(
+    session: Session,
+    pipeline: Pipeline,
+    *,
+    trigger: RunTrigger,
+    now: datetime,
+    expires: float,
+    scheduled_for: datetime | None = None,
+) -> Outgoing:
+    """Create a run and queue it, as ``mycelial run`` and the scheduler do; return its job message."""
+    run = create_run(session, pipeline, trigger=trigger, now=now, scheduled_for=scheduled_for)
+    assert run is not None
+    message = queue_run(session, run, pipeline, now=now, expires=expires)
+    assert message is not None
+    return message
+
+
 def commit_per_run(bench: Bench, count: int) -> None:
-    """``mycelial run``: a session per run, commit, then publish."""
+    """``mycelial run``: a session per run, commit, publish, record the publish."""
     dispatcher = CeleryDispatcher(bench.app)
     names = bench.pipelines
     for i in range(count):
+        now = utcnow()
         with session_scope(bench.engine) as session:
-            new = create_run(
-                session,
-                get_pipeline(session, names[i % len(names)]),
-                trigger=RunTrigger.MANUAL,
-                now=utcnow(),
-                expires=bench.settings.run_job_expires,
+            pipeline = get_pipeline(session, names[i % len(names)])
+            message = new_job(
+                session, pipeline, trigger=RunTrigger.MANUAL, now=now, expires=bench.settings.run_job_expires
             )
-        assert new is not None and new.message is not None
-        dispatcher.send(new.message)
+        dispatcher.send(message)
+        with session_scope(bench.engine) as session:
+            mark_published(session, [str(message.payload["run_key"])], now=now)
 
 
 def batched_outbox(bench: Bench, count: int, *, first_fire: datetime) -> None:
@@ -141,24 +157,25 @@ def batched_outbox(bench: Bench, count: int, *, first_fire: datetime) -> None:
     dispatcher = CeleryDispatcher(bench.app)
     for tick, start in enumerate(range(0, count, TICK)):
         fire = first_fire + timedelta(minutes=tick)
-        created: list[NewRun] = []
+        created: list[Outgoing] = []
+        now = utcnow()
         with session_scope(bench.engine) as session:
             pipelines = session.exec(select(Pipeline).order_by(col(Pipeline.name))).all()
-            now = utcnow()
             for pipeline in pipelines[: min(TICK, count - start)]:
-                new = create_run(
-                    session,
-                    pipeline,
-                    trigger=RunTrigger.SCHEDULE,
-                    now=now,
-                    scheduled_for=fire,
-                    expires=bench.settings.run_job_expires,
+                created.append(
+                    new_job(
+                        session,
+                        pipeline,
+                        trigger=RunTrigger.SCHEDULE,
+                        now=now,
+                        scheduled_for=fire,
+                        expires=bench.settings.run_job_expires,
+                    )
                 )
-                assert new is not None and new.message is not None
-                created.append(new)
-        for new in created:
-            assert new.message is not None
-            dispatcher.send(new.message)
+        for message in created:
+            dispatcher.send(message)
+        with session_scope(bench.engine) as session:
+            mark_published(session, [str(m.payload["run_key"]) for m in created], now=now)
 
 
 def raw_send_task(bench: Bench, messages: list[Outgoing], count: int) -> None:
@@ -173,15 +190,15 @@ def sample_messages(bench: Bench) -> list[Outgoing]:
     with Session(bench.engine) as session:
         messages = []
         for name in bench.pipelines:
-            new = create_run(
-                session,
-                get_pipeline(session, name),
-                trigger=RunTrigger.MANUAL,
-                now=utcnow(),
-                expires=bench.settings.run_job_expires,
+            messages.append(
+                new_job(
+                    session,
+                    get_pipeline(session, name),
+                    trigger=RunTrigger.MANUAL,
+                    now=utcnow(),
+                    expires=bench.settings.run_job_expires,
+                )
             )
-            assert new is not None and new.message is not None
-            messages.append(new.message)
         session.rollback()
     return messages
 
