@@ -86,11 +86,26 @@ def run_job_message(
     expires: float,
 ) -> Outgoing:
     payload = RunJob(run_key=run_key, attempt=attempt, pipeline=pipeline, cursor=cursor)
+    return job_outgoing(
+        daemon=daemon, task_id=task_id, payload=dump(payload), pipeline_name=pipeline.name, expires=expires
+    )
+
+
+def job_payload(
+    *, run_key: str, attempt: int, pipeline: dict[str, Any], cursor: str | None = None
+) -> dict[str, Any]:
+    """A RunJob payload from an already dumped PipelineSpec: schedulers dump each spec once per tick."""
+    return {"v": 1, "run_key": run_key, "attempt": attempt, "pipeline": pipeline, "cursor": cursor}
+
+
+def job_outgoing(
+    *, daemon: str, task_id: str, payload: dict[str, Any], pipeline_name: str, expires: float
+) -> Outgoing:
     return Outgoing(
         task=DAEMON_RUN_JOB,
         queue=daemon_queue(daemon),
-        payload=dump(payload),
-        argsrepr=f"pipeline={pipeline.name} run={run_key} attempt={attempt}",
+        payload=payload,
+        argsrepr=f"pipeline={pipeline_name} run={payload['run_key']} attempt={payload['attempt']}",
         task_id=task_id,
         expires=expires,
     )

@@ -1,40 +1,46 @@
-"""Pick the daemon a run goes to."""
+"""Pick the daemon a run goes to: the pinned one, or the online matching daemon with the fewest
+active runs. Loaded once per scheduler tick, then decided in memory."""
 
 from __future__ import annotations
 
+from sqlalchemy import func
 from sqlmodel import Session, col, select
 
 from cp.config_store import eligible
-from cp.models import Daemon, DaemonStatus, Pipeline, Run, RunState
+from cp.models import ACTIVE_RUN_STATES, Daemon, DaemonStatus, Pipeline, Run
+
+
+class Placement:
+    """The online daemons and their active-run counts, updated as runs are placed."""
+
+    def __init__(self, online: list[Daemon], active: dict[str, int]) -> None:
+        self.online = online
+        self.active = active
+
+    @classmethod
+    def load(cls, session: Session) -> Placement:
+        online = list(session.exec(select(Daemon).where(col(Daemon.status) == DaemonStatus.ONLINE)))
+        rows = session.exec(
+            select(Run.daemon, func.count())
+            .where(col(Run.state).in_(ACTIVE_RUN_STATES), col(Run.daemon).is_not(None))
+            .group_by(Run.daemon)
+        )
+        return cls(online, {name: int(count) for name, count in rows if name is not None})
+
+    def choose(self, pipeline: Pipeline) -> str | None:
+        """None when a label-placed pipeline has no online match: the run then waits."""
+        if pipeline.daemon is not None:
+            chosen: str | None = pipeline.daemon
+        else:
+            candidates = [d.name for d in self.online if eligible(pipeline, d)]
+            chosen = (
+                min(candidates, key=lambda name: (self.active.get(name, 0), name)) if candidates else None
+            )
+        if chosen is not None:
+            self.active[chosen] = self.active.get(chosen, 0) + 1
+        return chosen
 
 
 def choose_daemon(session: Session, pipeline: Pipeline) -> str | None:
-    """The pinned daemon, or the online matching daemon with the fewest active runs.
-
-    Returns None when a label-placed pipeline has no online match: the run then waits.
-    """
-    if pipeline.daemon is not None:
-        return pipeline.daemon
-    candidates = [
-        d
-        for d in session.exec(select(Daemon).where(col(Daemon.status) == DaemonStatus.ONLINE))
-        if eligible(pipeline, d)
-    ]
-    if not candidates:
-        return None
-    active = _active_runs_by_daemon(session, [d.name for d in candidates])
-    best = min(candidates, key=lambda d: (active.get(d.name, 0), d.name))
-    return best.name
-
-
-def _active_runs_by_daemon(session: Session, names: list[str]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    rows = session.exec(
-        select(Run.daemon).where(
-            col(Run.daemon).in_(names), col(Run.state).in_([RunState.QUEUED, RunState.RUNNING])
-        )
-    )
-    for name in rows:
-        if name is not None:
-            counts[name] = counts.get(name, 0) + 1
-    return counts
+    """Placement for a single run (a manual trigger)."""
+    return Placement.load(session).choose(pipeline)

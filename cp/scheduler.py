@@ -8,18 +8,29 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any, TypeVar
 
-from sqlalchemy import func
+from sqlalchemy import bindparam, func, update
+from sqlalchemy import insert as insert_statement
+from sqlalchemy import select as sa_select
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import Connection
 from sqlmodel import Session, col, or_, select
 
-from cp.dispatch import Outgoing
-from cp.models import ACTIVE_RUN_STATES, Pipeline, Run, RunState, RunTrigger
-from cp.runs import active_runs, create_run, fail_or_retry, finish, job_message, queue_run
+from cp.config_store import pipeline_spec
+from cp.dispatch import Outgoing, job_outgoing, job_payload
+from cp.models import ACTIVE_RUN_STATES, Pipeline, Run, RunAttempt, RunState, RunTrigger
+from cp.placement import Placement
+from cp.runs import WAITING_FOR_DAEMON, fail_or_retry, finish, get_run, job_message, run_key_for, task_id_for
 from cp.schedule import latest_fires
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+CHUNK = 500  # rows per statement: well under SQLite's and PostgreSQL's parameter limits
 
 
 @dataclass(frozen=True)
@@ -72,10 +83,15 @@ def due_fires(pipeline: Pipeline, *, last_fired: datetime | None, now: datetime)
     return latest_fires(pipeline.schedule, pipeline.timezone, after, now, limit=limit)
 
 
-def fire_due_runs(session: Session, *, now: datetime) -> list[Run]:
-    """Create a run per due fire: ``scheduled``, or ``skipped`` when the overlap policy says so."""
-    created: list[Run] = []
+def fire_due_runs(session: Session, *, now: datetime) -> int:
+    """Create a run per due fire: ``scheduled``, or ``skipped`` when the overlap policy says so.
+
+    One INSERT for the whole tick; a fire that has a run already (another beat made it) is left
+    alone by the unique run key. Returns how many runs were created.
+    """
     last_fired = last_scheduled_fire(session)
+    busy = _busy_pipelines(session)
+    rows: list[dict[str, object]] = []
     for pipeline in scheduled_pipelines(session):
         try:
             fires = due_fires(pipeline, last_fired=last_fired.get(pipeline.name), now=now)
@@ -85,63 +101,181 @@ def fire_due_runs(session: Session, *, now: datetime) -> list[Run]:
             continue
         for fire in fires:
             skipped = None
-            if pipeline.overlap == "skip" and _busy(session, pipeline.name):
-                skipped = "skipped: the previous run is still active (overlap: skip)"
-            run = create_run(
-                session,
-                pipeline,
-                trigger=RunTrigger.SCHEDULE,
-                now=now,
-                scheduled_for=fire,
-                skipped_because=skipped,
-            )
-            if run is not None:
-                log.info(
-                    "pipeline %s fired for %s: run %s %s",
-                    pipeline.name,
-                    fire.isoformat(),
-                    run.run_key,
-                    run.state,
-                )
-                created.append(run)
+            if pipeline.overlap == "skip":
+                if pipeline.name in busy:
+                    skipped = "skipped: the previous run is still active (overlap: skip)"
+                busy.add(pipeline.name)
+            rows.append(_new_run_row(pipeline.name, fire, now=now, skipped_because=skipped))
+    created = insert_new_runs(session, rows)
+    if created:
+        log.info("fired %d run(s) for %d due fire(s)", created, len(rows))
     return created
 
 
-def _busy(session: Session, pipeline: str) -> bool:
-    query = select(func.count()).where(
-        Run.pipeline == pipeline, col(Run.state).in_([*ACTIVE_RUN_STATES, RunState.SCHEDULED])
+def _new_run_row(
+    pipeline: str, fire: datetime, *, now: datetime, skipped_because: str | None
+) -> dict[str, object]:
+    return {
+        "run_key": run_key_for(pipeline, trigger=RunTrigger.SCHEDULE, scheduled_for=fire),
+        "pipeline": pipeline,
+        "trigger": RunTrigger.SCHEDULE,
+        "scheduled_for": fire,
+        "state": RunState.SKIPPED if skipped_because else RunState.SCHEDULED,
+        "attempt": 1,
+        "deliveries": 0,
+        "created_at": now,
+        "finished_at": now if skipped_because else None,
+        "rows_read": 0,
+        "rows_written": 0,
+        "error": skipped_because,
+        "error_retryable": False,
+    }
+
+
+def insert_new_runs(session: Session, rows: list[dict[str, object]]) -> int:
+    """INSERT ... ON CONFLICT (run_key) DO NOTHING, in chunks; the number of rows inserted."""
+    if not rows:
+        return 0
+    dialect = session.get_bind().dialect.name
+    insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
+    statement = insert(Run).on_conflict_do_nothing(index_elements=["run_key"]).returning(col(Run.run_key))
+    created = 0
+    connection = session.connection()
+    for chunk in _chunks(rows, CHUNK):
+        created += (
+            len(connection.execute(statement, chunk).all())
+            if len(chunk) == 1
+            else _insert_many(connection, statement, chunk)
+        )
+    return created
+
+
+def _insert_many(connection: Connection, statement: Any, rows: list[dict[str, object]]) -> int:
+    # RETURNING with executemany is supported ("insertmanyvalues") on both SQLite and PostgreSQL
+    return len(connection.execute(statement, rows).all())
+
+
+def _chunks(items: list[T], size: int) -> Iterator[list[T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _busy_pipelines(session: Session) -> set[str]:
+    rows = session.exec(
+        select(Run.pipeline).where(col(Run.state).in_([*ACTIVE_RUN_STATES, RunState.SCHEDULED])).distinct()
     )
-    return int(session.exec(query).one()) > 0
+    return set(rows)
 
 
 def dispatch_ready_runs(session: Session, *, now: datetime, expires: float) -> list[Outgoing]:
-    """Queue scheduled runs whose time has come, as far as each pipeline's overlap policy allows."""
-    waiting = session.exec(
-        select(Run)
-        .where(
-            col(Run.state) == RunState.SCHEDULED,
-            or_(col(Run.next_attempt_at).is_(None), col(Run.next_attempt_at) <= now),
+    """Queue scheduled runs whose time has come, as far as each pipeline's overlap policy allows.
+
+    The claim is one UPDATE ... WHERE state = 'scheduled' RETURNING id per chunk, so when two beats
+    tick together each run is queued by exactly one of them.
+    """
+    waiting = (
+        session.connection()
+        .execute(
+            sa_select(col(Run.id), col(Run.run_key), col(Run.pipeline), col(Run.attempt), col(Run.error))
+            .where(
+                col(Run.state) == RunState.SCHEDULED,
+                or_(col(Run.next_attempt_at).is_(None), col(Run.next_attempt_at) <= now),
+            )
+            .order_by(col(Run.created_at), col(Run.id))
         )
-        .order_by(col(Run.created_at), col(Run.id))
-    ).all()
+        .all()
+    )
+    if not waiting:
+        return []
     pipelines = {p.name: p for p in session.exec(select(Pipeline))}
-    active: dict[str, int] = {}
-    messages: list[Outgoing] = []
-    for run in waiting:
-        pipeline = pipelines.get(run.pipeline)
+    active = _active_by_pipeline(session)
+    placement = Placement.load(session)
+    specs: dict[str, dict[str, Any]] = {}
+    plan: dict[int, tuple[str, str, int, str]] = {}  # id -> (run key, pipeline, attempt, daemon)
+    removed, no_daemon = [], []
+    for row_id, run_key, pipeline_name, attempt, error in waiting:
+        assert row_id is not None  # a stored row always has its id
+        run_id = row_id
+        pipeline = pipelines.get(pipeline_name)
         if pipeline is None:
-            finish(session, run, RunState.CANCELLED, error="pipeline removed from the configuration", at=now)
+            removed.append(run_key)
             continue
-        if run.pipeline not in active:
-            active[run.pipeline] = active_runs(session, run.pipeline)
         capacity = pipeline.max_active_runs if pipeline.overlap == "allow" else 1
-        if active[run.pipeline] >= capacity:
+        if active.get(pipeline_name, 0) >= capacity:
             continue
-        message = queue_run(session, run, pipeline, now=now, expires=expires)
-        if message is not None:
-            active[run.pipeline] += 1
-            messages.append(message)
+        daemon = placement.choose(pipeline)
+        if daemon is None:
+            if error != WAITING_FOR_DAEMON:
+                no_daemon.append(run_id)
+            continue
+        active[pipeline_name] = active.get(pipeline_name, 0) + 1
+        plan[run_id] = (run_key, pipeline_name, attempt, daemon)
+    for run_key in removed:
+        run = get_run(session, run_key)
+        if run is not None:
+            finish(session, run, RunState.CANCELLED, error="pipeline removed from the configuration", at=now)
+    if no_daemon:
+        session.exec(update(Run).where(col(Run.id).in_(no_daemon)).values(error=WAITING_FOR_DAEMON))
+    claimed = _claim(session, list(plan), now=now)
+    assignments = [(run_id, *plan[run_id]) for run_id in claimed]  # id, key, pipeline, attempt, daemon
+    if not assignments:
+        return []
+    connection = session.connection()
+    connection.execute(
+        update(Run)
+        .where(col(Run.id) == bindparam("run_id"))
+        .values(daemon=bindparam("daemon"), task_id=bindparam("task_id")),
+        [{"run_id": i, "daemon": d, "task_id": task_id_for(k, a)} for i, k, _, a, d in assignments],
+    )
+    connection.execute(
+        insert_statement(RunAttempt),
+        [
+            {
+                "run_key": key,
+                "attempt": attempt,
+                "daemon": daemon,
+                "task_id": task_id_for(key, attempt),
+                "state": RunState.QUEUED,
+                "queued_at": now,
+                "deliveries": 0,
+                "rows_written": 0,
+            }
+            for _, key, _, attempt, daemon in assignments
+        ],
+    )
+    messages = []
+    for _, run_key, pipeline_name, attempt, daemon in assignments:
+        if pipeline_name not in specs:
+            specs[pipeline_name] = pipeline_spec(session, pipelines[pipeline_name]).model_dump(mode="json")
+        payload = job_payload(run_key=run_key, attempt=attempt, pipeline=specs[pipeline_name])
+        task_id = task_id_for(run_key, attempt)
+        messages.append(
+            job_outgoing(
+                daemon=daemon, task_id=task_id, payload=payload, pipeline_name=pipeline_name, expires=expires
+            )
+        )
     return messages
+
+
+def _claim(session: Session, run_ids: list[int], *, now: datetime) -> list[int]:
+    claimed: list[int] = []
+    for chunk in _chunks(run_ids, CHUNK):
+        statement = (
+            update(Run)
+            .where(col(Run.id).in_(chunk), col(Run.state) == RunState.SCHEDULED)
+            .values(state=RunState.QUEUED, queued_at=now, error=None)
+            .returning(col(Run.id))
+        )
+        claimed += [row_id for (row_id,) in session.connection().execute(statement) if row_id is not None]
+    order = {run_id: index for index, run_id in enumerate(run_ids)}
+    return sorted(claimed, key=order.__getitem__)
+
+
+def _active_by_pipeline(session: Session) -> dict[str, int]:
+    rows = session.exec(
+        select(Run.pipeline, func.count()).where(col(Run.state).in_(ACTIVE_RUN_STATES)).group_by(Run.pipeline)
+    )
+    return {name: int(count) for name, count in rows}
 
 
 def expire_timed_out_runs(session: Session, *, now: datetime, rng: random.Random) -> list[str]:

@@ -116,3 +116,22 @@ def test_applying_a_configuration_yields_pushes_whose_messages_reach_each_daemon
         "mycelial.daemon.edge-paris",
     ]
     assert all("SHOP_DB" not in m.argsrepr for m in dispatcher.sent)
+
+
+def test_a_job_payload_built_from_a_dumped_spec_is_the_same_as_the_validated_message() -> None:
+    from cp.dispatch import job_payload
+    from cp.protocol import ConnectorSpec, PipelineSpec, RunJob, dump, parse
+
+    spec = PipelineSpec(
+        name="orders",
+        source=ConnectorSpec(name="shop", kind="sqlite", options={"path": "a.db"}),
+        source_table="orders",
+        destination=ConnectorSpec(name="dw", kind="postgres", options={"dsn": "postgresql://x@h/db"}),
+        destination_table="orders",
+        mode="incremental",
+        cursor_column="updated_at",
+        key_columns=["id"],
+    )
+    fast = job_payload(run_key="orders@1", attempt=2, pipeline=spec.model_dump(mode="json"))
+    assert fast == dump(RunJob(run_key="orders@1", attempt=2, pipeline=spec))
+    assert parse(RunJob, fast).pipeline == spec
