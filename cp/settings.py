@@ -29,7 +29,7 @@ class Settings(BaseSettings):
     run_job_expires: float = Field(default=3600.0, gt=0)
     visibility_timeout: float = Field(default=6 * 3600.0, gt=0)
     unacked_restore_interval: float = Field(default=10.0, gt=0)
-    schedule_poll_interval: float = Field(default=1.0, gt=0)
+    schedule_poll_interval: float = Field(default=0.5, gt=0)
     max_deliveries: int = Field(default=3, ge=1)
     retention_days: float = Field(default=30.0, gt=0)
 
