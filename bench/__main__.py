@@ -12,6 +12,8 @@ from bench.harness import report_line
 # name -> module with ``run(*, quick: bool) -> list[Result]``; imported only when chosen
 BENCHMARKS: dict[str, str] = {
     "dispatch": "bench.dispatch",
+    "movement": "bench.movement",
+    "scheduling": "bench.scheduling",
 }
 
 EXIT_BAD_INPUT = 2
