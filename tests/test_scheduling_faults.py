@@ -278,3 +278,44 @@ def test_a_job_that_keeps_killing_its_daemon_stops_after_the_delivery_limit(
     assert run.state is RunState.FAILED
     assert run.deliveries == 2
     assert "delivered 3 times without finishing" in (run.error or "")
+
+
+def test_applied_schedule_edits_change_what_fires_without_restarting_beat(
+    make_stack, make_database_url
+) -> None:  # type: ignore[no-untyped-def]
+    database_url = make_database_url("sqlite")
+    stack: Stack = make_stack(database_url)
+    make_source(stack.home / "shop.db")
+    stack.start("worker", "worker")
+    start_daemon(stack)
+    stack.start("beat", "beat")
+
+    def apply(schedule: str, *, enabled: bool = True) -> float:
+        extra = f"    schedule: '{schedule}'\n    enabled: {str(enabled).lower()}"
+        stack.cli(
+            "apply",
+            "-f",
+            str(config(stack, PIPELINE.format(name="edit", table="items", extra=extra))),
+            check=True,
+        )
+        return time.time()
+
+    def fires_after(moment: float, count: int) -> list[Run]:
+        runs = [
+            r
+            for r in runs_of(database_url, "edit")
+            if r.scheduled_for and r.scheduled_for.timestamp() > moment
+        ]
+        return runs if len(runs) >= count else []
+
+    every_two = apply("* * * * * */2")
+    wait_for(lambda: fires_after(every_two, 2), timeout=60, what="fires every 2 s", stack=stack)
+    every_five = apply("* * * * * */5")
+    after_edit = wait_for(
+        lambda: fires_after(every_five + 1, 2), timeout=60, what="fires every 5 s", stack=stack
+    )
+    assert all(r.scheduled_for.second % 5 == 0 for r in after_edit if r.scheduled_for)  # type: ignore[union-attr]
+
+    disabled = apply("* * * * * */5", enabled=False)
+    time.sleep(7)
+    assert fires_after(disabled + 1, 1) == []
