@@ -41,6 +41,7 @@ pipelines:
     source: {{connector: pg-down, table: items}}
     destination: {{connector: local, table: items2}}
     daemon: edge-s
+    retries: {{max_attempts: 1}}
 """
 
 
