@@ -4,6 +4,7 @@ connector-specific parts in their own suites)."""
 from __future__ import annotations
 
 import sqlite3
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,7 @@ def run(
     drift: str = "add",
     batch_size: int = 3,
     stop_after_batches: int | None = None,
-    run_key: str = "r",
+    run_key: str | None = None,
 ) -> RunResult:
     source = make_source("sqlite", "shop", {"path": "src.db"}, home=tmp_path)
     sink = make_sink("sqlite", "warehouse", {"path": "dst.db"}, home=tmp_path)
@@ -45,7 +46,7 @@ def run(
     with source, sink:
         return run_pipeline(
             pipeline="p",
-            run_key=run_key,
+            run_key=run_key or f"r-{uuid.uuid4().hex[:8]}",  # every run has its own key
             source=source,
             sink=sink,
             read=ReadSpec(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import tracemalloc
+import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -62,7 +63,7 @@ def run(
     try:
         return run_pipeline(
             pipeline="files",
-            run_key="r",
+            run_key=f"r-{uuid.uuid4().hex[:8]}",  # every run has its own key
             source=src,
             sink=sink,
             read=ReadSpec(table="label-only", query=None, batch_size=batch_size),

@@ -52,7 +52,7 @@ def run(
     drift: str = "add",
     batch_size: int = 3,
     stop_after_batches: int | None = None,
-    run_key: str = "r",
+    run_key: str | None = None,
 ) -> RunResult:
     source = make_source("mysql", "shop", my.options(), home=tmp_path)
     sink = make_sink("mysql", "warehouse", my.options(), home=tmp_path)
@@ -60,7 +60,7 @@ def run(
     with source, sink:
         return run_pipeline(
             pipeline=pipeline,
-            run_key=run_key,
+            run_key=run_key or f"r-{uuid.uuid4().hex[:8]}",  # every run has its own key
             source=source,
             sink=sink,
             read=ReadSpec(

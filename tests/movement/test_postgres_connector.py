@@ -190,7 +190,11 @@ def test_replace_keeps_the_old_table_until_finish_commits(pg: Harness) -> None:
     for _ in range(2):
         assert run(pg, read, write).rows_written == 5
     assert [r[1] for r in pg.execute("SELECT * FROM dst ORDER BY id")] == [f"new {i}" for i in range(1, 6)]
-    leftovers = pg.execute("SELECT relname FROM pg_class WHERE relname LIKE '\\_mycelial\\_stage%%'")
+    leftovers = pg.execute(
+        "SELECT relname FROM pg_class WHERE relname LIKE '\\_mycelial\\_stage%%'"
+        " AND relnamespace = to_regnamespace(%s)",
+        [pg.schema],
+    )
     assert leftovers == []
 
 
