@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from cp.protocol import CP_CHECK_DAEMON_HEALTH, CP_PURGE_OLD_RECORDS, CP_QUEUE
+from cp.protocol import CP_CHECK_DAEMON_HEALTH, CP_PURGE_OLD_RECORDS, CP_QUEUE, CP_SEND_PROBES
 from cp.settings import Settings
 
 
@@ -16,6 +16,11 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
             "task": CP_CHECK_DAEMON_HEALTH,
             "schedule": settings.health_check_interval,
             "options": {"queue": CP_QUEUE, "expires": settings.health_check_interval},
+        },
+        "send-probes": {
+            "task": CP_SEND_PROBES,
+            "schedule": settings.probe_interval,
+            "options": {"queue": CP_QUEUE, "expires": settings.probe_interval},
         },
         "purge-old-records": {
             "task": CP_PURGE_OLD_RECORDS,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Protocol
 
 from celery import Celery
@@ -10,9 +11,11 @@ from celery import Celery
 from cp.config_store import ConfigPush
 from cp.protocol import (
     DAEMON_APPLY_CONFIG,
+    DAEMON_PROBE,
     DAEMON_RUN_JOB,
     ApplyConfig,
     PipelineSpec,
+    Probe,
     RunJob,
     daemon_queue,
     dump,
@@ -107,5 +110,15 @@ def job_outgoing(
         payload=payload,
         argsrepr=f"pipeline={pipeline_name} run={payload['run_key']} attempt={payload['attempt']}",
         task_id=task_id,
+        expires=expires,
+    )
+
+
+def probe_message(daemon: str, *, probe_id: str, sent_at: datetime, expires: float) -> Outgoing:
+    return Outgoing(
+        task=DAEMON_PROBE,
+        queue=daemon_queue(daemon),
+        payload=dump(Probe(probe_id=probe_id, sent_at=sent_at)),
+        argsrepr=f"daemon={daemon} probe={probe_id}",
         expires=expires,
     )

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlmodel import Session, col, select
 
 from cp.models import Daemon, DaemonEvent, DaemonStatus
-from cp.protocol import ConfigApplied, DaemonHello, Heartbeat
+from cp.protocol import ConfigApplied, DaemonHello, Heartbeat, ProbeReply
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,68 @@ def record_heartbeat(session: Session, beat: Heartbeat, *, now: datetime) -> Dae
     daemon.last_heartbeat_at = now
     daemon.running_runs = len(beat.running_runs)
     daemon.cpu_percent, daemon.memory_mb = beat.cpu_percent, beat.memory_mb
-    set_status(session, daemon, DaemonStatus.ONLINE, reason="heartbeat", now=now)
+    if daemon.status in (DaemonStatus.OFFLINE, DaemonStatus.UNKNOWN):
+        # back: heartbeats prove the process runs; the probe check decides online vs degraded
+        set_status(session, daemon, DaemonStatus.ONLINE, reason="heartbeat", now=now)
+    session.add(daemon)
+    return daemon
+
+
+@dataclass(frozen=True)
+class HealthLimits:
+    offline_after: float  # seconds without a heartbeat
+    probe_timeout: float  # seconds a canary probe may stay unanswered
+    backlog_threshold: int  # messages waiting in the daemon's queue
+
+
+def evaluate(daemon: Daemon, *, now: datetime, limits: HealthLimits) -> tuple[DaemonStatus, str]:
+    """The status a daemon should have now, with the reason. Pure."""
+    if daemon.last_heartbeat_at is None:
+        return (
+            (daemon.status, "never heard from")
+            if daemon.status is DaemonStatus.UNKNOWN
+            else (DaemonStatus.OFFLINE, "no heartbeat ever")
+        )
+    silent = (now - daemon.last_heartbeat_at).total_seconds()
+    if silent > limits.offline_after:
+        return DaemonStatus.OFFLINE, f"no heartbeat for {silent:.0f}s"
+    sent, replied = daemon.last_probe_sent_at, daemon.last_probe_reply_at
+    if sent is not None and (replied is None or replied < sent):
+        waiting = (now - sent).total_seconds()
+        if waiting > limits.probe_timeout:
+            return (
+                DaemonStatus.DEGRADED,
+                f"heartbeats arrive but the probe through its queue is unanswered for {waiting:.0f}s",
+            )
+    if daemon.queue_depth is not None and daemon.queue_depth > limits.backlog_threshold:
+        return DaemonStatus.DEGRADED, f"queue backlog {daemon.queue_depth} over {limits.backlog_threshold}"
+    return DaemonStatus.ONLINE, "heartbeats and probes answered"
+
+
+def update_statuses(session: Session, *, now: datetime, limits: HealthLimits) -> list[Daemon]:
+    """Re-evaluate every daemon; return those that went offline in this call."""
+    went_offline = []
+    for daemon in session.exec(select(Daemon)):
+        status, reason = evaluate(daemon, now=now, limits=limits)
+        if set_status(session, daemon, status, reason=reason, now=now) and status is DaemonStatus.OFFLINE:
+            went_offline.append(daemon)
+    return went_offline
+
+
+def record_probe_sent(session: Session, daemon: Daemon, *, probe_id: str, now: datetime) -> None:
+    if daemon.last_probe_sent_at is None or (
+        daemon.last_probe_reply_at is not None and daemon.last_probe_reply_at >= daemon.last_probe_sent_at
+    ):
+        # keep the oldest unanswered probe's time: a daemon that stopped consuming stays overdue
+        daemon.last_probe_sent_at = now
+    daemon.last_probe_id = probe_id
+    session.add(daemon)
+
+
+def record_probe_reply(session: Session, reply: ProbeReply, *, now: datetime) -> Daemon:
+    daemon = get_or_register(session, reply.name)
+    daemon.last_probe_reply_at = now
+    daemon.last_probe_rtt_ms = round((now - reply.sent_at).total_seconds() * 1000, 1)
     session.add(daemon)
     return daemon
 
@@ -92,25 +154,6 @@ def record_config_applied(session: Session, msg: ConfigApplied, *, now: datetime
     )
     session.add(daemon)
     return daemon
-
-
-def mark_silent_daemons_offline(session: Session, *, now: datetime, offline_after: float) -> list[str]:
-    """Daemons whose last heartbeat is older than ``offline_after`` seconds go offline."""
-    cutoff = now - timedelta(seconds=offline_after)
-    changed: list[str] = []
-    candidates = session.exec(select(Daemon).where(col(Daemon.status) != DaemonStatus.OFFLINE))
-    for daemon in candidates:
-        if daemon.status is DaemonStatus.UNKNOWN and daemon.last_heartbeat_at is None:
-            continue
-        if daemon.last_heartbeat_at is None or daemon.last_heartbeat_at < cutoff:
-            silent = (
-                "never"
-                if daemon.last_heartbeat_at is None
-                else f"{(now - daemon.last_heartbeat_at).total_seconds():.0f}s ago"
-            )
-            set_status(session, daemon, DaemonStatus.OFFLINE, reason=f"last heartbeat {silent}", now=now)
-            changed.append(daemon.name)
-    return changed
 
 
 def record_rejected_message(

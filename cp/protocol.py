@@ -17,6 +17,9 @@ CP_CONFIG_APPLIED = "cp.config_applied"
 CP_LOGS = "cp.logs"
 CP_CHECK_DAEMON_HEALTH = "cp.check_daemon_health"
 CP_PURGE_OLD_RECORDS = "cp.purge_old_records"
+CP_SEND_PROBES = "cp.send_probes"
+CP_PROBE_REPLY = "cp.probe_reply"
+DAEMON_PROBE = "daemon.probe"
 DAEMON_APPLY_CONFIG = "daemon.apply_config"
 DAEMON_RUN_JOB = "daemon.run_job"
 
@@ -86,6 +89,17 @@ class LogEntry(BaseModel):
 class LogBatch(Message):
     name: str = Field(min_length=1)
     records: list[LogEntry]
+
+
+class Probe(Message):
+    probe_id: str = Field(min_length=1)
+    sent_at: AwareDatetime
+
+
+class ProbeReply(Message):
+    name: str = Field(min_length=1)
+    probe_id: str = Field(min_length=1)
+    sent_at: AwareDatetime
 
 
 class ConnectorSpec(BaseModel):

@@ -178,8 +178,12 @@ def fail_or_retry(
     retryable: bool,
     at: datetime,
     rng: random.Random,
+    immediately: bool = False,
 ) -> None:
-    """End the current attempt; schedule the next one if the error allows it and attempts remain."""
+    """End the current attempt; schedule the next one if the error allows it and attempts remain.
+
+    ``immediately`` skips the backoff: for a run lost with its daemon, the job itself did nothing wrong.
+    """
     pipeline = session.exec(select(Pipeline).where(Pipeline.name == run.pipeline)).first()
     max_attempts = pipeline.max_attempts if pipeline else 1
     run.error_retryable = retryable
@@ -187,8 +191,12 @@ def fail_or_retry(
         finish(session, run, state, error=error, at=at)
         return
     _close_attempt(session, run, state, error=error, at=at)
-    delay = retry_delay(
-        run.attempt, backoff=pipeline.retry_backoff, max_backoff=pipeline.retry_backoff_max, rng=rng
+    delay = (
+        0.0
+        if immediately
+        else retry_delay(
+            run.attempt, backoff=pipeline.retry_backoff, max_backoff=pipeline.retry_backoff_max, rng=rng
+        )
     )
     log.info("run %s attempt %d %s; retrying in %.1fs", run.run_key, run.attempt, state, delay)
     run.attempt += 1
@@ -197,6 +205,21 @@ def fail_or_retry(
     run.daemon = run.task_id = run.published_at = run.started_at = None
     run.rows_read = run.rows_written = 0
     run.error = f"attempt {run.attempt - 1} {state}: {error}; attempt {run.attempt} in {delay:.0f}s"
+    session.add(run)
+
+
+def move_to_another_daemon(session: Session, run: Run, *, reason: str, at: datetime) -> None:
+    """A queued run whose daemon is gone goes back to ``scheduled`` under a new task id.
+
+    The new id (a new attempt, not counted as a failure) keeps the stale message in the old
+    daemon's queue from being mistaken for the moved run, should that daemon return.
+    """
+    _close_attempt(session, run, RunState.LOST, error=f"moved: {reason}", at=at)
+    run.attempt += 1
+    run.state = RunState.SCHEDULED
+    run.daemon = run.task_id = run.published_at = None
+    run.next_attempt_at = None
+    run.error = f"moved: {reason}; waiting for another daemon"
     session.add(run)
 
 

@@ -24,7 +24,11 @@ class Settings(BaseSettings):
 
     heartbeat_interval: float = Field(default=5.0, gt=0)
     offline_after_missed: int = Field(default=3, ge=1)
-    health_check_interval: float = Field(default=5.0, gt=0)
+    health_check_interval: float = Field(default=1.0, gt=0)
+    probe_interval: float = Field(default=15.0, gt=0)
+    probe_timeout: float = Field(default=5.0, gt=0)
+    backlog_threshold: int = Field(default=100, ge=1)
+    lost_after: float = Field(default=0.0, ge=0)
     apply_config_expires: float = Field(default=3600.0, gt=0)
     run_job_expires: float = Field(default=3600.0, gt=0)
     visibility_timeout: float = Field(default=6 * 3600.0, gt=0)

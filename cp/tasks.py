@@ -3,42 +3,55 @@
 from __future__ import annotations
 
 import logging
+import random
+import uuid
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from celery import Celery
 from pydantic import BaseModel
 from sqlalchemy.exc import OperationalError
+from sqlmodel import select
 
 from cp.config_store import current_push
+from cp.dispatch import probe_message
+from cp.failover import fail_over
 from cp.health import (
-    mark_silent_daemons_offline,
+    HealthLimits,
     record_config_applied,
     record_heartbeat,
     record_hello,
+    record_probe_reply,
+    record_probe_sent,
     record_rejected_message,
     stale_config_daemons,
+    update_statuses,
 )
-from cp.models import utcnow
+from cp.models import Daemon, DaemonStatus, utcnow
 from cp.protocol import (
     CP_CHECK_DAEMON_HEALTH,
     CP_CONFIG_APPLIED,
     CP_DAEMON_HELLO,
     CP_HEARTBEAT,
+    CP_PROBE_REPLY,
     CP_PURGE_OLD_RECORDS,
     CP_RUN_EVENT,
+    CP_SEND_PROBES,
     ConfigApplied,
     DaemonHello,
     Heartbeat,
     MessageError,
+    ProbeReply,
     RunEvent,
     parse,
 )
+from cp.queue_depth import queue_depths
 from cp.retention import purge_old_records
 from cp.runs import record_run_event
 from cp.runtime import ControlPlane
 
 log = logging.getLogger(__name__)
+_rng = random.Random()
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -116,15 +129,50 @@ def register_cp_tasks(app: Celery, cp: ControlPlane) -> None:
             deleted = purge_old_records(session, now=utcnow(), keep_days=cp.settings.retention_days)
         log.info("retention: deleted %s", deleted)
 
+    @contract_task(CP_PROBE_REPLY, ProbeReply)
+    def probe_reply(reply: ProbeReply) -> None:
+        with cp.session() as session:
+            record_probe_reply(session, reply, now=utcnow())
+
+    @app.task(name=CP_SEND_PROBES, ignore_result=True)
+    def send_probes() -> None:
+        """A canary through each daemon's own queue: only a consuming daemon answers it."""
+        now = utcnow()
+        probe_id = uuid.uuid4().hex[:12]
+        with cp.session() as session:
+            daemons = [d for d in session.exec(select(Daemon)) if d.status is not DaemonStatus.OFFLINE]
+            for daemon in daemons:
+                record_probe_sent(session, daemon, probe_id=probe_id, now=now)
+            names = [d.name for d in daemons]
+        for name in names:
+            cp.dispatcher.send(
+                probe_message(name, probe_id=probe_id, sent_at=now, expires=cp.settings.probe_interval)
+            )
+
     @app.task(name=CP_CHECK_DAEMON_HEALTH, ignore_result=True)
     def check_daemon_health() -> None:
-        """Mark silent daemons offline; re-push configs that online daemons have not applied."""
+        """Queue depths, statuses, failover of offline daemons' runs, re-push of lagging configs."""
         now = utcnow()
+        settings = cp.settings
+        limits = HealthLimits(
+            offline_after=settings.offline_after,
+            probe_timeout=settings.probe_timeout,
+            backlog_threshold=settings.backlog_threshold,
+        )
         with cp.session() as session:
-            mark_silent_daemons_offline(session, now=now, offline_after=cp.settings.offline_after)
+            daemons = list(session.exec(select(Daemon)))
+        depths = queue_depths(cp.app, [d.name for d in daemons])
+        with cp.session() as session:
+            for daemon in session.exec(select(Daemon)):
+                daemon.queue_depth = depths.get(daemon.name)
+                session.add(daemon)
+            update_statuses(session, now=now, limits=limits)
+            revoke = fail_over(session, now=now, lost_after=settings.lost_after, rng=_rng)
             pushes = [
                 push
-                for daemon in stale_config_daemons(session, now=now, repush_after=cp.settings.offline_after)
+                for daemon in stale_config_daemons(session, now=now, repush_after=settings.offline_after)
                 if (push := current_push(session, daemon)) is not None
             ]
+        if revoke:
+            cp.app.control.revoke(revoke)
         cp.push_configs(pushes)

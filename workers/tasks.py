@@ -12,12 +12,16 @@ from celery.worker import state as worker_state
 from cp.models import utcnow
 from cp.protocol import (
     CP_CONFIG_APPLIED,
+    CP_PROBE_REPLY,
     CP_RUN_EVENT,
     DAEMON_APPLY_CONFIG,
+    DAEMON_PROBE,
     DAEMON_RUN_JOB,
     ApplyConfig,
     ConfigApplied,
     MessageError,
+    Probe,
+    ProbeReply,
     RunEvent,
     RunJob,
     parse,
@@ -49,6 +53,19 @@ def register_daemon_tasks(app: Celery, daemon: DaemonRuntime) -> None:
             CP_CONFIG_APPLIED,
             ConfigApplied(name=daemon.name, version=config.version, ok=error is None, error=error),
             argsrepr=f"daemon={daemon.name} version={config.version}",
+        )
+
+    @app.task(name=DAEMON_PROBE, ignore_result=True)
+    def probe(*args: Any, **kwargs: Any) -> None:
+        try:
+            canary = parse(Probe, _single_payload(args, kwargs))
+        except MessageError as exc:
+            log.error("rejected %s message: %s", DAEMON_PROBE, exc)
+            return
+        daemon.send(
+            CP_PROBE_REPLY,
+            ProbeReply(name=daemon.name, probe_id=canary.probe_id, sent_at=canary.sent_at),
+            argsrepr=f"daemon={daemon.name} probe={canary.probe_id}",
         )
 
     @app.task(name=DAEMON_RUN_JOB, ignore_result=True)

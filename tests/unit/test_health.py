@@ -8,17 +8,23 @@ from datetime import UTC, datetime, timedelta
 from sqlmodel import Session, col, select
 
 from cp.health import (
-    mark_silent_daemons_offline,
+    HealthLimits,
     record_config_applied,
     record_heartbeat,
     record_hello,
     record_rejected_message,
+    update_statuses,
 )
 from cp.models import Daemon, DaemonEvent, DaemonStatus
 from cp.protocol import ConfigApplied, DaemonHello, Heartbeat
 
 NOW = datetime(2025, 6, 2, 12, 0, tzinfo=UTC)
 OFFLINE_AFTER = 15.0
+
+
+def mark_silent_daemons_offline(session: Session, *, now: datetime, offline_after: float) -> list[str]:
+    limits = HealthLimits(offline_after=offline_after, probe_timeout=5, backlog_threshold=100)
+    return [d.name for d in update_statuses(session, now=now, limits=limits)]
 
 
 def events(session: Session) -> list[DaemonEvent]:
@@ -100,8 +106,8 @@ def test_only_daemons_silent_longer_than_the_threshold_go_offline(
     assert get_daemon("edge-at-threshold").status is DaemonStatus.ONLINE
     assert get_daemon("edge-never-seen").status is DaemonStatus.UNKNOWN
     assert sorted((e.daemon, e.from_status, e.to_status, e.reason) for e in events(session)) == [
-        ("edge-degraded", "degraded", "offline", "last heartbeat 60s ago"),
-        ("edge-silent", "online", "offline", "last heartbeat 20s ago"),
+        ("edge-degraded", "degraded", "offline", "no heartbeat for 60s"),
+        ("edge-silent", "online", "offline", "no heartbeat for 20s"),
     ]
 
 
@@ -125,7 +131,7 @@ def test_an_online_daemon_that_never_sent_a_heartbeat_goes_offline(
 
     assert mark_silent_daemons_offline(session, now=NOW, offline_after=OFFLINE_AFTER) == ["edge-1"]
     session.commit()
-    assert events(session)[0].reason == "last heartbeat never"
+    assert events(session)[0].reason == "no heartbeat ever"
 
 
 def test_a_successful_config_apply_records_the_applied_version(

@@ -12,12 +12,15 @@ from cp.placement import choose_daemon
 BERLIN = {"site": "berlin"}
 
 
-def test_a_pinned_pipeline_goes_to_its_daemon_even_when_it_is_offline(
+def test_a_pinned_pipeline_waits_while_its_daemon_is_offline_and_goes_to_it_otherwise(
     session: Session, add_daemon: Callable[..., Daemon], add_pipeline: Callable[..., Pipeline]
 ) -> None:
     add_daemon("edge-1", status=DaemonStatus.OFFLINE)
+    add_daemon("edge-2", status=DaemonStatus.DEGRADED)
 
-    assert choose_daemon(session, add_pipeline("orders", daemon="edge-1")) == "edge-1"
+    assert choose_daemon(session, add_pipeline("orders", daemon="edge-1")) is None
+    assert choose_daemon(session, add_pipeline("stock", daemon="edge-2")) == "edge-2"
+    assert choose_daemon(session, add_pipeline("never-seen", daemon="edge-9")) == "edge-9"
 
 
 def test_the_online_matching_daemon_with_fewest_active_runs_is_chosen(

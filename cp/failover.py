@@ -1,0 +1,57 @@
+"""Runs of daemons that went offline: not-started runs move to another eligible daemon, running
+runs become ``lost`` and are retried elsewhere; runs of pinned pipelines wait for their daemon."""
+
+from __future__ import annotations
+
+import logging
+import random
+from datetime import datetime, timedelta
+
+from sqlmodel import Session, col, select
+
+from cp.models import Daemon, DaemonStatus, Pipeline, Run, RunState
+from cp.runs import fail_or_retry, move_to_another_daemon
+
+log = logging.getLogger(__name__)
+
+
+def fail_over(session: Session, *, now: datetime, lost_after: float, rng: random.Random) -> list[str]:
+    """Act on the runs of offline daemons; return the task ids to revoke."""
+    offline = {
+        d.name: d for d in session.exec(select(Daemon).where(col(Daemon.status) == DaemonStatus.OFFLINE))
+    }
+    if not offline:
+        return []
+    pinned = {p.name for p in session.exec(select(Pipeline).where(col(Pipeline.daemon).is_not(None)))}
+    revoke: list[str] = []
+    stranded = session.exec(
+        select(Run).where(
+            col(Run.daemon).in_(list(offline)), col(Run.state).in_([RunState.QUEUED, RunState.RUNNING])
+        )
+    ).all()
+    for run in stranded:
+        daemon = offline[run.daemon or ""]
+        if run.task_id:
+            revoke.append(run.task_id)
+        if run.state is RunState.QUEUED:
+            if run.pipeline in pinned:
+                continue  # its job waits in the daemon's own queue until the daemon returns
+            move_to_another_daemon(session, run, reason=f"daemon {daemon.name} went offline", at=now)
+            log.warning("run %s moved off offline daemon %s", run.run_key, daemon.name)
+            continue
+        since = daemon.status_since or now
+        if since + timedelta(seconds=lost_after) > now:
+            revoke.pop()
+            continue
+        log.warning("run %s lost: daemon %s went offline while it ran", run.run_key, daemon.name)
+        fail_or_retry(
+            session,
+            run,
+            RunState.LOST,
+            error=f"lost: daemon {daemon.name} went offline while the run was going",
+            retryable=True,
+            at=now,
+            rng=rng,
+            immediately=True,
+        )
+    return revoke

@@ -1,0 +1,122 @@
+"""Health statuses from heartbeats, probes and backlog; failover of an offline daemon's runs."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+from sqlmodel import Session, col, select
+
+from cp.failover import fail_over
+from cp.health import HealthLimits, evaluate, record_probe_reply, record_probe_sent, update_statuses
+from cp.models import Daemon, DaemonStatus, Pipeline, Run, RunAttempt, RunState
+from cp.protocol import ProbeReply
+from cp.scheduler import dispatch_ready_runs
+
+NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
+LIMITS = HealthLimits(offline_after=15, probe_timeout=5, backlog_threshold=100)
+
+
+def ago(seconds: float) -> datetime:
+    return NOW - timedelta(seconds=seconds)
+
+
+def test_heartbeats_with_an_unanswered_probe_make_a_daemon_degraded_then_silence_makes_it_offline(
+    session: Session, add_daemon: Callable[..., Daemon]
+) -> None:
+    daemon = add_daemon("edge-1", last_heartbeat_at=ago(1))
+    record_probe_sent(session, daemon, probe_id="p1", now=ago(3))
+    assert evaluate(daemon, now=NOW, limits=LIMITS)[0] is DaemonStatus.ONLINE  # not overdue yet
+    record_probe_sent(session, daemon, probe_id="p2", now=ago(1))  # the first one still counts
+    status, reason = evaluate(daemon, now=NOW + timedelta(seconds=3), limits=LIMITS)
+    assert (status, reason) == (
+        DaemonStatus.DEGRADED,
+        "heartbeats arrive but the probe through its queue is unanswered for 6s",
+    )
+    assert evaluate(daemon, now=NOW + timedelta(seconds=20), limits=LIMITS) == (
+        DaemonStatus.OFFLINE,
+        "no heartbeat for 21s",
+    )
+
+
+def test_an_answered_probe_keeps_a_daemon_online_and_records_the_round_trip(
+    session: Session, add_daemon: Callable[..., Daemon]
+) -> None:
+    daemon = add_daemon("edge-1", last_heartbeat_at=ago(1))
+    record_probe_sent(session, daemon, probe_id="p1", now=ago(10))
+    record_probe_reply(session, ProbeReply(name="edge-1", probe_id="p1", sent_at=ago(10)), now=ago(9.96))
+    assert evaluate(daemon, now=NOW, limits=LIMITS)[0] is DaemonStatus.ONLINE
+    assert daemon.last_probe_rtt_ms == 40.0
+
+
+def test_a_queue_backlog_over_the_threshold_makes_a_daemon_degraded(
+    session: Session, add_daemon: Callable[..., Daemon]
+) -> None:
+    daemon = add_daemon("edge-1", last_heartbeat_at=ago(1))
+    daemon.queue_depth = 101
+    assert evaluate(daemon, now=NOW, limits=LIMITS) == (DaemonStatus.DEGRADED, "queue backlog 101 over 100")
+
+
+def test_transitions_are_recorded_once_with_their_reason(
+    session: Session, add_daemon: Callable[..., Daemon]
+) -> None:
+    add_daemon("edge-1", last_heartbeat_at=ago(30))
+    assert [d.name for d in update_statuses(session, now=NOW, limits=LIMITS)] == ["edge-1"]
+    assert update_statuses(session, now=NOW, limits=LIMITS) == []
+
+
+def place(
+    session: Session, add_run: Callable[..., Run], key: str, *, daemon: str, state: RunState, pipeline: str
+) -> Run:
+    run = add_run(key, daemon=daemon, state=state, pipeline=pipeline)
+    session.add(RunAttempt(run_key=key, attempt=1, daemon=daemon, task_id=key, state=state))
+    session.commit()
+    return run
+
+
+def test_an_offline_daemons_runs_move_or_are_lost_and_retried_elsewhere_while_pinned_ones_wait(
+    session: Session,
+    add_daemon: Callable[..., Daemon],
+    add_pipeline: Callable[..., Pipeline],
+    add_run: Callable[..., Run],
+) -> None:
+    add_daemon("edge-1", labels={"site": "berlin"}, status=DaemonStatus.OFFLINE)
+    add_daemon("edge-2", labels={"site": "berlin"}, last_heartbeat_at=ago(1))
+    add_pipeline("labelled", labels={"site": "berlin"}, schedule=None, max_attempts=3)
+    add_pipeline("pinned", daemon="edge-1", schedule=None, max_attempts=3)
+    place(session, add_run, "labelled@queued", daemon="edge-1", state=RunState.QUEUED, pipeline="labelled")
+    place(session, add_run, "labelled@running", daemon="edge-1", state=RunState.RUNNING, pipeline="labelled")
+    place(session, add_run, "pinned@queued", daemon="edge-1", state=RunState.QUEUED, pipeline="pinned")
+    place(session, add_run, "pinned@running", daemon="edge-1", state=RunState.RUNNING, pipeline="pinned")
+
+    revoke = fail_over(session, now=NOW, lost_after=0, rng=random.Random(0))
+    session.commit()
+
+    assert sorted(revoke) == ["labelled@queued", "labelled@running", "pinned@queued", "pinned@running"]
+    runs = {r.run_key: r for r in session.exec(select(Run))}
+    assert (runs["labelled@queued"].state, runs["labelled@queued"].attempt) == (RunState.SCHEDULED, 2)
+    assert (runs["labelled@running"].state, runs["labelled@running"].attempt) == (RunState.SCHEDULED, 2)
+    assert runs["pinned@queued"].state is RunState.QUEUED  # its job waits in edge-1's queue
+    assert runs["pinned@running"].state is RunState.SCHEDULED  # lost, retried when edge-1 returns
+    lost = session.exec(select(RunAttempt).where(col(RunAttempt.state) == RunState.LOST)).all()
+    assert sorted(a.run_key for a in lost) == ["labelled@queued", "labelled@running", "pinned@running"]
+
+    messages = dispatch_ready_runs(session, now=NOW, expires=60)
+    # without a backoff, one at a time (overlap skip), to edge-2; the pinned run waits for edge-1
+    assert [(m.queue, m.task_id) for m in messages] == [("mycelial.daemon.edge-2", "labelled@queued#2")]
+
+
+def test_running_runs_are_not_lost_before_lost_after_has_passed(
+    session: Session,
+    add_daemon: Callable[..., Daemon],
+    add_pipeline: Callable[..., Pipeline],
+    add_run: Callable[..., Run],
+) -> None:
+    daemon = add_daemon("edge-1", status=DaemonStatus.OFFLINE)
+    daemon.status_since = ago(10)
+    session.add(daemon)
+    add_pipeline("pinned", daemon="edge-1", schedule=None)
+    place(session, add_run, "pinned@running", daemon="edge-1", state=RunState.RUNNING, pipeline="pinned")
+    assert fail_over(session, now=NOW, lost_after=30, rng=random.Random(0)) == []
+    assert session.exec(select(Run)).one().state is RunState.RUNNING
