@@ -227,6 +227,11 @@ def daemons(json_: JsonOption = False) -> None:
                 ),
             ),
             ("LABELS", lambda r: ",".join(f"{k}={v}" for k, v in r["labels"].items())),
+            (
+                "PROBE",
+                lambda r: f"{r['last_probe_rtt_ms']:.0f}ms" if r["last_probe_rtt_ms"] is not None else "-",
+            ),
+            ("QUEUE", lambda r: r["queue_depth"]),
             ("RUNNING", lambda r: r["running_runs"]),
             ("DESIRED", lambda r: r["desired_config_version"]),
             ("APPLIED", lambda r: r["applied_config_version"]),
