@@ -14,6 +14,7 @@ BENCHMARKS: dict[str, str] = {
     "dispatch": "bench.dispatch",
     "movement": "bench.movement",
     "scheduling": "bench.scheduling",
+    "health": "bench.health",
 }
 
 EXIT_BAD_INPUT = 2
