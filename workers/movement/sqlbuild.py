@@ -10,6 +10,11 @@ from workers.movement.positions import CursorTracker, KeyTracker, OffsetTracker,
 from workers.movement.types import Schema
 
 
+def quote(identifier: str) -> str:
+    """An SQL-standard quoted identifier (SQLite, PostgreSQL; MySQL uses backticks)."""
+    return '"' + identifier.replace('"', '""') + '"'
+
+
 def base_relation(spec: ReadSpec, quote: Callable[[str], str]) -> str:
     if spec.query is not None:
         return f"({spec.query.strip().rstrip(';')}) AS _mycelial_q"

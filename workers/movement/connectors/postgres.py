@@ -33,7 +33,7 @@ from workers.movement.interface import (
     load_state_json,
 )
 from workers.movement.positions import tracked
-from workers.movement.sqlbuild import base_relation, ordered_read
+from workers.movement.sqlbuild import base_relation, ordered_read, quote
 from workers.movement.types import Column, LogicalType, Row, Schema, UnsupportedTypeError
 from workers.secrets import resolve
 
@@ -41,10 +41,6 @@ T = LogicalType
 Connection = psycopg.Connection[tuple[Any, ...]]
 
 CONNECT_TIMEOUT = 10  # seconds; libpq would otherwise wait forever on a silent host
-
-
-def quote(identifier: str) -> str:
-    return '"' + identifier.replace('"', '""') + '"'
 
 
 def _quote_escaped(identifier: str) -> str:

@@ -29,15 +29,11 @@ from workers.movement.interface import (
     load_state_json,
 )
 from workers.movement.positions import tracked
-from workers.movement.sqlbuild import ordered_read
+from workers.movement.sqlbuild import ordered_read, quote
 from workers.movement.types import Column, LogicalType, Row, Schema, UnsupportedTypeError
 from workers.secrets import resolve
 
 T = LogicalType
-
-
-def quote(identifier: str) -> str:
-    return '"' + identifier.replace('"', '""') + '"'
 
 
 def database_path(options: dict[str, Any], home: Path) -> Path:
