@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import csv
 import importlib
+import importlib.util
 import json
 import os
 import secrets
@@ -65,6 +66,10 @@ POSTGRES_ENV_VARS = ("MYCELIAL_BENCH_POSTGRES_URL", "MYCELIAL_TEST_POSTGRES_URL"
 DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
 DSN_VAR = "MYCELIAL_BENCH_DSN"  # the connectors' dsn is ${env:MYCELIAL_BENCH_DSN}, resolved by the daemon
 CHILD_TIMEOUT = 1800  # seconds for one child run
+
+#: what the fast path and dlt import, and the packages that bring them
+BASELINE_MODULES = ("psycopg", "dlt", "sqlalchemy", "psycopg2", "pandas")
+BASELINE_PACKAGES = ("'psycopg[binary]'", "'dlt[postgres,sql_database,filesystem,sqlalchemy]'", "pandas")
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -161,7 +166,7 @@ class World:
     """Where the sources live and where every destination goes."""
 
     url: str
-    work: Path  # the daemon's home: source files, dest folder, control-plane database
+    work: Path  # the daemon's home: the source files, the SQLite destination folder, dlt's folders
     schema: str  # the PostgreSQL schema of the source and the destination tables
     rows: int
     small: int
@@ -403,6 +408,11 @@ def run(*, quick: bool) -> list[Result]:
 
 def compare(rows: int, *, repeat: int) -> list[Result]:
     """Every pair at ``rows`` rows, then the memory-scaling case at ``rows`` against a tenth of it."""
+    missing = [name for name in BASELINE_MODULES if importlib.util.find_spec(name) is None]
+    if missing:
+        raise RuntimeError(
+            f"movement: the baselines need {', '.join(missing)}: pip install {' '.join(BASELINE_PACKAGES)}"
+        )
     small = rows // 10
     progress(f"movement: {rows:,} rows of {len(COLUMNS)} columns, batch_size {BATCH_SIZE:,}, 4 pairs")
     results: list[Result] = []

@@ -176,7 +176,11 @@ class Pipeline(SQLModel, table=True):
 
 
 class Run(SQLModel, table=True):
-    __table_args__ = (Index("ix_run_pipeline_created", "pipeline", "created_at"),)
+    __table_args__ = (
+        Index("ix_run_pipeline_created", "pipeline", "created_at"),
+        # the scheduler asks for each pipeline's newest fire on every tick
+        Index("ix_run_pipeline_scheduled", "pipeline", "scheduled_for"),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     run_key: str = Field(unique=True, index=True)
