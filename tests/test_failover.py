@@ -132,21 +132,30 @@ def test_a_stopped_daemon_goes_degraded_then_offline_and_its_queued_runs_move(
     make_stack,  # type: ignore[no-untyped-def]
     make_database_url,
 ) -> None:
-    stack, database_url, config = setup(make_stack, make_database_url, batch=50_000)
+    stack, database_url, _ = setup(make_stack, make_database_url)
+    # four label-placed pipelines into separate tables, so the runs never wait on each other
+    pipelines = "".join(
+        f"  - {{name: copy{n}, source: {{connector: shop, table: events}},"
+        f" destination: {{connector: warehouse, table: copy{n}}}, labels: {{site: berlin}}}}\n"
+        for n in range(4)
+    )
+    config = stack.write_config(
+        CONFIG.split("pipelines:")[0].format(home=stack.home) + "pipelines:\n" + pipelines
+    )
     start(stack, "edge-a", "edge-b")
     stack.cli("apply", "-f", str(config), check=True)
     stopped = stack.procs["edge-a"]
     stopped.send_signal(signal.SIGSTOP)  # alive, but consuming nothing
     try:
         triggers = [
-            subprocess.Popen(stack.cli_argv("run", "events"), env=stack.env, stdout=subprocess.DEVNULL)
-            for _ in range(4)
+            subprocess.Popen(stack.cli_argv("run", f"copy{n}"), env=stack.env, stdout=subprocess.DEVNULL)
+            for n in range(4)
         ]
         for proc in triggers:
             proc.wait(timeout=60)
 
         def all_done() -> list[Run]:
-            rs = runs(database_url, "events")
+            rs = [r for n in range(4) for r in runs(database_url, f"copy{n}")]
             return rs if len(rs) == 4 and all(r.state is RunState.SUCCEEDED for r in rs) else []
 
         done = wait_for(all_done, timeout=120, what="all four runs to succeed", stack=stack)
