@@ -44,13 +44,18 @@ import csv
 import json
 import re
 from abc import abstractmethod
-from collections.abc import Callable, Generator, Iterator
+from collections import deque
+from collections.abc import Callable, Generator, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from fnmatch import fnmatchcase
 from functools import partial
+from itertools import chain, islice, tee
+from operator import attrgetter
 from pathlib import Path
-from typing import Any, BinaryIO, ClassVar
+from typing import Any, BinaryIO, ClassVar, cast
 
 from workers.movement.errors import MovementError
 from workers.movement.interface import Position, ReadSpec, Source, SourceBatch
@@ -81,6 +86,7 @@ _WHAT = {
 # a quoted field up to its closing quote, where "" is a quote inside it
 _QUOTED = re.compile(r'"[^"]*(?:""[^"]*)*"?')
 _CONVERSION_ERRORS = (ValueError, ArithmeticError, TypeError)
+_TZINFO = attrgetter("tzinfo")
 
 
 class BadValue(ValueError):
@@ -150,9 +156,12 @@ def _timestamp(text: str) -> datetime:
     return value
 
 
-def _timestamptz(text: str) -> datetime:
-    value = datetime.fromisoformat(text.strip())
+def _in_utc(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _timestamptz(text: str) -> datetime:
+    return _in_utc(datetime.fromisoformat(text.strip()))
 
 
 def text_parser(kind: LogicalType) -> Callable[[str], Any]:
@@ -172,6 +181,72 @@ def text_parser(kind: LogicalType) -> Callable[[str], Any]:
         T.JSON: json.loads,
     }
     return parsers[kind]
+
+
+def _integers(kind: LogicalType) -> Callable[[Sequence[str]], list[int]]:
+    low, high = _RANGES[kind]
+
+    def integers(texts: Sequence[str]) -> list[int]:
+        values = list(map(int, texts))
+        if values and (min(values) < low or max(values) > high):
+            raise BadValue()
+        return values
+
+    return integers
+
+
+def _decimals(texts: Sequence[str]) -> list[Decimal]:
+    values = list(map(Decimal, texts))
+    if not all(map(Decimal.is_finite, values)):
+        raise BadValue()
+    return values
+
+
+def _timestamps(texts: Sequence[str]) -> list[datetime]:
+    values = list(map(datetime.fromisoformat, texts))
+    if any(map(_TZINFO, values)):
+        raise BadValue()
+    return values
+
+
+def _timestamptzs(texts: Sequence[str]) -> list[datetime]:
+    values = list(map(datetime.fromisoformat, texts))
+    if list(map(_TZINFO, values)).count(UTC) == len(values):
+        return values
+    return list(map(_in_utc, values))
+
+
+# each a whole column's usual form in C loops, failing on anything else
+_COLUMNS: dict[LogicalType, Callable[[Sequence[str]], list[Any]]] = {
+    T.INTEGER: _integers(T.INTEGER),
+    T.BIGINT: _integers(T.BIGINT),
+    T.DECIMAL: _decimals,
+    T.BOOLEAN: lambda texts: list(map(_BOOLEANS.__getitem__, texts)),
+    T.DATE: lambda texts: list(map(date.fromisoformat, texts)),
+    T.TIMESTAMP: _timestamps,
+    T.TIMESTAMPTZ: _timestamptzs,
+}
+
+
+def column_parser(kind: LogicalType) -> Callable[[Sequence[str]], list[Any]] | None:
+    """Many CSV fields of one column → their values, or None for text, which stays as it is.
+
+    Fields in their usual form are converted without Python code per value; others go through
+    ``text_parser`` one by one. Raises on a value that does not fit, without saying which.
+    """
+    if kind is T.TEXT:
+        return None
+    parse, usual = text_parser(kind), _COLUMNS.get(kind)
+
+    def column(texts: Sequence[str]) -> list[Any]:
+        if usual is not None:
+            try:
+                return usual(texts)
+            except (*_CONVERSION_ERRORS, KeyError):
+                pass
+        return list(map(parse, texts))
+
+    return column
 
 
 def plain_json(value: Any) -> Any:
@@ -272,6 +347,24 @@ def bad_value(label: str, line: int, column: Column, shown: str, exc: Exception)
     return MovementError(f"{label} line {line}: column {column.name!r}: {shown} {reason}")
 
 
+def value(label: str, line: int, column: Column, text: str) -> Any:
+    """A CSV field as its column's value, or the error naming where it does not fit."""
+    try:
+        return text_parser(column.type)(text)
+    except _CONVERSION_ERRORS as exc:
+        raise bad_value(label, line, column, repr(text), exc) from None
+
+
+def _column(
+    parse: Callable[[Sequence[str]], list[Any]], texts: Sequence[str | None], nulls: bool
+) -> list[Any]:
+    """A column's values from its fields, None (NULL) among them when ``nulls``."""
+    if not nulls:
+        return parse(cast(Sequence[str], texts))
+    values = iter(parse([t for t in texts if t is not None]))
+    return [None if t is None else next(values) for t in texts]
+
+
 def _inside_folder(done: list[str], name: str, line: int) -> Position:
     return {"done": list(done), "file": name, "line": line}
 
@@ -285,14 +378,12 @@ def _end(pattern: re.Pattern[str], text: str, pos: int) -> int:
 
 
 class Lines:
-    """A binary file's lines as text, counted, keeping the raw text of the record being read."""
+    """A binary file's lines as text, counted."""
 
-    def __init__(self, handle: BinaryIO, label: str, *, keep_raw: bool) -> None:
+    def __init__(self, handle: BinaryIO, label: str) -> None:
         self._lines = iter(handle)
         self.label = label
         self.count = 0
-        self.raw: list[str] = []
-        self._keep_raw = keep_raw
 
     def __iter__(self) -> Lines:
         return self
@@ -303,18 +394,89 @@ class Lines:
         if self.count == 1 and data.startswith(codecs.BOM_UTF8):
             data = data[len(codecs.BOM_UTF8) :]
         try:
-            line = data.decode("utf-8")
+            return data.decode("utf-8")
         except UnicodeDecodeError:
             raise MovementError(f"{self.label} line {self.count}: not valid UTF-8") from None
-        if self._keep_raw:
-            self.raw.append(line)
-        return line
 
     def skip_to(self, line: int) -> None:
         """Consume lines until ``line`` lines have been read (or the file ends)."""
         while self.count < line and next(self, None) is not None:
             pass
-        self.raw.clear()
+
+
+class CsvLines:
+    """A CSV file's records from ``csv.reader``, fed the file's lines with no Python code run per line.
+
+    ``reader.line_num + skipped`` counts the file's lines read so far (a record may span several).
+    With ``keep_raw``, a lagging copy of the lines gives a record's raw text when it is asked for.
+    """
+
+    def __init__(self, handle: BinaryIO, label: str, delimiter: str, *, keep_raw: bool) -> None:
+        lines = iter(handle)
+        first = next(lines, None)
+        if first is not None and first.startswith(codecs.BOM_UTF8):
+            first = first[len(codecs.BOM_UTF8) :]
+        self._lines = chain(() if first is None else (first,), lines)
+        text: Iterator[str] = map(bytes.decode, self._lines)
+        self._kept: Iterator[str] | None = None
+        self._kept_to = 0  # the reader's lines the kept copy has passed
+        if keep_raw:
+            text, self._kept = tee(text)
+        self.reader = csv.reader(text, delimiter=delimiter)
+        self.label = label
+        self.skipped = 0
+
+    @property
+    def count(self) -> int:
+        return self.reader.line_num + self.skipped
+
+    @contextmanager
+    def errors(self) -> Iterator[None]:
+        """The reader's errors as MovementErrors that name the line."""
+        try:
+            yield
+        except csv.Error as exc:
+            raise MovementError(f"{self.label} line {self.count}: {exc}") from None
+        except UnicodeDecodeError:
+            # the reader counts a line only once it has it
+            raise MovementError(f"{self.label} line {self.count + 1}: not valid UTF-8") from None
+
+    def header(self) -> list[str] | None:
+        """The first record that is not a blank line, or None when there is none."""
+        with self.errors():
+            for names in self.reader:
+                if names:
+                    return names
+        return None
+
+    def skip_to(self, line: int) -> None:
+        """Pass over lines, undecoded, until ``line`` lines have been read (or the file ends)."""
+        self.skipped += sum(1 for _ in islice(self._lines, max(0, line - self.count)))
+
+    def forget(self, line: int) -> None:
+        """Let the kept copy drop the lines up to ``line``, so that it stays small."""
+        if self._kept is not None:
+            end = line - self.skipped
+            deque(islice(self._kept, end - self._kept_to), maxlen=0)
+            self._kept_to = end
+
+    def raw(self, first: int, last: int) -> str:
+        """The raw text of lines ``first`` to ``last``: the record read last."""
+        assert self._kept is not None
+        self.forget(first - 1)
+        self._kept_to += last - first + 1
+        return "".join(islice(self._kept, last - first + 1))
+
+
+@dataclass
+class CsvChunk:
+    """CSV records read for one chunk of rows."""
+
+    records: list[Sequence[str | None]] = field(default_factory=list)
+    firsts: list[int] = field(default_factory=list)  # the line each record begins on
+    last: int = 0  # the count of lines read up to the end of the last record
+    nulls: set[int] = field(default_factory=set)  # the fields that are None in some record
+    failure: MovementError | None = None  # what stopped the reading early; raised after bad values
 
 
 class FileSource(Source):
@@ -433,9 +595,8 @@ class FileSource(Source):
         """One file's rows in batches; a folder's file ends with a batch (maybe empty) marking it done."""
         rows: list[Row] = []
         last = skip
-        for last, row in self.records(path, schema, skip):
-            rows.append(row)
-            if len(rows) >= size:
+        for last, rows in self.chunks(path, schema, skip, size):
+            if len(rows) == size:
                 yield SourceBatch(rows, at(last))
                 rows = []
         if end is not None:
@@ -448,8 +609,9 @@ class FileSource(Source):
         """The columns ``path`` suggests, or None when it holds no data."""
 
     @abstractmethod
-    def records(self, path: Path, schema: Schema, skip: int) -> Iterator[tuple[int, Row]]:
-        """Each row of ``path`` after its first ``skip`` lines, with the count of lines read so far."""
+    def chunks(self, path: Path, schema: Schema, skip: int, size: int) -> Iterator[tuple[int, list[Row]]]:
+        """The rows of ``path`` after its first ``skip`` lines, ``size`` at a time (only the last chunk
+        is shorter), each chunk with the count of lines read so far."""
 
 
 class CsvSource(FileSource):
@@ -473,25 +635,10 @@ class CsvSource(FileSource):
         self.delimiter, self.header, self.null = delimiter, header, null or ""
         self._unquoted = re.compile(f"[^{re.escape(delimiter)}\r\n]*")
 
-    def _reader(self, lines: Lines) -> Iterator[list[str]]:
-        return csv.reader(lines, delimiter=self.delimiter)
-
-    def _next(self, reader: Iterator[list[str]], lines: Lines) -> list[str] | None:
-        try:
-            return next(reader, None)
-        except csv.Error as exc:
-            raise MovementError(f"{lines.label} line {lines.count}: {exc}") from None
-
-    def _header(self, reader: Iterator[list[str]], lines: Lines) -> list[str] | None:
-        while (names := self._next(reader, lines)) == []:
-            pass
-        return names
-
     def infer(self, path: Path) -> tuple[Column, ...] | None:
         label = f"{self.where}: {path.name}"
         with self._open(path) as handle:
-            lines = Lines(handle, label, keep_raw=False)
-            names = self._header(self._reader(lines), lines)
+            names = CsvLines(handle, label, self.delimiter, keep_raw=False).header()
         if names is None:
             return None
         duplicates = sorted({n for n in names if names.count(n) > 1})
@@ -500,8 +647,11 @@ class CsvSource(FileSource):
         return tuple(Column(n, T.TEXT) for n in names)
 
     def quoted_fields(self, raw: str) -> list[bool]:
-        """Which fields of a record's raw text are quoted (the csv module does not say)."""
+        """Which fields of a record's raw text are quoted (the csv module does not say); fields past
+        the end of the list are not."""
         flags: list[bool] = []
+        if '"' not in raw:
+            return flags
         pos = 0
         while True:
             quoted = raw.startswith('"', pos)
@@ -513,57 +663,114 @@ class CsvSource(FileSource):
                 return flags
             pos += 1
 
-    def records(self, path: Path, schema: Schema, skip: int) -> Iterator[tuple[int, Row]]:
+    def chunks(self, path: Path, schema: Schema, skip: int, size: int) -> Iterator[tuple[int, list[Row]]]:
         label = f"{self.where}: {path.name}"
-        null = self.null
+        columns = schema.columns
+        parsers = [column_parser(c.type) for c in columns]
         with self._open(path) as handle:
-            lines = Lines(handle, label, keep_raw=True)
-            reader = self._reader(lines)
-            width = len(schema.columns)
-            indexes = list(range(width))
+            literal = any(c.type in (T.TEXT, T.BYTES) for c in columns)
+            lines = CsvLines(handle, label, self.delimiter, keep_raw=literal)
+            width, indexes = len(columns), list(range(len(columns)))
             if self.header:
-                names = self._header(reader, lines)
+                names = lines.header()
                 if names is None:
                     return
-                missing = [c.name for c in schema.columns if c.name not in names]
+                missing = [c.name for c in columns if c.name not in names]
                 if missing:
                     raise MovementError(
                         f"{label}: the header has no column {', '.join(map(repr, missing))}"
                         f" (it has {', '.join(names)})"
                     )
-                width, indexes = len(names), [names.index(c.name) for c in schema.columns]
+                width, indexes = len(names), [names.index(c.name) for c in columns]
             lines.skip_to(skip)
-            plan = [
-                (index, column, text_parser(column.type), column.type in (T.TEXT, T.BYTES))
-                for index, column in zip(indexes, schema.columns, strict=True)
-            ]
+            literal_at = [False] * width
+            for index, column in zip(indexes, columns, strict=True):
+                literal_at[index] = column.type in (T.TEXT, T.BYTES)
             while True:
-                first = lines.count + 1
-                fields = self._next(reader, lines)
-                if fields is None:
+                chunk = self._read(lines, size, literal_at)
+                rows = self._rows(label, columns, parsers, indexes, chunk)
+                if chunk.failure is not None:
+                    raise chunk.failure
+                lines.forget(chunk.last)
+                yield chunk.last, rows
+                if len(rows) < size:
                     return
-                raw, lines.raw = lines.raw, []
-                if not fields:
+
+    def _read(self, lines: CsvLines, size: int, literal_at: list[bool]) -> CsvChunk:
+        """Up to ``size`` records, with NULL fields as None."""
+        null, width = self.null, len(literal_at)
+        reader, skipped = lines.reader, lines.skipped
+        chunk = CsvChunk()
+        records, firsts = chunk.records, chunk.firsts
+        line = last = lines.count
+        try:
+            with lines.errors():
+                for fields in reader:
+                    first, line = line + 1, reader.line_num + skipped
+                    if len(fields) != width:
+                        if not fields:
+                            continue
+                        raise MovementError(
+                            f"{lines.label} line {first}: expected {width} fields, found {len(fields)}"
+                        )
+                    if null in fields:
+                        raw = partial(lines.raw, first, line)
+                        records.append(self._nulls(fields, literal_at, chunk.nulls, raw))
+                    else:
+                        records.append(fields)
+                    firsts.append(first)
+                    last = line
+                    if len(records) == size:
+                        break
+        except MovementError as exc:
+            chunk.failure = exc
+        chunk.last = last
+        return chunk
+
+    def _nulls(
+        self, fields: list[str], literal_at: list[bool], nulls: set[int], raw: Callable[[], str]
+    ) -> list[str | None]:
+        """A record's fields with those equal to ``null`` as None, except quoted ones in text and
+        bytes columns; ``nulls`` gathers the fields that became None."""
+        settled: list[str | None] = list(fields)
+        quoted: list[bool] | None = None
+        for index, text in enumerate(fields):
+            if text != self.null:
+                continue
+            if literal_at[index]:
+                quoted = self.quoted_fields(raw()) if quoted is None else quoted
+                if index < len(quoted) and quoted[index]:
                     continue
-                if len(fields) != width:
-                    raise MovementError(f"{label} line {first}: expected {width} fields, found {len(fields)}")
-                quoted: list[bool] | None = None
-                values: list[Any] = []
-                for index, column, parse, literal in plan:
-                    text = fields[index]
-                    if text == null:
-                        if not literal:
-                            values.append(None)
-                            continue
-                        quoted = quoted if quoted is not None else self.quoted_fields("".join(raw))
-                        if index >= len(quoted) or not quoted[index]:
-                            values.append(None)
-                            continue
-                    try:
-                        values.append(parse(text))
-                    except _CONVERSION_ERRORS as exc:
-                        raise bad_value(label, first, column, repr(text), exc) from None
-                yield lines.count, tuple(values)
+            settled[index] = None
+            nulls.add(index)
+        return settled
+
+    def _rows(
+        self,
+        label: str,
+        columns: Sequence[Column],
+        parsers: Sequence[Callable[[Sequence[str]], list[Any]] | None],
+        indexes: Sequence[int],
+        chunk: CsvChunk,
+    ) -> list[Row]:
+        """Records → rows, converted a column at a time."""
+        if not chunk.records:
+            return []
+        fields = list(zip(*chunk.records, strict=True))
+        try:
+            values = [
+                fields[index] if parse is None else _column(parse, fields[index], index in chunk.nulls)
+                for index, parse in zip(indexes, parsers, strict=True)
+            ]
+        except _CONVERSION_ERRORS:
+            # the first value that does not fit, in the file's order, names its line and column
+            for record, first in zip(chunk.records, chunk.firsts, strict=True):
+                for index, column in zip(indexes, columns, strict=True):
+                    text = record[index]
+                    if text is not None:
+                        value(label, first, column, text)
+            raise
+        return list(zip(*values, strict=True))
 
 
 class JsonlSource(FileSource):
@@ -575,7 +782,7 @@ class JsonlSource(FileSource):
         # decimals stay exact; columns that want floats convert
         decoder = json.JSONDecoder(parse_float=Decimal)
         with self._open(path) as handle:
-            lines = Lines(handle, label, keep_raw=False)
+            lines = Lines(handle, label)
             lines.skip_to(skip)
             for line in lines:
                 if not line.strip():
@@ -596,6 +803,16 @@ class JsonlSource(FileSource):
         finally:
             objects.close()
         return None if first is None else tuple(Column(str(k), json_type(v)) for k, v in first[1].items())
+
+    def chunks(self, path: Path, schema: Schema, skip: int, size: int) -> Iterator[tuple[int, list[Row]]]:
+        rows: list[Row] = []
+        line = skip
+        for line, row in self.records(path, schema, skip):
+            rows.append(row)
+            if len(rows) == size:
+                yield line, rows
+                rows = []
+        yield line, rows
 
     def records(self, path: Path, schema: Schema, skip: int) -> Iterator[tuple[int, Row]]:
         label = f"{self.where}: {path.name}"
