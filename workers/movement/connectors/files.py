@@ -44,7 +44,6 @@ import csv
 import json
 import re
 from abc import abstractmethod
-from collections import deque
 from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -87,6 +86,8 @@ _WHAT = {
 _QUOTED = re.compile(r'"[^"]*(?:""[^"]*)*"?')
 _CONVERSION_ERRORS = (ValueError, ArithmeticError, TypeError)
 _TZINFO = attrgetter("tzinfo")
+_RECORDS = 500  # CSV records read, then converted, at a time
+_LITERAL = (T.TEXT, T.BYTES)  # the types where a quoted field equal to the null marker is a value
 
 
 class BadValue(ValueError):
@@ -216,8 +217,10 @@ def _timestamptzs(texts: Sequence[str]) -> list[datetime]:
     return list(map(_in_utc, values))
 
 
-# each a whole column's usual form in C loops, failing on anything else
-_COLUMNS: dict[LogicalType, Callable[[Sequence[str]], list[Any]]] = {
+ColumnParser = Callable[[Sequence[str]], list[Any]]
+
+# a whole column's fields in their usual form, converted in C loops; anything else fails
+_COLUMNS: dict[LogicalType, ColumnParser] = {
     T.INTEGER: _integers(T.INTEGER),
     T.BIGINT: _integers(T.BIGINT),
     T.DECIMAL: _decimals,
@@ -228,7 +231,7 @@ _COLUMNS: dict[LogicalType, Callable[[Sequence[str]], list[Any]]] = {
 }
 
 
-def column_parser(kind: LogicalType) -> Callable[[Sequence[str]], list[Any]] | None:
+def column_parser(kind: LogicalType) -> ColumnParser | None:
     """Many CSV fields of one column → their values, or None for text, which stays as it is.
 
     Fields in their usual form are converted without Python code per value; others go through
@@ -347,7 +350,7 @@ def bad_value(label: str, line: int, column: Column, shown: str, exc: Exception)
     return MovementError(f"{label} line {line}: column {column.name!r}: {shown} {reason}")
 
 
-def value(label: str, line: int, column: Column, text: str) -> Any:
+def csv_value(label: str, line: int, column: Column, text: str) -> Any:
     """A CSV field as its column's value, or the error naming where it does not fit."""
     try:
         return text_parser(column.type)(text)
@@ -355,14 +358,23 @@ def value(label: str, line: int, column: Column, text: str) -> Any:
         raise bad_value(label, line, column, repr(text), exc) from None
 
 
-def _column(
-    parse: Callable[[Sequence[str]], list[Any]], texts: Sequence[str | None], nulls: bool
-) -> list[Any]:
+def _column(parse: ColumnParser, texts: Sequence[str | None], nulls: bool) -> list[Any]:
     """A column's values from its fields, None (NULL) among them when ``nulls``."""
     if not nulls:
         return parse(cast(Sequence[str], texts))
     values = iter(parse([t for t in texts if t is not None]))
     return [None if t is None else next(values) for t in texts]
+
+
+def _positions(values: Sequence[Any], value: Any) -> Iterator[int]:
+    """Where ``value`` is in ``values``, found by C loops."""
+    k = -1
+    while True:
+        try:
+            k = values.index(value, k + 1)
+        except ValueError:
+            return
+        yield k
 
 
 def _inside_folder(done: list[str], name: str, line: int) -> Position:
@@ -450,33 +462,63 @@ class CsvLines:
         return None
 
     def skip_to(self, line: int) -> None:
-        """Pass over lines, undecoded, until ``line`` lines have been read (or the file ends)."""
-        self.skipped += sum(1 for _ in islice(self._lines, max(0, line - self.count)))
+        """Pass over lines, unparsed, until ``line`` lines have been read (or the file ends); the kept
+        copy starts after them."""
+        for data in islice(self._lines, max(0, line - self.count)):
+            self.skipped += 1
+            try:
+                data.decode()
+            except UnicodeDecodeError:
+                raise MovementError(f"{self.label} line {self.count}: not valid UTF-8") from None
+        self.kept()
 
-    def forget(self, line: int) -> None:
-        """Let the kept copy drop the lines up to ``line``, so that it stays small."""
-        if self._kept is not None:
-            end = line - self.skipped
-            deque(islice(self._kept, end - self._kept_to), maxlen=0)
-            self._kept_to = end
-
-    def raw(self, first: int, last: int) -> str:
-        """The raw text of lines ``first`` to ``last``: the record read last."""
-        assert self._kept is not None
-        self.forget(first - 1)
-        self._kept_to += last - first + 1
-        return "".join(islice(self._kept, last - first + 1))
+    def kept(self) -> list[str]:
+        """The lines the reader has had since the last call (none without ``keep_raw``)."""
+        if self._kept is None:
+            return []
+        count, self._kept_to = self.reader.line_num - self._kept_to, self.reader.line_num
+        return list(islice(self._kept, count))
 
 
 @dataclass
 class CsvChunk:
-    """CSV records read for one chunk of rows."""
+    """CSV records read together, and the lines they came from."""
 
-    records: list[Sequence[str | None]] = field(default_factory=list)
-    firsts: list[int] = field(default_factory=list)  # the line each record begins on
-    last: int = 0  # the count of lines read up to the end of the last record
-    nulls: set[int] = field(default_factory=set)  # the fields that are None in some record
-    failure: MovementError | None = None  # what stopped the reading early; raised after bad values
+    start: int  # the count of lines read before them
+    records: list[list[str]] = field(default_factory=list)
+    ends: list[int] = field(default_factory=list)  # the count of lines read at the end of each record
+    exhausted: bool = False  # the file has no more records
+    failure: MovementError | None = None  # what stopped the reading early, raised after earlier bad values
+    raw: list[str] = field(default_factory=list)  # the lines, when kept
+    firsts: list[int] | None = None  # the line each record begins on, once blank lines are dropped
+    quoted: dict[int, list[bool]] = field(default_factory=dict)  # for records that were looked at
+
+    def first(self, k: int) -> int:
+        """The line record ``k`` begins on."""
+        if self.firsts is not None:
+            return self.firsts[k]
+        return (self.ends[k - 1] if k else self.start) + 1
+
+    def text(self, k: int) -> str:
+        """The raw text of record ``k``."""
+        return "".join(self.raw[self.first(k) - self.start - 1 : self.ends[k] - self.start])
+
+    def tidy(self, width: int, label: str) -> None:
+        """Drop blank lines, and keep only the records before the first that has not ``width`` fields."""
+        firsts = [self.first(k) for k in range(len(self.records))]
+        kept: list[int] = []
+        for k, fields in enumerate(self.records):
+            if len(fields) == width:
+                kept.append(k)
+            elif fields:
+                found = len(fields)
+                self.failure = MovementError(
+                    f"{label} line {firsts[k]}: expected {width} fields, found {found}"
+                )
+                break
+        self.records = [self.records[k] for k in kept]
+        self.ends = [self.ends[k] for k in kept]
+        self.firsts = [firsts[k] for k in kept]
 
 
 class FileSource(Source):
@@ -610,8 +652,8 @@ class FileSource(Source):
 
     @abstractmethod
     def chunks(self, path: Path, schema: Schema, skip: int, size: int) -> Iterator[tuple[int, list[Row]]]:
-        """The rows of ``path`` after its first ``skip`` lines, ``size`` at a time (only the last chunk
-        is shorter), each chunk with the count of lines read so far."""
+        """The rows of ``path`` after its first ``skip`` lines, ``size`` at a time (the last chunk
+        shorter, maybe empty), each chunk with the count of lines read so far."""
 
 
 class CsvSource(FileSource):
@@ -666,10 +708,9 @@ class CsvSource(FileSource):
     def chunks(self, path: Path, schema: Schema, skip: int, size: int) -> Iterator[tuple[int, list[Row]]]:
         label = f"{self.where}: {path.name}"
         columns = schema.columns
-        parsers = [column_parser(c.type) for c in columns]
         with self._open(path) as handle:
-            literal = any(c.type in (T.TEXT, T.BYTES) for c in columns)
-            lines = CsvLines(handle, label, self.delimiter, keep_raw=literal)
+            keep_raw = any(c.type in _LITERAL for c in columns)
+            lines = CsvLines(handle, label, self.delimiter, keep_raw=keep_raw)
             width, indexes = len(columns), list(range(len(columns)))
             if self.header:
                 names = lines.header()
@@ -683,94 +724,88 @@ class CsvSource(FileSource):
                     )
                 width, indexes = len(names), [names.index(c.name) for c in columns]
             lines.skip_to(skip)
-            literal_at = [False] * width
-            for index, column in zip(indexes, columns, strict=True):
-                literal_at[index] = column.type in (T.TEXT, T.BYTES)
+            plan = [(i, c, column_parser(c.type)) for i, c in zip(indexes, columns, strict=True)]
+            rows: list[Row] = []
+            last = lines.count
             while True:
-                chunk = self._read(lines, size, literal_at)
-                rows = self._rows(label, columns, parsers, indexes, chunk)
+                # a few records at a time, converted while their fields are still in the CPU's caches
+                wanted = min(_RECORDS, size - len(rows))
+                chunk = self._read(lines, wanted, width)
+                rows += self._rows(label, plan, chunk)
                 if chunk.failure is not None:
                     raise chunk.failure
-                lines.forget(chunk.last)
-                yield chunk.last, rows
-                if len(rows) < size:
+                if chunk.records:
+                    last = chunk.ends[-1]
+                if chunk.exhausted:
+                    yield last, rows
                     return
+                if len(rows) == size:
+                    yield last, rows
+                    rows = []
 
-    def _read(self, lines: CsvLines, size: int, literal_at: list[bool]) -> CsvChunk:
-        """Up to ``size`` records, with NULL fields as None."""
-        null, width = self.null, len(literal_at)
+    def _read(self, lines: CsvLines, wanted: int, width: int) -> CsvChunk:
+        """The next ``wanted`` records, blank lines counted among them but dropped; a reading error
+        ends them early, as the chunk's ``failure``."""
         reader, skipped = lines.reader, lines.skipped
-        chunk = CsvChunk()
-        records, firsts = chunk.records, chunk.firsts
-        line = last = lines.count
+        chunk = CsvChunk(start=lines.count)
+        records, ends = chunk.records, chunk.ends
         try:
             with lines.errors():
-                for fields in reader:
-                    first, line = line + 1, reader.line_num + skipped
-                    if len(fields) != width:
-                        if not fields:
-                            continue
-                        raise MovementError(
-                            f"{lines.label} line {first}: expected {width} fields, found {len(fields)}"
-                        )
-                    if null in fields:
-                        raw = partial(lines.raw, first, line)
-                        records.append(self._nulls(fields, literal_at, chunk.nulls, raw))
-                    else:
-                        records.append(fields)
-                    firsts.append(first)
-                    last = line
-                    if len(records) == size:
-                        break
+                for fields in islice(reader, wanted):
+                    records.append(fields)
+                    ends.append(reader.line_num + skipped)
         except MovementError as exc:
             chunk.failure = exc
-        chunk.last = last
+        chunk.exhausted = len(records) < wanted
+        chunk.raw = lines.kept()
+        if records and set(map(len, records)) != {width}:
+            chunk.tidy(width, lines.label)
         return chunk
 
-    def _nulls(
-        self, fields: list[str], literal_at: list[bool], nulls: set[int], raw: Callable[[], str]
-    ) -> list[str | None]:
-        """A record's fields with those equal to ``null`` as None, except quoted ones in text and
-        bytes columns; ``nulls`` gathers the fields that became None."""
-        settled: list[str | None] = list(fields)
-        quoted: list[bool] | None = None
-        for index, text in enumerate(fields):
-            if text != self.null:
-                continue
-            if literal_at[index]:
-                quoted = self.quoted_fields(raw()) if quoted is None else quoted
-                if index < len(quoted) and quoted[index]:
-                    continue
-            settled[index] = None
-            nulls.add(index)
-        return settled
-
     def _rows(
-        self,
-        label: str,
-        columns: Sequence[Column],
-        parsers: Sequence[Callable[[Sequence[str]], list[Any]] | None],
-        indexes: Sequence[int],
-        chunk: CsvChunk,
+        self, label: str, plan: list[tuple[int, Column, ColumnParser | None]], chunk: CsvChunk
     ) -> list[Row]:
-        """Records → rows, converted a column at a time."""
+        """A chunk's records → rows, converted a column at a time."""
         if not chunk.records:
             return []
         fields = list(zip(*chunk.records, strict=True))
+        values: list[Sequence[Any]] = []
         try:
-            values = [
-                fields[index] if parse is None else _column(parse, fields[index], index in chunk.nulls)
-                for index, parse in zip(indexes, parsers, strict=True)
-            ]
+            for index, column, parse in plan:
+                texts = fields[index]
+                nulls = self.null in texts
+                settled = self._nulls(chunk, index, column, texts) if nulls else texts
+                values.append(settled if parse is None else _column(parse, settled, nulls))
         except _CONVERSION_ERRORS:
-            # the first value that does not fit, in the file's order, names its line and column
-            for record, first in zip(chunk.records, chunk.firsts, strict=True):
-                for index, column in zip(indexes, columns, strict=True):
+            # go record by record for the first value that does not fit, to name its line and column
+            for k, record in enumerate(chunk.records):
+                for index, column, _ in plan:
                     text = record[index]
-                    if text is not None:
-                        value(label, first, column, text)
+                    if text != self.null or not self._null(chunk, k, index, column):
+                        csv_value(label, chunk.first(k), column, text)
             raise
         return list(zip(*values, strict=True))
+
+    def _nulls(self, chunk: CsvChunk, index: int, column: Column, texts: Sequence[str]) -> list[str | None]:
+        """A column's fields with the NULL ones as None."""
+        null = self.null
+        if column.type not in _LITERAL:
+            return [None if text == null else text for text in texts]
+        settled: list[str | None] = list(texts)
+        for k in _positions(texts, null):
+            if self._null(chunk, k, index, column):
+                settled[k] = None
+        return settled
+
+    def _null(self, chunk: CsvChunk, k: int, index: int, column: Column) -> bool:
+        """Whether field ``index`` of record ``k``, which equals ``null``, is NULL: it is unless quoted in
+        a text or bytes column."""
+        if column.type not in _LITERAL:
+            return True
+        if k not in chunk.quoted:
+            chunk.quoted[k] = self.quoted_fields(chunk.text(k))
+        quoted = chunk.quoted[k]
+        return index >= len(quoted) or not quoted[index]
 
 
 class JsonlSource(FileSource):
