@@ -10,11 +10,11 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, col, func, select
+from sqlmodel import Session, col, select
 
 from cp.config_store import pipeline_spec
 from cp.dispatch import Outgoing, run_job_message
-from cp.models import ACTIVE_RUN_STATES, Pipeline, Run, RunAttempt, RunState, RunTrigger
+from cp.models import Pipeline, Run, RunAttempt, RunState, RunTrigger
 from cp.placement import choose_daemon
 from cp.protocol import RunEvent
 from cp.retry import retry_delay
@@ -83,11 +83,6 @@ def create_run(
         log.info("run %s exists already; not creating it again", key)
         return None
     return run
-
-
-def active_runs(session: Session, pipeline: str) -> int:
-    query = select(func.count()).where(Run.pipeline == pipeline, col(Run.state).in_(ACTIVE_RUN_STATES))
-    return int(session.exec(query).one())
 
 
 def queue_run(

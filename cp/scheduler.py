@@ -18,7 +18,6 @@ from sqlalchemy import insert as insert_statement
 from sqlalchemy import select as sa_select
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.engine import Connection
 from sqlmodel import Session, col, or_, select
 
 from cp.config_store import pipeline_spec
@@ -142,17 +141,9 @@ def insert_new_runs(session: Session, rows: list[dict[str, object]]) -> int:
     created = 0
     connection = session.connection()
     for chunk in _chunks(rows, CHUNK):
-        created += (
-            len(connection.execute(statement, chunk).all())
-            if len(chunk) == 1
-            else _insert_many(connection, statement, chunk)
-        )
+        # RETURNING with executemany works on SQLite and PostgreSQL ("insertmanyvalues")
+        created += len(connection.execute(statement, chunk).all())
     return created
-
-
-def _insert_many(connection: Connection, statement: Any, rows: list[dict[str, object]]) -> int:
-    # RETURNING with executemany is supported ("insertmanyvalues") on both SQLite and PostgreSQL
-    return len(connection.execute(statement, rows).all())
 
 
 def _chunks(items: list[T], size: int) -> Iterator[list[T]]:
