@@ -8,6 +8,7 @@ from dataclasses import dataclass, replace
 
 from workers.movement.errors import CancelledError, MovementError
 from workers.movement.interface import Mode, PipelineState, Position, ReadSpec, Sink, Source, WriteSpec
+from workers.movement.types import Schema
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,8 @@ def run_pipeline(
     start = start_position(previous, mode=write.mode, source=source)
     schema = source.schema(read)
     _check_columns(schema.names, read, write, where=f"source {source.name}")
+    stored = _stored_columns(source, sink, schema, read)
+    read, write = replace(read, as_stored=stored), replace(write, as_stored=stored)
     table = sink.prepare(write, schema)
     state = PipelineState(
         pipeline=pipeline,
@@ -85,6 +88,15 @@ def run_pipeline(
         position=state.position,
         resumed=start is not None,
     )
+
+
+def _stored_columns(source: Source, sink: Sink, schema: Schema, read: ReadSpec) -> frozenset[str]:
+    """Columns the source hands over unconverted: never a key (its typed value makes the resume
+    position), and none on cursor reads, whose boundary rows are remembered by a hash of their values."""
+    if read.cursor_column:
+        return frozenset()
+    stored = source.stored_columns(schema, sink.capabilities.reads_text)
+    return stored - set(read.key_columns or schema.primary_key)
 
 
 def _check_columns(names: list[str], read: ReadSpec, write: WriteSpec, *, where: str) -> None:

@@ -14,11 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from workers.movement.types import Row, Schema
+from workers.movement.types import LogicalType, Row, Schema
 
 Mode = Literal["replace", "append", "incremental", "upsert"]
 Drift = Literal["add", "fail"]
 Position = dict[str, Any]  # JSON-able; only the source that produced it interprets it
+Names = frozenset[str]
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,7 @@ class ReadSpec:
     cursor_column: str | None = None
     key_columns: tuple[str, ...] = ()
     start: Position | None = None
+    as_stored: Names = frozenset()  # columns to hand over as stored (see Source.stored_columns)
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,7 @@ class WriteSpec:
     mode: Mode
     key_columns: tuple[str, ...] = ()
     schema_drift: Drift = "add"
+    as_stored: Names = frozenset()  # columns whose values may come as stored (see Source.stored_columns)
 
 
 class Connector(ABC):
@@ -97,6 +100,16 @@ class Source(Connector):
     def schema(self, spec: ReadSpec) -> Schema:
         """The columns the read will yield, with logical types."""
 
+    def stored_columns(self, schema: Schema, reads_text: frozenset[LogicalType]) -> Names:
+        """The columns whose values this source can hand over as it stores them, unconverted, to a
+        destination that reads ``reads_text`` types from their text.
+
+        A stored value (a number, or text such as ``2024-01-01 10:00:00``) must be one the
+        destination's text input reads as the very value conversion would give, or rejects where
+        conversion would fail. Saves parsing what the destination parses again. None by default.
+        """
+        return frozenset()
+
     @abstractmethod
     def batches(self, spec: ReadSpec, schema: Schema) -> Iterator[SourceBatch]:
         """Rows in a stable order, at most ``spec.batch_size`` per batch, starting after ``spec.start``."""
@@ -106,6 +119,7 @@ class Source(Connector):
 class SinkCapabilities:
     transactional: bool = True
     upsert: bool = True
+    reads_text: frozenset[LogicalType] = frozenset()  # types it can take as stored values
 
 
 class Sink(Connector):

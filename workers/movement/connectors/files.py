@@ -217,7 +217,7 @@ def _timestamptzs(texts: Sequence[str]) -> list[datetime]:
     return list(map(_in_utc, values))
 
 
-ColumnParser = Callable[[Sequence[str]], list[Any]]
+ColumnParser = Callable[[Sequence[str]], Sequence[Any]]
 
 # a whole column's fields in their usual form, converted in C loops; anything else fails
 _COLUMNS: dict[LogicalType, ColumnParser] = {
@@ -241,7 +241,7 @@ def column_parser(kind: LogicalType) -> ColumnParser | None:
         return None
     parse, usual = text_parser(kind), _COLUMNS.get(kind)
 
-    def column(texts: Sequence[str]) -> list[Any]:
+    def column(texts: Sequence[str]) -> Sequence[Any]:
         if usual is not None:
             try:
                 return usual(texts)
@@ -250,6 +250,44 @@ def column_parser(kind: LogicalType) -> ColumnParser | None:
         return list(map(parse, texts))
 
     return column
+
+
+def _chars(outside: str) -> Callable[[Sequence[str]], bool]:
+    odd = re.compile(f"[^{outside}]")
+    return lambda texts: odd.search("".join(texts)) is None
+
+
+def _iso(parse: Callable[[str], Any], *, offsets: bool = True) -> Callable[[Sequence[str]], bool]:
+    def plain(texts: Sequence[str]) -> bool:
+        try:
+            values = list(map(parse, texts))
+        except ValueError:
+            return False
+        return offsets or not any(map(_TZINFO, values))
+
+    return plain
+
+
+#: per type, whether a column's fields are all in a plain form that PostgreSQL reads as the very
+#: value ``text_parser`` gives (numbers without NaN, Infinity or Python's underscores; booleans in
+#: the words of _BOOLEANS; ISO-8601 dates and times, with no UTC offset for a timestamp)
+_PLAIN: dict[LogicalType, Callable[[Sequence[str]], bool]] = {
+    T.INTEGER: _chars("0-9+-"),
+    T.BIGINT: _chars("0-9+-"),
+    T.FLOAT: _chars("0-9+.eE-"),
+    T.DECIMAL: _chars("0-9+.eE-"),
+    T.BOOLEAN: lambda texts: set(texts) <= _BOOLEANS.keys(),
+    T.DATE: _iso(date.fromisoformat),
+    T.TIMESTAMP: _iso(datetime.fromisoformat, offsets=False),
+    T.TIMESTAMPTZ: _iso(datetime.fromisoformat),
+}
+
+
+def plain_parser(kind: LogicalType) -> ColumnParser:
+    """Like ``column_parser``, but a column whose fields are all plain (see _PLAIN) stays text."""
+    parse, plain = column_parser(kind), _PLAIN[kind]
+    assert parse is not None
+    return lambda texts: texts if plain(texts) else parse(texts)
 
 
 def plain_json(value: Any) -> Any:
@@ -358,7 +396,7 @@ def csv_value(label: str, line: int, column: Column, text: str) -> Any:
         raise bad_value(label, line, column, repr(text), exc) from None
 
 
-def _column(parse: ColumnParser, texts: Sequence[str | None], nulls: bool) -> list[Any]:
+def _column(parse: ColumnParser, texts: Sequence[str | None], nulls: bool) -> Sequence[Any]:
     """A column's values from its fields, None (NULL) among them when ``nulls``."""
     if not nulls:
         return parse(cast(Sequence[str], texts))
@@ -606,7 +644,9 @@ class FileSource(Source):
         if not root.is_dir():
             name = root.name
             skip = int(start.get("line") or 0) if start.get("file") == name else 0
-            yield from self._file_batches(root, schema, size, skip, lambda n: {"file": name, "line": n}, None)
+            yield from self._file_batches(
+                root, schema, size, skip, lambda n: {"file": name, "line": n}, None, spec.as_stored
+            )
             return
         done: list[str] = sorted(start.get("done") or [])
         finished = set(done)
@@ -623,6 +663,7 @@ class FileSource(Source):
                 line if name == current else 0,
                 partial(_inside_folder, before, name),
                 {"done": done, "file": None, "line": 0},
+                spec.as_stored,
             )
 
     def _file_batches(
@@ -633,11 +674,12 @@ class FileSource(Source):
         skip: int,
         at: Callable[[int], Position],
         end: Position | None,
+        stored: frozenset[str],
     ) -> Iterator[SourceBatch]:
         """One file's rows in batches; a folder's file ends with a batch (maybe empty) marking it done."""
         rows: list[Row] = []
         last = skip
-        for last, rows in self.chunks(path, schema, skip, size):
+        for last, rows in self.chunks(path, schema, skip, size, stored):
             if len(rows) == size:
                 yield SourceBatch(rows, at(last))
                 rows = []
@@ -651,9 +693,12 @@ class FileSource(Source):
         """The columns ``path`` suggests, or None when it holds no data."""
 
     @abstractmethod
-    def chunks(self, path: Path, schema: Schema, skip: int, size: int) -> Iterator[tuple[int, list[Row]]]:
+    def chunks(
+        self, path: Path, schema: Schema, skip: int, size: int, stored: frozenset[str]
+    ) -> Iterator[tuple[int, list[Row]]]:
         """The rows of ``path`` after its first ``skip`` lines, ``size`` at a time (the last chunk
-        shorter, maybe empty), each chunk with the count of lines read so far."""
+        shorter, maybe empty), each chunk with the count of lines read so far; the ``stored``
+        columns may keep the file's text (see ``Source.stored_columns``)."""
 
 
 class CsvSource(FileSource):
@@ -705,7 +750,12 @@ class CsvSource(FileSource):
                 return flags
             pos += 1
 
-    def chunks(self, path: Path, schema: Schema, skip: int, size: int) -> Iterator[tuple[int, list[Row]]]:
+    def stored_columns(self, schema: Schema, reads_text: frozenset[LogicalType]) -> frozenset[str]:
+        return frozenset(c.name for c in schema.columns if c.type in _PLAIN.keys() & reads_text)
+
+    def chunks(
+        self, path: Path, schema: Schema, skip: int, size: int, stored: frozenset[str]
+    ) -> Iterator[tuple[int, list[Row]]]:
         label = f"{self.where}: {path.name}"
         columns = schema.columns
         with self._open(path) as handle:
@@ -724,7 +774,10 @@ class CsvSource(FileSource):
                     )
                 width, indexes = len(names), [names.index(c.name) for c in columns]
             lines.skip_to(skip)
-            plan = [(i, c, column_parser(c.type)) for i, c in zip(indexes, columns, strict=True)]
+            plan = [
+                (i, c, plain_parser(c.type) if c.name in stored else column_parser(c.type))
+                for i, c in zip(indexes, columns, strict=True)
+            ]
             rows: list[Row] = []
             last = lines.count
             while True:
@@ -839,7 +892,9 @@ class JsonlSource(FileSource):
             objects.close()
         return None if first is None else tuple(Column(str(k), json_type(v)) for k, v in first[1].items())
 
-    def chunks(self, path: Path, schema: Schema, skip: int, size: int) -> Iterator[tuple[int, list[Row]]]:
+    def chunks(
+        self, path: Path, schema: Schema, skip: int, size: int, stored: frozenset[str]
+    ) -> Iterator[tuple[int, list[Row]]]:
         rows: list[Row] = []
         line = skip
         for line, row in self.records(path, schema, skip):

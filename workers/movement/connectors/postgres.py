@@ -9,8 +9,9 @@ sink write is one transaction holding a COPY of the batch and the pipeline's sta
 
 from __future__ import annotations
 
+import json
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from typing import Any
 from urllib.parse import unquote
@@ -26,6 +27,7 @@ from workers.movement.interface import (
     PipelineState,
     ReadSpec,
     Sink,
+    SinkCapabilities,
     Source,
     SourceBatch,
     WriteSpec,
@@ -159,6 +161,10 @@ def reason(exc: BaseException, secrets: list[str]) -> str:
     diag = getattr(exc, "diag", None)
     primary = diag.message_primary if diag is not None else None
     text = primary or " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    context = (diag.context or "") if diag is not None else ""
+    if primary and context.startswith("COPY "):
+        # "COPY dest, line 3, column amount: "x"": which column, and which row of the batch
+        text += f" ({context.splitlines()[0]})"
     return redact(text or type(exc).__name__, secrets)
 
 
@@ -333,6 +339,11 @@ class PostgresSource(Source):
 
 class PostgresSink(Sink):
     kind = "postgres"
+    # COPY's text input reads these from the text a source stores them as (JSON and bytes excepted:
+    # a source's text for them is ambiguous)
+    capabilities = SinkCapabilities(
+        reads_text=frozenset(T) - {T.JSON, T.BYTES},
+    )
 
     @property
     def where(self) -> str:
@@ -424,8 +435,12 @@ class PostgresSink(Sink):
             binary = self._binary.get(table)
             if binary is None:
                 binary = self._binary[table] = self._binary_compatible(table, schema)
+            # stored values (text, numbers) go as text for PostgreSQL to parse; typed ones in binary
+            binary = binary and not spec.as_stored
             if binary:
                 self._check_ranges(schema, rows)
+            else:
+                rows = self._json_as_text(schema, rows)
             with self.conn.transaction():
                 if rows and keys:
                     self.conn.execute(
@@ -452,13 +467,25 @@ class PostgresSink(Sink):
                         f"{self.where}: column {column.name!r} has a value outside the INTEGER range"
                     )
 
+    @staticmethod
+    def _json_as_text(schema: Schema, rows: list[Row]) -> list[Row]:
+        """Text COPY dumps each value by its Python type, which for a parsed JSON value is not JSON."""
+        json_columns = [i for i, c in enumerate(schema.columns) if c.type is T.JSON]
+        if not json_columns or not rows:
+            return rows
+        columns: list[Sequence[Any]] = list(zip(*rows, strict=True))
+        for i in json_columns:
+            columns[i] = [None if v is None else json.dumps(v, ensure_ascii=False) for v in columns[i]]
+        return list(zip(*columns, strict=True))
+
     def _copy(self, target: str, columns: str, schema: Schema, rows: list[Row], *, binary: bool) -> None:
         options = " (FORMAT BINARY)" if binary else ""
         with (
             self.conn.cursor() as cursor,
             cursor.copy(f"COPY {target} ({columns}) FROM STDIN{options}") as copy,
         ):
-            copy.set_types([_COPY_OID[c.type] for c in schema.columns])
+            if binary:
+                copy.set_types([_COPY_OID[c.type] for c in schema.columns])
             for row in rows:
                 copy.write_row(row)
 

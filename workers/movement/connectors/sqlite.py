@@ -150,17 +150,25 @@ def to_sqlite(kind: LogicalType) -> Callable[[Any], Any] | None:
     return None
 
 
+#: the types whose stored values other databases read as the value ``from_sqlite`` gives: numbers
+#: and decimal text, ISO-8601 dates and times (booleans are not: SQLite may hold 2 or 'yes')
+_STORED = frozenset({T.FLOAT, T.DECIMAL, T.DATE, T.TIMESTAMP, T.TIMESTAMPTZ})
+
+
 def converter(
-    schema: Schema, make: Callable[[LogicalType], Callable[[Any], Any] | None]
-) -> Callable[[Row], Row]:
-    """One function that converts a whole row; columns that need nothing cost nothing.
+    schema: Schema,
+    make: Callable[[LogicalType], Callable[[Any], Any] | None],
+    keep: frozenset[str] = frozenset(),
+) -> Callable[[Row], Row] | None:
+    """One function that converts a whole row, or None when no column needs converting; columns
+    that need nothing, and those in ``keep``, cost nothing.
 
     The function is generated for the schema (``lambda r: (r[0], f1(r[1]) if ... , ...)``): a loop
     over columns per row costs more than the conversions themselves on wide, fast reads.
     """
-    funcs = [make(c.type) for c in schema.columns]
+    funcs = [None if c.name in keep else make(c.type) for c in schema.columns]
     if not any(funcs):
-        return tuple
+        return None
     names = {f"f{i}": f for i, f in enumerate(funcs) if f is not None}
     parts = [
         f"r[{i}]" if f is None else f"(None if r[{i}] is None else f{i}(r[{i}]))" for i, f in enumerate(funcs)
@@ -204,9 +212,12 @@ class SqliteSource(Source):
         names = [d[0] for d in cursor.description]
         return Schema(tuple(Column(n, _infer(first[i] if first else None)) for i, n in enumerate(names)))
 
+    def stored_columns(self, schema: Schema, reads_text: frozenset[LogicalType]) -> frozenset[str]:
+        return frozenset(c.name for c in schema.columns if c.type in _STORED & reads_text)
+
     def batches(self, spec: ReadSpec, schema: Schema) -> Iterator[SourceBatch]:
         sql, params, tracker = ordered_read(spec, schema, quote=quote, param="?")
-        convert = converter(schema, from_sqlite)
+        convert = converter(schema, from_sqlite, keep=spec.as_stored)
         try:
             cursor = self.conn.execute(sql, [_to_param(p) for p in params])
         except sqlite3.Error as exc:
@@ -214,7 +225,7 @@ class SqliteSource(Source):
 
         def raw() -> Iterator[list[Row]]:
             while rows := cursor.fetchmany(spec.batch_size):
-                yield [convert(r) for r in rows]
+                yield rows if convert is None else [convert(r) for r in rows]
 
         yield from tracked(raw(), tracker)
 
@@ -304,7 +315,7 @@ class SqliteSink(Sink):
     def write(
         self, table: str, spec: WriteSpec, schema: Schema, rows: list[Row], state: PipelineState
     ) -> None:
-        convert = converter(schema, to_sqlite)
+        convert = converter(schema, to_sqlite) or tuple
         names = schema.names
         columns, marks = ", ".join(quote(n) for n in names), ", ".join("?" for _ in names)
         sql = f"INSERT INTO {quote(table)} ({columns}) VALUES ({marks})"
