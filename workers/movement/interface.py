@@ -137,7 +137,12 @@ class Sink(Connector):
     def write(
         self, table: str, spec: WriteSpec, schema: Schema, rows: list[Row], state: PipelineState
     ) -> None:
-        """Write ``rows`` and ``state`` in one transaction."""
+        """Write ``rows`` and ``state`` in one transaction.
+
+        A sink may return before that transaction commits, to let the engine read the next batch
+        meanwhile; then every later call waits for it first and raises its error, ``finish``
+        included, so a run never reports success over a batch that did not commit.
+        """
 
     @abstractmethod
     def finish(self, table: str, spec: WriteSpec, state: PipelineState) -> None:

@@ -56,6 +56,7 @@ from operator import attrgetter
 from pathlib import Path
 from typing import Any, BinaryIO, ClassVar, cast
 
+from workers.movement import plain
 from workers.movement.errors import MovementError
 from workers.movement.interface import Position, ReadSpec, Source, SourceBatch
 from workers.movement.types import Column, LogicalType, Row, Schema
@@ -252,30 +253,26 @@ def column_parser(kind: LogicalType) -> ColumnParser | None:
     return column
 
 
-def _chars(outside: str) -> Callable[[Sequence[str]], bool]:
-    odd = re.compile(f"[^{outside}]")
-    return lambda texts: odd.search("".join(texts)) is None
-
-
 def _iso(parse: Callable[[str], Any], *, offsets: bool = True) -> Callable[[Sequence[str]], bool]:
-    def plain(texts: Sequence[str]) -> bool:
+    def check(texts: Sequence[str]) -> bool:
+        if not plain.iso(texts):
+            return False
         try:
-            values = list(map(parse, texts))
+            values = list(map(parse, texts))  # the calendar: an invalid date is an error with its line
         except ValueError:
             return False
         return offsets or not any(map(_TZINFO, values))
 
-    return plain
+    return check
 
 
-#: per type, whether a column's fields are all in a plain form that PostgreSQL reads as the very
-#: value ``text_parser`` gives (numbers without NaN, Infinity or Python's underscores; booleans in
-#: the words of _BOOLEANS; ISO-8601 dates and times, with no UTC offset for a timestamp)
+#: per type, whether a column's fields are all in a plain form (see ``plain``; booleans in the words
+#: of _BOOLEANS, timestamps without a UTC offset, which ``text_parser`` refuses)
 _PLAIN: dict[LogicalType, Callable[[Sequence[str]], bool]] = {
-    T.INTEGER: _chars("0-9+-"),
-    T.BIGINT: _chars("0-9+-"),
-    T.FLOAT: _chars("0-9+.eE-"),
-    T.DECIMAL: _chars("0-9+.eE-"),
+    T.INTEGER: plain.integer,
+    T.BIGINT: plain.integer,
+    T.FLOAT: plain.number,
+    T.DECIMAL: plain.number,
     T.BOOLEAN: lambda texts: set(texts) <= _BOOLEANS.keys(),
     T.DATE: _iso(date.fromisoformat),
     T.TIMESTAMP: _iso(datetime.fromisoformat, offsets=False),

@@ -10,8 +10,12 @@ sink write is one transaction holding a COPY of the batch and the pipeline's sta
 from __future__ import annotations
 
 import json
+import logging
 import re
-from collections.abc import Iterator, Sequence
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import replace
 from typing import Any
 from urllib.parse import unquote
@@ -19,6 +23,7 @@ from urllib.parse import unquote
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
+from psycopg.pq import TransactionStatus
 from psycopg.types.string import TextLoader
 
 from workers.movement.errors import MovementError, RetryableError
@@ -40,6 +45,7 @@ from workers.movement.types import Column, LogicalType, Row, Schema, Unsupported
 from workers.secrets import resolve
 
 T = LogicalType
+log = logging.getLogger(__name__)
 Connection = psycopg.Connection[tuple[Any, ...]]
 
 CONNECT_TIMEOUT = 10  # seconds; libpq would otherwise wait forever on a silent host
@@ -356,6 +362,8 @@ class PostgresSink(Sink):
     def open(self) -> None:
         self.conn, self.secrets = connect(self.options, self.where)
         self._binary: dict[str, bool] = {}  # per written table: may its batches use binary COPY
+        self._committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"mycelial-commit-{self.name}")
+        self._pending: Future[None] | None = None
         try:
             self.conn.execute(
                 f"CREATE TABLE IF NOT EXISTS {self.state_table}"
@@ -365,11 +373,19 @@ class PostgresSink(Sink):
             raise failure(self.where, exc, self.secrets) from None
 
     def close(self) -> None:
+        committer = self.__dict__.pop("_committer", None)
+        if committer is not None:
+            try:
+                self._settle()
+            except MovementError as exc:  # the run already ended with an error of its own
+                log.warning("%s: the last batch did not commit: %s", self.where, exc)
+            committer.shutdown()
         conn = self.__dict__.pop("conn", None)
         if conn is not None:
             conn.close()
 
     def load_state(self, pipeline: str) -> PipelineState | None:
+        self._settle()
         try:
             row = self.conn.execute(
                 f"SELECT state::text FROM {self.state_table} WHERE pipeline = %s", [pipeline]
@@ -388,6 +404,7 @@ class PostgresSink(Sink):
         return {row[0]: row[1] for row in rows}
 
     def prepare(self, spec: WriteSpec, schema: Schema) -> str:
+        self._settle()
         namespace, name = split_table(spec.table, schema_option(self.options))
         target = f"{namespace}.{name}"
         table = target
@@ -429,6 +446,9 @@ class PostgresSink(Sink):
     def write(
         self, table: str, spec: WriteSpec, schema: Schema, rows: list[Row], state: PipelineState
     ) -> None:
+        """Send the batch in a transaction, and leave its end (the server's last rows, the state, the
+        commit) to a thread: the next batch is read meanwhile. Every other call waits for it first."""
+        self._settle()
         columns = ", ".join(quote(n) for n in schema.names)
         keys = list(spec.key_columns) if spec.mode in ("upsert", "incremental") else []
         try:
@@ -441,21 +461,61 @@ class PostgresSink(Sink):
                 self._check_ranges(schema, rows)
             else:
                 rows = self._json_as_text(schema, rows)
-            with self.conn.transaction():
+            self.conn.execute("BEGIN")
+            try:
+                then: list[str] = []
                 if rows and keys:
                     self.conn.execute(
                         f"CREATE TEMP TABLE _mycelial_batch ON COMMIT DROP AS"
                         f" SELECT {columns} FROM {relation(table)} WITH NO DATA"
                     )
-                    self._copy("_mycelial_batch", columns, schema, rows, binary=binary)
-                    self.conn.execute(self._merge(table, schema.names, keys))
+                    end_copy = self._send("_mycelial_batch", columns, schema, rows, binary=binary)
+                    then.append(self._merge(table, schema.names, keys))
                 elif rows:
-                    self._copy(relation(table), columns, schema, rows, binary=binary)
-                self._store_state(state)
+                    end_copy = self._send(relation(table), columns, schema, rows, binary=binary)
+                else:
+                    end_copy = None
+            except BaseException:
+                self._rollback()
+                raise
         except psycopg.Error as exc:
             raise failure(self.where, exc, self.secrets) from None
         except (TypeError, ValueError, OverflowError) as exc:
             raise MovementError(f"{self.where}: a value does not fit its column type: {exc}") from None
+        self._pending = self._committer.submit(
+            self._commit, end_copy, then, state.pipeline, dump_state(state)
+        )
+
+    def _commit(
+        self, end_copy: Callable[[], None] | None, then: list[str], pipeline: str, state: str
+    ) -> None:
+        try:
+            if end_copy is not None:
+                end_copy()
+            for statement in then:
+                self.conn.execute(statement)
+            self._store_state_json(pipeline, state)
+            self.conn.execute("COMMIT")
+        except BaseException:
+            self._rollback()
+            raise
+
+    def _settle(self) -> None:
+        """Wait for the batch being committed; raise what kept it from committing."""
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return
+        try:
+            pending.result()
+        except psycopg.Error as exc:
+            raise failure(self.where, exc, self.secrets) from None
+
+    def _rollback(self) -> None:
+        if not self.conn.closed and self.conn.info.transaction_status != TransactionStatus.IDLE:
+            try:
+                self.conn.execute("ROLLBACK")
+            except psycopg.Error:
+                pass  # the connection is gone, and the transaction with it
 
     def _check_ranges(self, schema: Schema, rows: list[Row]) -> None:
         """The driver's binary int4 dumper keeps the low 32 bits of a larger int instead of failing."""
@@ -478,16 +538,23 @@ class PostgresSink(Sink):
             columns[i] = [None if v is None else json.dumps(v, ensure_ascii=False) for v in columns[i]]
         return list(zip(*columns, strict=True))
 
-    def _copy(self, target: str, columns: str, schema: Schema, rows: list[Row], *, binary: bool) -> None:
+    def _send(
+        self, target: str, columns: str, schema: Schema, rows: list[Row], *, binary: bool
+    ) -> Callable[[], None]:
+        """COPY the rows to the server; the function returned ends the COPY (and waits for the server)."""
         options = " (FORMAT BINARY)" if binary else ""
-        with (
-            self.conn.cursor() as cursor,
-            cursor.copy(f"COPY {target} ({columns}) FROM STDIN{options}") as copy,
-        ):
+        stack = ExitStack()
+        try:
+            cursor = stack.enter_context(self.conn.cursor())
+            copy = stack.enter_context(cursor.copy(f"COPY {target} ({columns}) FROM STDIN{options}"))
             if binary:
                 copy.set_types([_COPY_OID[c.type] for c in schema.columns])
             for row in rows:
                 copy.write_row(row)
+        except BaseException:
+            if not stack.__exit__(*sys.exc_info()):  # aborts the COPY
+                raise
+        return stack.close
 
     @staticmethod
     def _merge(table: str, names: list[str], keys: list[str]) -> str:
@@ -507,6 +574,7 @@ class PostgresSink(Sink):
         )
 
     def finish(self, table: str, spec: WriteSpec, state: PipelineState) -> None:
+        self._settle()
         namespace, name = split_table(spec.table, schema_option(self.options))
         target = f"{namespace}.{name}"
         try:
@@ -531,8 +599,11 @@ class PostgresSink(Sink):
             )
 
     def _store_state(self, state: PipelineState) -> None:
+        self._store_state_json(state.pipeline, dump_state(state))
+
+    def _store_state_json(self, pipeline: str, state: str) -> None:
         self.conn.execute(
             f"INSERT INTO {self.state_table} (pipeline, state, updated_at) VALUES (%s, %s::jsonb, now())"
             " ON CONFLICT (pipeline) DO UPDATE SET state = EXCLUDED.state, updated_at = EXCLUDED.updated_at",
-            [state.pipeline, dump_state(state)],
+            [pipeline, state],
         )

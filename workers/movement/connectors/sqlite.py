@@ -16,6 +16,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from workers.movement import plain
 from workers.movement.errors import MovementError
 from workers.movement.interface import (
     STATE_TABLE,
@@ -150,9 +151,16 @@ def to_sqlite(kind: LogicalType) -> Callable[[Any], Any] | None:
     return None
 
 
-#: the types whose stored values other databases read as the value ``from_sqlite`` gives: numbers
-#: and decimal text, ISO-8601 dates and times (booleans are not: SQLite may hold 2 or 'yes')
-_STORED = frozenset({T.FLOAT, T.DECIMAL, T.DATE, T.TIMESTAMP, T.TIMESTAMPTZ})
+#: the types whose stored values may go unconverted, each with the check a batch's values must pass
+#: (numbers and plain decimal text, common ISO-8601 text: see ``plain``); booleans may not, as
+#: SQLite may hold 2 or 'yes' for them
+_PLAIN: dict[LogicalType, plain.Check] = {
+    T.FLOAT: plain.number,
+    T.DECIMAL: plain.number,
+    T.DATE: plain.iso,
+    T.TIMESTAMP: plain.iso,
+    T.TIMESTAMPTZ: plain.iso,
+}
 
 
 def converter(
@@ -213,11 +221,14 @@ class SqliteSource(Source):
         return Schema(tuple(Column(n, _infer(first[i] if first else None)) for i, n in enumerate(names)))
 
     def stored_columns(self, schema: Schema, reads_text: frozenset[LogicalType]) -> frozenset[str]:
-        return frozenset(c.name for c in schema.columns if c.type in _STORED & reads_text)
+        return frozenset(c.name for c in schema.columns if c.type in _PLAIN.keys() & reads_text)
 
     def batches(self, spec: ReadSpec, schema: Schema) -> Iterator[SourceBatch]:
         sql, params, tracker = ordered_read(spec, schema, quote=quote, param="?")
-        convert = converter(schema, from_sqlite, keep=spec.as_stored)
+        checks = [
+            (i, c.name, _PLAIN[c.type]) for i, c in enumerate(schema.columns) if c.name in spec.as_stored
+        ]
+        converters: dict[frozenset[str], Callable[[Row], Row] | None] = {}
         try:
             cursor = self.conn.execute(sql, [_to_param(p) for p in params])
         except sqlite3.Error as exc:
@@ -225,6 +236,13 @@ class SqliteSource(Source):
 
         def raw() -> Iterator[list[Row]]:
             while rows := cursor.fetchmany(spec.batch_size):
+                # a stored column goes unconverted in a batch where all its values are plain
+                odd = frozenset(
+                    name for i, name, check in checks if not check([r[i] for r in rows if r[i] is not None])
+                )
+                if odd not in converters:
+                    converters[odd] = converter(schema, from_sqlite, keep=spec.as_stored - odd)
+                convert = converters[odd]
                 yield rows if convert is None else [convert(r) for r in rows]
 
         yield from tracked(raw(), tracker)
