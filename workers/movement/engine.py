@@ -6,6 +6,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
+from workers.movement.collector import rare_collections
 from workers.movement.errors import CancelledError, MovementError
 from workers.movement.interface import Mode, PipelineState, Position, ReadSpec, Sink, Source, WriteSpec
 from workers.movement.types import Schema
@@ -72,14 +73,15 @@ def run_pipeline(
             "pipeline %s resumes from %s (left by run %s)", pipeline, start, previous and previous.run_key
         )
     rows_read = 0
-    for batch in source.batches(replace(read, start=start), schema):
-        if should_stop():
-            raise CancelledError("cancelled between batches; everything before is committed")
-        state.position = batch.position
-        state.rows_loaded += len(batch.rows)
-        sink.write(table, write, schema, batch.rows, state)
-        rows_read += len(batch.rows)
-        on_progress(rows_read, state.rows_loaded)
+    with rare_collections():
+        for batch in source.batches(replace(read, start=start), schema):
+            if should_stop():
+                raise CancelledError("cancelled between batches; everything before is committed")
+            state.position = batch.position
+            state.rows_loaded += len(batch.rows)
+            sink.write(table, write, schema, batch.rows, state)
+            rows_read += len(batch.rows)
+            on_progress(rows_read, state.rows_loaded)
     state.complete = True
     sink.finish(table, write, state)
     return RunResult(

@@ -44,8 +44,11 @@ def _number(characters: str) -> Check:
     def plain(values: Sequence[Any]) -> bool:
         """Every value is an int, a float, or text with only the characters of a plain number (no
         NaN or Infinity, no spaces, no underscores)."""
-        texts = [v for v in values if type(v) is not int and type(v) is not float]
-        joined = _joined(texts, "")
+        texts: Sequence[Any] = values
+        joined = _joined(texts, "")  # all text, as a file's fields are
+        if joined is None:
+            texts = [v for v in values if type(v) is not int and type(v) is not float]
+            joined = _joined(texts, "")
         return joined is not None and odd.search(joined) is None and "" not in texts
 
     return plain

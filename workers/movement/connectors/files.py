@@ -412,6 +412,18 @@ def _positions(values: Sequence[Any], value: Any) -> Iterator[int]:
         yield k
 
 
+def _ends(start: int, records: list[list[str]], count: int | None) -> list[int]:
+    """The count of lines read at the end of each record, from ``start``: one line per record, unless
+    quoted fields hold line breaks (lines are split at ``\n`` only, so a field has each one it spans)."""
+    if count is not None and count - start == len(records):
+        return list(range(start + 1, count + 1))
+    ends, end = [], start
+    for fields in records:
+        end += 1 + sum(field.count("\n") for field in fields)
+        ends.append(end)
+    return ends
+
+
 def _inside_folder(done: list[str], name: str, line: int) -> Position:
     return {"done": list(done), "file": name, "line": line}
 
@@ -796,16 +808,14 @@ class CsvSource(FileSource):
     def _read(self, lines: CsvLines, wanted: int, width: int) -> CsvChunk:
         """The next ``wanted`` records, blank lines counted among them but dropped; a reading error
         ends them early, as the chunk's ``failure``."""
-        reader, skipped = lines.reader, lines.skipped
         chunk = CsvChunk(start=lines.count)
-        records, ends = chunk.records, chunk.ends
+        records = chunk.records
         try:
             with lines.errors():
-                for fields in islice(reader, wanted):
-                    records.append(fields)
-                    ends.append(reader.line_num + skipped)
+                records.extend(islice(lines.reader, wanted))  # keeps the records read before an error
         except MovementError as exc:
             chunk.failure = exc
+        chunk.ends = _ends(chunk.start, records, None if chunk.failure else lines.count)
         chunk.exhausted = len(records) < wanted
         chunk.raw = lines.kept()
         if records and set(map(len, records)) != {width}:
