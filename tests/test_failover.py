@@ -132,7 +132,11 @@ def test_a_stopped_daemon_goes_degraded_then_offline_and_its_queued_runs_move(
     make_stack,  # type: ignore[no-untyped-def]
     make_database_url,
 ) -> None:
-    stack, database_url, _ = setup(make_stack, make_database_url)
+    # degraded after 6 s, offline after 15 s: time for the four triggers (Python processes that may
+    # take seconds each on a loaded machine) to place runs on the stopped daemon while it looks online
+    stack, database_url, _ = setup(
+        make_stack, make_database_url, probe_timeout="6", offline_after_missed="15"
+    )
     # four label-placed pipelines into separate tables, so the runs never wait on each other
     pipelines = "".join(
         f"  - {{name: copy{n}, source: {{connector: shop, table: events}},"

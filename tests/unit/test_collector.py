@@ -83,6 +83,8 @@ def test_the_engine_moves_rows_with_rare_collections(tmp_path: Path) -> None:
 
         def close(self) -> None: ...
 
+        def lease(self, pipeline: str) -> None: ...
+
         def load_state(self, pipeline: str) -> PipelineState | None:
             return None
 

@@ -48,6 +48,7 @@ def run_pipeline(
     on_progress: Progress,
     should_stop: Callable[[], bool],
 ) -> RunResult:
+    sink.lease(pipeline)
     previous = sink.load_state(pipeline)
     if previous is not None and previous.run_key == run_key and previous.complete:
         # a redelivered job whose run already committed its last batch: nothing left to do

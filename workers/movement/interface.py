@@ -7,6 +7,7 @@ destination transaction, so a daemon killed at any instant neither loses nor dup
 
 from __future__ import annotations
 
+import hashlib
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
+from workers.movement.errors import RetryableError
 from workers.movement.types import LogicalType, Row, Schema
 
 Mode = Literal["replace", "append", "incremental", "upsert"]
@@ -126,6 +128,13 @@ class Sink(Connector):
     capabilities: ClassVar[SinkCapabilities] = SinkCapabilities()
 
     @abstractmethod
+    def lease(self, pipeline: str) -> None:
+        """Hold the destination for ``pipeline`` until ``close``: two runs of one pipeline (overlap
+        ``allow``, a redelivered job, a daemon frozen and given up on) share its state and staging
+        table and must never write at once. Raises RetryableError while another run holds it; a
+        holder that dies lets go with its connection."""
+
+    @abstractmethod
     def load_state(self, pipeline: str) -> PipelineState | None:
         """The state committed by the last batch of ``pipeline``, if any."""
 
@@ -175,3 +184,12 @@ def load_state_json(pipeline: str, text: str) -> PipelineState:
 
 
 STATE_TABLE = "_mycelial_state"
+
+
+def lease_name(pipeline: str) -> str:
+    """A short, stable name for a pipeline's lease (MySQL's lock names end at 64 characters)."""
+    return "mycelial:" + hashlib.sha256(pipeline.encode()).hexdigest()[:32]
+
+
+def held_elsewhere(where: str, pipeline: str) -> RetryableError:
+    return RetryableError(f"{where}: another run of pipeline {pipeline} is writing to this destination")

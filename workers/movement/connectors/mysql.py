@@ -64,6 +64,8 @@ from workers.movement.interface import (
     SourceBatch,
     WriteSpec,
     dump_state,
+    held_elsewhere,
+    lease_name,
     load_state_json,
 )
 from workers.movement.positions import tracked
@@ -582,8 +584,8 @@ class MysqlSink(Sink):
     swap did not happen (it is done then; the staging table holds the complete, committed load),
     and one that is gone means it did. So the committed state never claims a load that is not, or
     will not be, in the target table, and a crash never leaves the target half-replaced.
-    Two runs replacing the same table at the same time are not supported (they share the staging
-    table), as for every destination.
+    Two pipelines replacing the same table at the same time are not supported (they share the
+    staging table), as for every destination; two runs of one pipeline never write at once (lease).
     """
 
     kind = "mysql"
@@ -626,6 +628,17 @@ class MysqlSink(Sink):
         conn = self.__dict__.pop("conn", None)
         if conn is not None and conn.open:
             conn.close()
+
+    def lease(self, pipeline: str) -> None:
+        """A named lock, released when the connection closes (or its daemon dies)."""
+        try:
+            with self.conn.cursor() as cursor:
+                execute(cursor, "SELECT GET_LOCK(%s, 0)", [lease_name(pipeline)])
+                row = cursor.fetchone()
+        except pymysql.MySQLError as exc:
+            raise failure(self.where, exc, self.config) from None
+        if not (row and row[0] == 1):
+            raise held_elsewhere(self.where, pipeline)
 
     # state
 

@@ -37,6 +37,8 @@ from workers.movement.interface import (
     SourceBatch,
     WriteSpec,
     dump_state,
+    held_elsewhere,
+    lease_name,
     load_state_json,
 )
 from workers.movement.positions import tracked
@@ -383,6 +385,17 @@ class PostgresSink(Sink):
         conn = self.__dict__.pop("conn", None)
         if conn is not None:
             conn.close()
+
+    def lease(self, pipeline: str) -> None:
+        """A session advisory lock, released when the connection closes (or its daemon dies)."""
+        try:
+            row = self.conn.execute(
+                "SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", [lease_name(pipeline)]
+            ).fetchone()
+        except psycopg.Error as exc:
+            raise failure(self.where, exc, self.secrets) from None
+        if not (row and row[0]):
+            raise held_elsewhere(self.where, pipeline)
 
     def load_state(self, pipeline: str) -> PipelineState | None:
         self._settle()

@@ -7,6 +7,7 @@ and keep the right storage affinity: ``DECIMAL TEXT(p,s)`` and ``JSON TEXT`` kee
 
 from __future__ import annotations
 
+import fcntl
 import json
 import re
 import sqlite3
@@ -27,6 +28,8 @@ from workers.movement.interface import (
     SourceBatch,
     WriteSpec,
     dump_state,
+    held_elsewhere,
+    lease_name,
     load_state_json,
 )
 from workers.movement.positions import tracked
@@ -290,6 +293,21 @@ class SqliteSink(Sink):
         conn = self.__dict__.pop("conn", None)
         if conn is not None:
             conn.close()
+        lock = self.__dict__.pop("_lease", None)
+        if lock is not None:
+            lock.close()  # and with it the lock
+
+    def lease(self, pipeline: str) -> None:
+        """An exclusive lock on a file beside the database, released when it is closed (or its
+        daemon dies): SQLite's own locks last one transaction, a lease a whole run."""
+        path = database_path(self.options, self.home)
+        lock = (path.parent / f".{path.name}.{lease_name(pipeline).replace(':', '-')}.lock").open("a")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            raise held_elsewhere(f"destination {self.name}", pipeline) from None
+        self._lease = lock
 
     def load_state(self, pipeline: str) -> PipelineState | None:
         row = self.conn.execute(f"SELECT state FROM {STATE_TABLE} WHERE pipeline = ?", [pipeline]).fetchone()
