@@ -182,7 +182,8 @@ def fail_or_retry(
     pipeline = session.exec(select(Pipeline).where(Pipeline.name == run.pipeline)).first()
     max_attempts = pipeline.max_attempts if pipeline else 1
     run.error_retryable = retryable
-    if not retryable or run.attempt >= max_attempts or pipeline is None:
+    tries = run.attempt - _moves(session, run)
+    if not retryable or tries >= max_attempts or pipeline is None:
         finish(session, run, state, error=error, at=at)
         return
     _close_attempt(session, run, state, error=error, at=at)
@@ -190,7 +191,7 @@ def fail_or_retry(
         0.0
         if immediately
         else retry_delay(
-            run.attempt, backoff=pipeline.retry_backoff, max_backoff=pipeline.retry_backoff_max, rng=rng
+            tries, backoff=pipeline.retry_backoff, max_backoff=pipeline.retry_backoff_max, rng=rng
         )
     )
     log.info("run %s attempt %d %s; retrying in %.1fs", run.run_key, run.attempt, state, delay)
@@ -206,16 +207,31 @@ def fail_or_retry(
 def move_to_another_daemon(session: Session, run: Run, *, reason: str, at: datetime) -> None:
     """A queued run whose daemon is gone goes back to ``scheduled`` under a new task id.
 
-    The new id (a new attempt, not counted as a failure) keeps the stale message in the old
-    daemon's queue from being mistaken for the moved run, should that daemon return.
+    The new id (a new attempt, not counted as a try against ``max_attempts``) keeps the stale
+    message in the old daemon's queue from being mistaken for the moved run, should that daemon
+    return.
     """
-    _close_attempt(session, run, RunState.LOST, error=f"moved: {reason}", at=at)
+    _close_attempt(session, run, RunState.LOST, error=f"{MOVED}{reason}", at=at)
     run.attempt += 1
     run.state = RunState.SCHEDULED
     run.daemon = run.task_id = run.published_at = None
     run.next_attempt_at = None
     run.error = f"moved: {reason}; waiting for another daemon"
     session.add(run)
+
+
+MOVED = "moved: "  # how a moved run's attempt ends: the attempt never ran, so it is not a try
+
+
+def _moves(session: Session, run: Run) -> int:
+    """The run's attempts that ended moved to another daemon before they started."""
+    return len(
+        session.exec(
+            select(RunAttempt.attempt).where(
+                RunAttempt.run_key == run.run_key, col(RunAttempt.error).startswith(MOVED)
+            )
+        ).all()
+    )
 
 
 def _close_attempt(session: Session, run: Run, state: RunState, *, error: str | None, at: datetime) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -9,9 +10,17 @@ from typing import Any
 import pytest
 from sqlmodel import Session, select
 
-from cp.models import Pipeline, Run, RunState, RunTrigger
+from cp.models import Pipeline, Run, RunAttempt, RunState, RunTrigger
 from cp.protocol import RunEvent
-from cp.runs import UnknownPipelineError, create_run, get_pipeline, queue_run, record_run_event
+from cp.runs import (
+    UnknownPipelineError,
+    create_run,
+    fail_or_retry,
+    get_pipeline,
+    move_to_another_daemon,
+    queue_run,
+    record_run_event,
+)
 
 NOW = datetime(2025, 6, 2, 12, 0, tzinfo=UTC)
 STARTED = datetime(2025, 6, 2, 12, 0, 3, tzinfo=UTC)
@@ -182,3 +191,21 @@ def test_an_event_for_an_unknown_run_is_ignored(session: Session) -> None:
 
     assert applied is False
     assert session.exec(select(Run)).all() == []
+
+
+def test_a_move_to_another_daemon_is_not_a_try_against_max_attempts(
+    session: Session, add_pipeline: Callable[..., Pipeline], add_run: Callable[..., Run]
+) -> None:
+    add_pipeline("orders", max_attempts=2, retry_backoff=0.0)
+    run = add_run("orders@1")
+    session.add(
+        RunAttempt(run_key="orders@1", attempt=1, daemon="edge-1", task_id="orders@1", state=RunState.QUEUED)
+    )
+    session.commit()
+    rng = random.Random(1)
+
+    move_to_another_daemon(session, run, reason="edge-1 went offline", at=NOW)  # attempt 2, never tried
+    fail_or_retry(session, run, RunState.FAILED, error="unreachable", retryable=True, at=NOW, rng=rng)
+    assert (run.state, run.attempt) == (RunState.SCHEDULED, 3)  # the first try failed: one more
+    fail_or_retry(session, run, RunState.FAILED, error="unreachable", retryable=True, at=NOW, rng=rng)
+    assert (run.state, run.attempt) == (RunState.FAILED, 3)  # the second try failed: no more
