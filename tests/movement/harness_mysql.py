@@ -18,7 +18,7 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 
-from workers.movement.connectors.mysql import converter, declared_type, quote, to_mysql
+from workers.movement.connectors.mysql_types import converter, declared_type, quote, to_mysql
 from workers.movement.types import Column, LogicalType, Row, Schema
 
 DEFAULT_URL = "mysql://root@127.0.0.1:3306/test"

@@ -14,8 +14,8 @@ CONNECTORS: dict[str, tuple[str, str, str | None, str | None]] = {
     "sqlite": ("workers.movement.connectors.sqlite", "SqliteSource", "SqliteSink", None),
     "postgres": ("workers.movement.connectors.postgres", "PostgresSource", "PostgresSink", "postgres"),
     "mysql": ("workers.movement.connectors.mysql", "MysqlSource", "MysqlSink", "mysql"),
-    "csv": ("workers.movement.connectors.files", "CsvSource", None, None),
-    "jsonl": ("workers.movement.connectors.files", "JsonlSource", None, None),
+    "csv": ("workers.movement.connectors.csv_files", "CsvSource", None, None),
+    "jsonl": ("workers.movement.connectors.jsonl_files", "JsonlSource", None, None),
 }
 
 
