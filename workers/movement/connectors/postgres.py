@@ -376,15 +376,18 @@ class PostgresSink(Sink):
 
     def close(self) -> None:
         committer = self.__dict__.pop("_committer", None)
-        if committer is not None:
-            try:
-                self._settle()
-            except MovementError as exc:  # the run already ended with an error of its own
-                log.warning("%s: the last batch did not commit: %s", self.where, exc)
-            committer.shutdown()
-        conn = self.__dict__.pop("conn", None)
-        if conn is not None:
-            conn.close()
+        try:
+            if committer is not None:
+                try:
+                    self._settle()  # a run that finished has settled already: this one ended early
+                except MovementError as exc:
+                    log.warning("%s: the last batch did not commit: %s", self.where, exc)
+                finally:
+                    committer.shutdown()
+        finally:
+            conn = self.__dict__.pop("conn", None)
+            if conn is not None:
+                conn.close()
 
     def lease(self, pipeline: str) -> None:
         """A session advisory lock, released when the connection closes (or its daemon dies)."""
