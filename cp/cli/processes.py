@@ -12,6 +12,7 @@ from beat_schedule import beat_schedule
 from cp.beat import make_scheduler_class
 from cp.celery_app import make_celery, worker_argv
 from cp.cli.output import EXIT_BAD_INPUT, CliError
+from cp.cli.restart import start_worker
 from cp.protocol import CP_QUEUE, daemon_queue
 from cp.runtime import ControlPlane
 from cp.settings import Settings
@@ -34,9 +35,10 @@ def control_plane(settings: Settings) -> ControlPlane:
 def run_worker(settings: Settings, *, pool: str, concurrency: int, loglevel: str) -> None:
     cp = control_plane(settings)
     _ = cp.engine  # fail now, not on the first message, if the database is unreachable
-    cp.app.worker_main(
-        worker_argv(queue=CP_QUEUE, hostname="cp@%h", pool=pool, concurrency=concurrency, loglevel=loglevel)
+    argv = worker_argv(
+        queue=CP_QUEUE, hostname="cp@%h", pool=pool, concurrency=concurrency, loglevel=loglevel
     )
+    start_worker(cp.app, argv, what="the control-plane worker")
 
 
 def run_beat(settings: Settings, *, loglevel: str) -> None:
@@ -80,15 +82,14 @@ def run_daemon(
     daemon = DaemonRuntime(settings, app, name=name, labels=labels)
     register_daemon_tasks(app, daemon)
     app.steps["worker"].add(lifecycle_step(daemon))
-    app.worker_main(
-        worker_argv(
-            queue=daemon_queue(name),
-            hostname=f"daemon@{name}",
-            pool=pool,
-            concurrency=concurrency,
-            loglevel=loglevel,
-        )
+    argv = worker_argv(
+        queue=daemon_queue(name),
+        hostname=f"daemon@{name}",
+        pool=pool,
+        concurrency=concurrency,
+        loglevel=loglevel,
     )
+    start_worker(app, argv, what=f"daemon {name}")
 
 
 def flower_credentials(home: Path) -> tuple[str, str]:
