@@ -8,8 +8,10 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import uuid
+from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
 
@@ -106,41 +108,83 @@ def test_a_killed_holder_lets_go(tmp_path: Path, kind: str, request: pytest.Fixt
         holder.wait(10)
 
 
-def test_a_second_run_of_a_pipeline_fails_retryably_while_the_first_writes(tmp_path: Path) -> None:
+def source_table(tmp_path: Path) -> Path:
     source_db = tmp_path / "src.db"
     with closing(sqlite3.connect(source_db)) as conn, conn:
         conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT)")
         conn.executemany("INSERT INTO t VALUES (?, ?)", [(i, f"n{i}") for i in range(10)])
-    options = {"path": str(tmp_path / "dst.db")}
-    outcomes: list[str] = []
+    return source_db
 
-    def run() -> None:
-        source = make_source("sqlite", "src", {"path": str(source_db)}, home=tmp_path)
-        sink = make_sink("sqlite", "dst", options, home=tmp_path)
-        source.open()
-        sink.open()
-        try:
-            run_pipeline(
-                pipeline="p",
-                run_key=uuid.uuid4().hex,
-                source=source,
-                sink=sink,
-                read=ReadSpec(table="t", query=None, batch_size=3),
-                write=WriteSpec(table="t", mode="append"),
-                on_progress=lambda read, written: second() if read == 3 else None,
-                should_stop=lambda: False,
-            )
-            outcomes.append("done")
-        finally:
-            source.close()
-            sink.close()
 
-    def second() -> None:  # started while the first run is between its first and second batch
-        with pytest.raises(RetryableError, match="another run of pipeline p"):
-            run()
-        outcomes.append("refused")
+def run_once(
+    tmp_path: Path, source_db: Path, *, lease_wait: float, on_progress: Callable[[int, int], None]
+) -> None:
+    source = make_source("sqlite", "src", {"path": str(source_db)}, home=tmp_path)
+    sink = make_sink("sqlite", "dst", {"path": str(tmp_path / "dst.db")}, home=tmp_path)
+    source.open()
+    sink.open()
+    try:
+        run_pipeline(
+            pipeline="p",
+            run_key=uuid.uuid4().hex,
+            source=source,
+            sink=sink,
+            read=ReadSpec(table="t", query=None, batch_size=3),
+            write=WriteSpec(table="t", mode="append"),
+            on_progress=on_progress,
+            should_stop=lambda: False,
+            lease_wait=lease_wait,
+        )
+    finally:
+        source.close()
+        sink.close()
 
-    run()
-    assert outcomes == ["refused", "done"]
+
+def loaded(tmp_path: Path) -> int:
     with closing(sqlite3.connect(tmp_path / "dst.db")) as conn:
-        assert conn.execute("SELECT count(*) FROM t").fetchone() == (10,)
+        return int(conn.execute("SELECT count(*) FROM t").fetchone()[0])
+
+
+def test_a_second_run_waits_for_the_first_to_let_go_then_fails_retryably(tmp_path: Path) -> None:
+    source_db = source_table(tmp_path)
+    refused: list[float] = []
+
+    def second(read: int, written: int) -> None:  # while the first run is between two batches
+        if read == 3:
+            started = time.monotonic()
+            with pytest.raises(RetryableError, match="another run of pipeline p is writing"):
+                run_once(tmp_path, source_db, lease_wait=0.5, on_progress=lambda r, w: None)
+            refused.append(time.monotonic() - started)
+
+    run_once(tmp_path, source_db, lease_wait=0.5, on_progress=second)
+    assert len(refused) == 1 and refused[0] >= 0.5  # it waited before giving up
+    assert loaded(tmp_path) == 10
+
+
+def test_a_second_run_that_waits_goes_ahead_once_the_first_ends(tmp_path: Path) -> None:
+    source_db = source_table(tmp_path)
+    first_writing, first_may_go = threading.Event(), threading.Event()
+    second_done: list[str] = []
+
+    def hold(read: int, written: int) -> None:
+        first_writing.set()
+        first_may_go.wait(10)
+
+    def second() -> None:
+        run_once(tmp_path, source_db, lease_wait=30, on_progress=lambda r, w: None)
+        second_done.append("done")
+
+    first = threading.Thread(
+        target=run_once, args=(tmp_path, source_db), kwargs={"lease_wait": 0, "on_progress": hold}
+    )
+    first.start()
+    assert first_writing.wait(10)
+    waiting = threading.Thread(target=second)
+    waiting.start()
+    time.sleep(0.5)
+    assert not second_done  # still waiting for the lease
+    first_may_go.set()
+    first.join(10)
+    waiting.join(10)
+    assert second_done == ["done"]
+    assert loaded(tmp_path) == 20  # two append runs, one after the other, each loaded every row

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from workers.movement.collector import rare_collections
-from workers.movement.errors import CancelledError, MovementError
+from workers.movement.errors import CancelledError, LeaseHeldError, MovementError
 from workers.movement.interface import Mode, PipelineState, Position, ReadSpec, Sink, Source, WriteSpec
 from workers.movement.types import Schema
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]
+LEASE_WAIT = 60.0  # seconds a run waits for another run of its pipeline to let go of the destination
+LEASE_POLL = 0.2
 
 
 @dataclass(frozen=True)
@@ -47,8 +50,9 @@ def run_pipeline(
     write: WriteSpec,
     on_progress: Progress,
     should_stop: Callable[[], bool],
+    lease_wait: float = LEASE_WAIT,
 ) -> RunResult:
-    sink.lease(pipeline)
+    _take_lease(sink, pipeline, wait=lease_wait, should_stop=should_stop)
     previous = sink.load_state(pipeline)
     if previous is not None and previous.run_key == run_key and previous.complete:
         # a redelivered job whose run already committed its last batch: nothing left to do
@@ -91,6 +95,20 @@ def run_pipeline(
         position=state.position,
         resumed=start is not None,
     )
+
+
+def _take_lease(sink: Sink, pipeline: str, *, wait: float, should_stop: Callable[[], bool]) -> None:
+    """The pipeline's destination lease, waiting up to ``wait`` seconds for another run of it to end
+    (two manual runs, say); after that the run fails retryably and comes back after its backoff."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            sink.lease(pipeline)
+            return
+        except LeaseHeldError:
+            if time.monotonic() >= deadline or should_stop():
+                raise
+            time.sleep(LEASE_POLL)
 
 
 def _stored_columns(source: Source, sink: Sink, schema: Schema, read: ReadSpec) -> frozenset[str]:

@@ -15,5 +15,9 @@ class RetryableError(MovementError):
     retryable = True
 
 
+class LeaseHeldError(RetryableError):
+    """Another run of the same pipeline holds the destination; it will let go when it ends."""
+
+
 class CancelledError(MovementError):
     """The run was cancelled between batches; the destination is consistent."""

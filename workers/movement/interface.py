@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from workers.movement.errors import RetryableError
+from workers.movement.errors import LeaseHeldError
 from workers.movement.types import LogicalType, Row, Schema
 
 Mode = Literal["replace", "append", "incremental", "upsert"]
@@ -131,8 +131,8 @@ class Sink(Connector):
     def lease(self, pipeline: str) -> None:
         """Hold the destination for ``pipeline`` until ``close``: two runs of one pipeline (overlap
         ``allow``, a redelivered job, a daemon frozen and given up on) share its state and staging
-        table and must never write at once. Raises RetryableError while another run holds it; a
-        holder that dies lets go with its connection."""
+        table and must never write at once. Raises LeaseHeldError (retryable) while another run
+        holds it; a holder that dies lets go with its connection."""
 
     @abstractmethod
     def load_state(self, pipeline: str) -> PipelineState | None:
@@ -191,5 +191,5 @@ def lease_name(pipeline: str) -> str:
     return "mycelial:" + hashlib.sha256(pipeline.encode()).hexdigest()[:32]
 
 
-def held_elsewhere(where: str, pipeline: str) -> RetryableError:
-    return RetryableError(f"{where}: another run of pipeline {pipeline} is writing to this destination")
+def held_elsewhere(where: str, pipeline: str) -> LeaseHeldError:
+    return LeaseHeldError(f"{where}: another run of pipeline {pipeline} is writing to this destination")
