@@ -8,7 +8,7 @@ import random
 import uuid
 from datetime import datetime, timedelta
 
-from sqlalchemy import update
+from sqlalchemy import func, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
@@ -225,13 +225,10 @@ MOVED = "moved: "  # how a moved run's attempt ends: the attempt never ran, so i
 
 def _moves(session: Session, run: Run) -> int:
     """The run's attempts that ended moved to another daemon before they started."""
-    return len(
-        session.exec(
-            select(RunAttempt.attempt).where(
-                RunAttempt.run_key == run.run_key, col(RunAttempt.error).startswith(MOVED)
-            )
-        ).all()
+    moved = select(func.count()).where(
+        RunAttempt.run_key == run.run_key, col(RunAttempt.error).startswith(MOVED)
     )
+    return session.exec(moved).one()
 
 
 def _close_attempt(session: Session, run: Run, state: RunState, *, error: str | None, at: datetime) -> None:
