@@ -110,13 +110,19 @@ def make_database_url(tmp_path: Path, request: pytest.FixtureRequest) -> Iterato
         with psycopg.connect(server, autocommit=True) as conn:
             conn.execute(f"CREATE SCHEMA {schema}")
         schemas.append((server, schema))
-        return f"{server}?options=-csearch_path%3D{schema}"
+        # The application name lets teardown find any connection a process left behind.
+        return f"{server}?options=-csearch_path%3D{schema}&application_name={schema}"
 
     yield make
     for server, schema in schemas:
         import psycopg
 
         with psycopg.connect(server, autocommit=True) as conn:
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE application_name = %s AND pid <> pg_backend_pid()",
+                (schema,),
+            )
             conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
 
 
@@ -199,7 +205,11 @@ def wait_for(condition: Callable[[], Any], *, timeout: float, what: str, stack: 
 
 
 @pytest.fixture
-def make_stack(tmp_path: Path, broker: Broker) -> Iterator[Callable[..., Stack]]:
+def make_stack(
+    tmp_path: Path, broker: Broker, make_database_url: Callable[[str], str]
+) -> Iterator[Callable[..., Stack]]:
+    # Depending on make_database_url tears the stacks' processes down before their
+    # PostgreSQL schemas are dropped (a live beat held locks the DROP deadlocked on).
     stacks: list[Stack] = []
 
     def make(database_url: str, **settings: str) -> Stack:
