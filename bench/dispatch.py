@@ -83,6 +83,10 @@ def config_text(daemons: int = DAEMONS) -> str:
             f"      table: orders_{i:03d}",
             "    mode: append",
             "    batch_size: 5000",
+            # every run is queued at once: nothing consumes them, and a pipeline's next run would
+            # otherwise wait for the previous one (its overlap capacity)
+            "    overlap: allow",
+            "    max_active_runs: 1000",
             f"    daemon: {daemon_name(i)}",
         ]
     return "\n".join(lines) + "\n"

@@ -1,5 +1,6 @@
 """Runs of daemons that went offline: not-started runs move to another eligible daemon, running
-runs become ``lost`` and are retried elsewhere; runs of pinned pipelines wait for their daemon."""
+runs become ``lost`` and are retried elsewhere; runs of pinned pipelines wait for their daemon.
+A daemon restarted before it looked offline loses the runs its earlier process was running."""
 
 from __future__ import annotations
 
@@ -49,6 +50,34 @@ def fail_over(session: Session, *, now: datetime, lost_after: float, rng: random
             run,
             RunState.LOST,
             error=f"lost: daemon {daemon.name} went offline while the run was going",
+            retryable=True,
+            at=now,
+            rng=rng,
+            immediately=True,
+        )
+    return revoke
+
+
+def fail_runs_of_earlier_process(
+    session: Session, *, daemon: str, started_at: datetime, now: datetime, rng: random.Random
+) -> list[str]:
+    """Runs a daemon started before its current process did died with that process: they are
+    ``lost`` and retried at once (the destination's state lets the retry resume). Without this they
+    would look running until the broker redelivered their job, hours later. Returns the task ids to
+    revoke, so a late redelivery of the old job is skipped."""
+    running = session.exec(select(Run).where(Run.daemon == daemon, col(Run.state) == RunState.RUNNING)).all()
+    revoke: list[str] = []
+    for run in running:
+        if run.started_at is None or run.started_at >= started_at:
+            continue
+        log.warning("run %s lost: daemon %s restarted while it ran", run.run_key, daemon)
+        if run.task_id:
+            revoke.append(run.task_id)
+        fail_or_retry(
+            session,
+            run,
+            RunState.LOST,
+            error=f"lost: daemon {daemon} restarted while the run was going",
             retryable=True,
             at=now,
             rng=rng,

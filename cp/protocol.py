@@ -43,6 +43,8 @@ class DaemonHello(Message):
     software_version: str
     hostname: str = ""
     applied_config_version: int | None = None
+    # when this process started: runs the daemon began before then died with an earlier process
+    started_at: AwareDatetime | None = None
 
 
 class Heartbeat(Message):

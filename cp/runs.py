@@ -14,7 +14,7 @@ from sqlmodel import Session, col, select
 
 from cp.config_store import pipeline_spec
 from cp.dispatch import Outgoing, run_job_message
-from cp.models import Pipeline, Run, RunAttempt, RunState, RunTrigger
+from cp.models import ACTIVE_RUN_STATES, Pipeline, Run, RunAttempt, RunState, RunTrigger
 from cp.placement import choose_daemon
 from cp.protocol import RunEvent
 from cp.retry import retry_delay
@@ -90,15 +90,17 @@ def queue_run(
 ) -> Outgoing | None:
     """Place a scheduled run on a daemon and mark it queued; return the job message to publish.
 
-    None when no daemon is available (the run keeps waiting, with the reason shown) or when another
-    scheduler claimed the run first: the claim is one conditional UPDATE, so two beats cannot both
-    queue it.
+    None when the pipeline has as many active runs as its overlap policy allows or no daemon is
+    available (the run keeps waiting, with the reason shown, and beat queues it later), or when
+    another scheduler claimed the run first: the claim is one conditional UPDATE, so two beats
+    cannot both queue it.
     """
+    if active_runs(session, pipeline.name) >= run_capacity(pipeline):
+        _wait(session, run, waiting_for_room(pipeline))
+        return None
     daemon = choose_daemon(session, pipeline)
     if daemon is None:
-        if run.error != WAITING_FOR_DAEMON:
-            run.error = WAITING_FOR_DAEMON
-            session.add(run)
+        _wait(session, run, WAITING_FOR_DAEMON)
         return None
     task_id = task_id_for(run.run_key, run.attempt)
     claimed = session.exec(
@@ -113,6 +115,28 @@ def queue_run(
         RunAttempt(run_key=run.run_key, attempt=run.attempt, daemon=daemon, task_id=task_id, queued_at=now)
     )
     return job_message(session, run, pipeline, expires=expires)
+
+
+def run_capacity(pipeline: Pipeline) -> int:
+    """How many runs of the pipeline may be queued or running at once."""
+    return pipeline.max_active_runs if pipeline.overlap == "allow" else 1
+
+
+def active_runs(session: Session, pipeline: str) -> int:
+    active = col(Run.state).in_(ACTIVE_RUN_STATES)
+    return session.exec(select(func.count()).select_from(Run).where(Run.pipeline == pipeline, active)).one()
+
+
+def waiting_for_room(pipeline: Pipeline) -> str:
+    if pipeline.overlap == "allow":
+        return f"waiting: {pipeline.max_active_runs} run(s) of the pipeline are active (max_active_runs)"
+    return f"waiting: the pipeline's previous run is still active (overlap: {pipeline.overlap})"
+
+
+def _wait(session: Session, run: Run, reason: str) -> None:
+    if run.error != reason:
+        run.error = reason
+        session.add(run)
 
 
 def job_message(session: Session, run: Run, pipeline: Pipeline, *, expires: float) -> Outgoing:

@@ -24,7 +24,17 @@ from cp.config_store import pipeline_spec
 from cp.dispatch import Outgoing, job_outgoing, job_payload
 from cp.models import ACTIVE_RUN_STATES, Pipeline, Run, RunAttempt, RunState, RunTrigger
 from cp.placement import Placement
-from cp.runs import WAITING_FOR_DAEMON, fail_or_retry, finish, get_run, job_message, run_key_for, task_id_for
+from cp.runs import (
+    WAITING_FOR_DAEMON,
+    fail_or_retry,
+    finish,
+    get_run,
+    job_message,
+    run_capacity,
+    run_key_for,
+    task_id_for,
+    waiting_for_room,
+)
 from cp.schedule import latest_fires
 
 log = logging.getLogger(__name__)
@@ -183,7 +193,8 @@ def dispatch_ready_runs(session: Session, *, now: datetime, expires: float) -> l
     placement = Placement.load(session)
     specs: dict[str, dict[str, Any]] = {}
     plan: dict[int, tuple[str, str, int, str]] = {}  # id -> (run key, pipeline, attempt, daemon)
-    removed, no_daemon = [], []
+    removed: list[str] = []
+    waiting_because: dict[str, list[int]] = {}  # reason -> ids of runs not yet showing it
     for row_id, run_key, pipeline_name, attempt, error in waiting:
         assert row_id is not None  # a stored row always has its id
         run_id = row_id
@@ -191,13 +202,13 @@ def dispatch_ready_runs(session: Session, *, now: datetime, expires: float) -> l
         if pipeline is None:
             removed.append(run_key)
             continue
-        capacity = pipeline.max_active_runs if pipeline.overlap == "allow" else 1
-        if active.get(pipeline_name, 0) >= capacity:
-            continue
-        daemon = placement.choose(pipeline)
+        full = active.get(pipeline_name, 0) >= run_capacity(pipeline)
+        reason = waiting_for_room(pipeline) if full else None
+        daemon = None if reason else placement.choose(pipeline)
         if daemon is None:
-            if error != WAITING_FOR_DAEMON:
-                no_daemon.append(run_id)
+            reason = reason or WAITING_FOR_DAEMON
+            if error != reason:
+                waiting_because.setdefault(reason, []).append(run_id)
             continue
         active[pipeline_name] = active.get(pipeline_name, 0) + 1
         plan[run_id] = (run_key, pipeline_name, attempt, daemon)
@@ -205,8 +216,8 @@ def dispatch_ready_runs(session: Session, *, now: datetime, expires: float) -> l
         run = get_run(session, run_key)
         if run is not None:
             finish(session, run, RunState.CANCELLED, error="pipeline removed from the configuration", at=now)
-    if no_daemon:
-        session.exec(update(Run).where(col(Run.id).in_(no_daemon)).values(error=WAITING_FOR_DAEMON))
+    for reason, ids in waiting_because.items():
+        session.exec(update(Run).where(col(Run.id).in_(ids)).values(error=reason))
     claimed = _claim(session, list(plan), now=now)
     assignments = [(run_id, *plan[run_id]) for run_id in claimed]  # id, key, pipeline, attempt, daemon
     if not assignments:

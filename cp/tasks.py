@@ -15,7 +15,7 @@ from sqlmodel import select
 
 from cp.config_store import current_push
 from cp.dispatch import probe_message
-from cp.failover import fail_over
+from cp.failover import fail_over, fail_runs_of_earlier_process
 from cp.health import (
     HealthLimits,
     record_config_applied,
@@ -94,11 +94,19 @@ def register_cp_tasks(app: Celery, cp: ControlPlane) -> None:
 
     @contract_task(CP_DAEMON_HELLO, DaemonHello)
     def daemon_hello(hello: DaemonHello) -> None:
+        now = utcnow()
         with cp.session() as session:
-            daemon = record_hello(session, hello, now=utcnow())
+            daemon = record_hello(session, hello, now=now)
+            revoke = []
+            if hello.started_at is not None:
+                revoke = fail_runs_of_earlier_process(
+                    session, daemon=hello.name, started_at=hello.started_at, now=now, rng=_rng
+                )
             push = None
             if daemon.desired_config_version != hello.applied_config_version:
                 push = current_push(session, daemon)
+        if revoke:
+            cp.app.control.revoke(revoke)
         if push is not None:
             log.info(
                 "daemon %s has config %s, wants %s: pushing",

@@ -87,7 +87,7 @@ def test_a_daemon_killed_mid_run_neither_loses_nor_duplicates_rows(
         stack=stack,
     )
     stack.cli("apply", "-f", str(config), check=True)
-    stack.cli("run", "events", check=True)
+    killed_run = json.loads(stack.cli("run", "events", "--json", check=True).stdout)["run_key"]
 
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -104,10 +104,20 @@ def test_a_daemon_killed_mid_run_neither_loses_nor_duplicates_rows(
     loaded_before_kill = digest(destination)[0]
     assert 0 < loaded_before_kill < ROWS
 
+    # until the daemon is back the killed run still looks running: a new run waits for room
+    held = json.loads(stack.cli("run", "events", "--json", check=True).stdout)
+    assert (held["state"], held["daemon"]) == ("scheduled", None), held
+    assert held["error"] == "waiting: the pipeline's previous run is still active (overlap: skip)"
+    assert stack.cli("cancel", held["run_key"]).returncode == 0
+
     stack.procs.pop("daemon")
     stack.start("daemon", "daemon", "--name", "edge-k")
+    # restarted at once, the daemon never looks offline: its hello tells the control plane that the
+    # killed run is gone (lost, retried), which makes room for this run under overlap skip
     again = stack.cli("run", "events", "--wait", "--timeout", "120")
     assert again.returncode == 0, again.stderr + stack.logs()
+    killed = next(r for r in stack.json("runs", "--pipeline", "events")["runs"] if r["run_key"] == killed_run)
+    assert (killed["state"], killed["attempt"]) == ("scheduled", 2), killed  # no beat here to queue it
 
     assert digest(destination) == digest(source)
     final = committed_state(destination)

@@ -3,6 +3,7 @@ control-plane worker, a job that keeps killing its daemon."""
 
 from __future__ import annotations
 
+import json
 import signal
 import sqlite3
 import subprocess
@@ -19,6 +20,7 @@ from cp.models import Run, RunAttempt, RunState
 from cp.settings import normalize_database_url
 from tests.conftest import Stack, wait_for
 from tests.test_up import free_port
+from workers.deliveries import DeliveryLog
 
 pytestmark = pytest.mark.integration
 
@@ -65,6 +67,15 @@ def attempts_of(database_url: str) -> list[RunAttempt]:
     try:
         with Session(engine) as session:
             return list(session.exec(select(RunAttempt)))
+    finally:
+        engine.dispose()
+
+
+def run_by_key(database_url: str, run_key: str) -> Run | None:
+    engine = make_engine(normalize_database_url(database_url))
+    try:
+        with Session(engine) as session:
+            return session.exec(select(Run).where(Run.run_key == run_key)).first()
     finally:
         engine.dispose()
 
@@ -220,7 +231,9 @@ def test_a_killed_control_plane_worker_loses_no_run_event(make_stack, make_datab
         make_source(stack.home / "shop.db", table=f"items{n}", rows=50)
     worker = stack.start("worker", "worker")
     start_daemon(stack)
-    pipelines = [PIPELINE.format(name=f"p{n}", table=f"items{n}", extra="") for n in range(3)]
+    # three manual runs of each pipeline at once: allowed, or two would wait for beat, absent here
+    allow = "    overlap: allow\n    max_active_runs: 3"
+    pipelines = [PIPELINE.format(name=f"p{n}", table=f"items{n}", extra=allow) for n in range(3)]
     stack.cli("apply", "-f", str(config(stack, *pipelines)), check=True)
 
     started = [
@@ -245,7 +258,7 @@ def test_a_killed_control_plane_worker_loses_no_run_event(make_stack, make_datab
     assert all(r.rows_written == 50 for r in runs)
 
 
-def test_a_job_that_keeps_killing_its_daemon_stops_after_the_delivery_limit(
+def test_a_job_that_keeps_killing_its_daemon_is_stopped_by_its_attempts_and_by_the_delivery_limit(
     make_stack, make_database_url
 ) -> None:  # type: ignore[no-untyped-def]
     database_url = make_database_url("sqlite")
@@ -259,25 +272,40 @@ def test_a_job_that_keeps_killing_its_daemon_stops_after_the_delivery_limit(
         name="poison", table="items", extra="    batch_size: 20\n    retries: {max_attempts: 1}"
     )
     stack.cli("apply", "-f", str(config(stack, slow)), check=True)
-    stack.cli("run", "poison", check=True)
 
-    for delivery in (1, 2):
-        wait_for(
-            lambda: (runs := runs_of(database_url, "poison")) and runs[0].deliveries >= delivery,  # noqa: B023
-            timeout=60, what=f"delivery {delivery}", stack=stack,
-        )  # fmt: skip
-        daemon.send_signal(signal.SIGKILL)  # the job "kills" its daemon
-        daemon.wait()
-        stack.procs.pop("daemon")
-        daemon = start_daemon(stack)
-
-    [run] = wait_for(
-        lambda: (runs := runs_of(database_url, "poison")) and runs[0].state.finished and runs,
-        timeout=90, what="the poison run to end", stack=stack,
+    # the job "kills" its daemon, which restarts at once: its hello ends the run's only attempt
+    first = json.loads(stack.cli("run", "poison", "--json", check=True).stdout)["run_key"]
+    wait_for(
+        lambda: (run := run_by_key(database_url, first)) and run.state is RunState.RUNNING,
+        timeout=60, what="the poison run to start", stack=stack,
     )  # fmt: skip
-    assert run.state is RunState.FAILED
-    assert run.deliveries == 2
-    assert "delivered 3 times without finishing" in (run.error or "")
+    daemon.send_signal(signal.SIGKILL)
+    daemon.wait()
+    stack.procs.pop("daemon")
+    daemon = start_daemon(stack)
+    lost = wait_for(
+        lambda: (run := run_by_key(database_url, first)) and run.state.finished and run,
+        timeout=60, what="the poison run to end", stack=stack,
+    )  # fmt: skip
+    assert (lost.state, lost.attempt) == (RunState.LOST, 1)
+    assert lost.error == "lost: daemon edge-f restarted while the run was going"
+
+    # a job whose message came back more often than the limit (its daemon died each time before
+    # the control plane heard the job start) is given up by the daemon instead of run again
+    daemon.send_signal(signal.SIGKILL)
+    daemon.wait()
+    stack.procs.pop("daemon")
+    second = json.loads(stack.cli("run", "poison", "--json", check=True).stdout)["run_key"]
+    deliveries = DeliveryLog(stack.home / "daemons" / "edge-f" / "deliveries")
+    for _ in range(2):
+        deliveries.record(second)
+    start_daemon(stack)
+    given_up = wait_for(
+        lambda: (run := run_by_key(database_url, second)) and run.state.finished and run,
+        timeout=60, what="the second poison run to end", stack=stack,
+    )  # fmt: skip
+    assert given_up.state is RunState.FAILED
+    assert "delivered 3 times without finishing" in (given_up.error or "")
 
 
 def test_applied_schedule_edits_change_what_fires_without_restarting_beat(

@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 class DaemonRuntime:
     def __init__(self, settings: Settings, app: Celery, *, name: str, labels: dict[str, str]) -> None:
         self.settings = settings
+        self.started_at = utcnow()  # before any job can start in this process
         self.app = app
         self.name = name
         self.labels = labels
@@ -79,6 +80,7 @@ class DaemonRuntime:
                 software_version=cp.__version__,
                 hostname=socket.gethostname(),
                 applied_config_version=applied.version if applied else None,
+                started_at=self.started_at,
             ),
             argsrepr=f"daemon={self.name}",
         )

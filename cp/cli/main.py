@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from sqlmodel import select
 
 from cp.celery_app import BrokerNotConfiguredError
 from cp.cli import processes
@@ -26,7 +27,7 @@ from cp.cli.output import (
 )
 from cp.config_file import ConfigError, load_config_file
 from cp.config_store import apply_document, current_author, plan_diff
-from cp.models import Run, RunState, RunTrigger, utcnow
+from cp.models import Pipeline, Run, RunState, RunTrigger, utcnow
 from cp.runs import (
     RunNotCancellableError,
     UnknownPipelineError,
@@ -320,30 +321,28 @@ def run_pipeline(
         found = get_pipeline(session, pipeline)
         new = create_run(session, found, trigger=RunTrigger.MANUAL, now=utcnow())
         assert new is not None  # manual run keys are unique
-        # a manual run is queued at once; without a daemon it waits and beat queues it later
-        message = queue_run(session, new, found, now=utcnow(), expires=cp.settings.run_job_expires)
     key = new.run_key
-    if message is not None:
-        try:
-            cp.publish_jobs([message])
-        except Exception as exc:
-            with cp.session() as session:
-                mark_unpublished(session, key, error=f"could not publish the job: {exc}", now=utcnow())
-            raise CliError(f"run {key} failed: could not publish the job ({exc})") from None
+    # queued at once, unless the pipeline's overlap policy or placement makes it wait: then beat
+    # queues it later (and so does this command while it waits for the run)
+    run, queued = _queue_manual_run(cp, new.id)
     if not json_:
-        info(f"run {key} queued on daemon {new.daemon}" if message else f"run {key} {new.error}")
+        info(f"run {key} queued on daemon {run.daemon}" if queued else f"run {key} {run.error}")
     if not wait:
         if json_:
-            print_json(run_row(new))
+            print_json(run_row(run))
         return
     deadline = time.monotonic() + timeout
-    while True:
-        with cp.session() as session:
-            run = session.get(Run, new.id)
-        assert run is not None
-        if run.state.finished or time.monotonic() > deadline:
-            break
+    while not (run.state.finished or time.monotonic() > deadline):
         time.sleep(0.2)
+        if run.state is RunState.SCHEDULED and run.attempt == 1:
+            run, queued = _queue_manual_run(cp, new.id)
+            if queued and not json_:
+                info(f"run {key} queued on daemon {run.daemon}")
+            continue
+        with cp.session() as session:
+            latest = session.get(Run, new.id)
+        assert latest is not None
+        run = latest
     if json_:
         print_json(run_row(run))
     if not run.state.finished:
@@ -355,6 +354,27 @@ def run_pipeline(
     if not json_:
         error(f"run {key} {run.state}: {run.error or 'no error recorded'}")
     raise typer.Exit(EXIT_FAILED)
+
+
+def _queue_manual_run(cp: ControlPlane, run_id: int | None) -> tuple[Run, bool]:
+    """Queue a waiting manual run and publish its job: the run as it is now, and whether it was
+    queued (False while it must still wait, with the reason in its ``error``)."""
+    with cp.session() as session:
+        run = session.get(Run, run_id)
+        assert run is not None  # runs are never deleted while they are not finished
+        pipeline = session.exec(select(Pipeline).where(Pipeline.name == run.pipeline)).first()
+        message = None
+        if pipeline is not None and run.state is RunState.SCHEDULED:  # a removed pipeline: beat cancels
+            message = queue_run(session, run, pipeline, now=utcnow(), expires=cp.settings.run_job_expires)
+    if message is None:
+        return run, False
+    try:
+        cp.publish_jobs([message])
+    except Exception as exc:
+        with cp.session() as session:
+            mark_unpublished(session, run.run_key, error=f"could not publish the job: {exc}", now=utcnow())
+        raise CliError(f"run {run.run_key} failed: could not publish the job ({exc})") from None
+    return run, True
 
 
 @app.command()

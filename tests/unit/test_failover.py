@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 from sqlmodel import Session, col, select
 
-from cp.failover import fail_over
+from cp.failover import fail_over, fail_runs_of_earlier_process
 from cp.health import HealthLimits, evaluate, record_probe_reply, record_probe_sent, update_statuses
 from cp.models import Daemon, DaemonStatus, Pipeline, Run, RunAttempt, RunState
 from cp.protocol import ProbeReply
@@ -120,3 +120,38 @@ def test_running_runs_are_not_lost_before_lost_after_has_passed(
     place(session, add_run, "pinned@running", daemon="edge-1", state=RunState.RUNNING, pipeline="pinned")
     assert fail_over(session, now=NOW, lost_after=30, rng=random.Random(0)) == []
     assert session.exec(select(Run)).one().state is RunState.RUNNING
+
+
+def test_a_daemon_restarted_before_it_looked_offline_loses_the_runs_of_its_earlier_process(
+    session: Session,
+    add_daemon: Callable[..., Daemon],
+    add_pipeline: Callable[..., Pipeline],
+    add_run: Callable[..., Run],
+) -> None:
+    add_daemon("edge-1", last_heartbeat_at=ago(1))
+    add_pipeline("orders", daemon="edge-1", schedule=None, max_attempts=3)
+    add_pipeline("fresh", daemon="edge-1", schedule=None)
+    add_pipeline("waiting", daemon="edge-1", schedule=None)
+    old = place(session, add_run, "orders@old", daemon="edge-1", state=RunState.RUNNING, pipeline="orders")
+    new = place(session, add_run, "fresh@new", daemon="edge-1", state=RunState.RUNNING, pipeline="fresh")
+    place(session, add_run, "waiting@queued", daemon="edge-1", state=RunState.QUEUED, pipeline="waiting")
+    old.started_at, new.started_at = ago(30), ago(2)  # the new process started 5 s ago
+    session.add_all([old, new])
+    session.commit()
+
+    revoke = fail_runs_of_earlier_process(
+        session, daemon="edge-1", started_at=ago(5), now=NOW, rng=random.Random(0)
+    )
+    session.commit()
+
+    assert revoke == ["orders@old"]
+    runs = {r.run_key: r for r in session.exec(select(Run))}
+    assert (runs["orders@old"].state, runs["orders@old"].attempt) == (RunState.SCHEDULED, 2)
+    assert runs["orders@old"].next_attempt_at == NOW  # retried at once: the job did nothing wrong
+    assert runs["fresh@new"].state is RunState.RUNNING  # started by the new process
+    assert runs["waiting@queued"].state is RunState.QUEUED  # its job is still in the queue
+    lost = session.exec(select(RunAttempt).where(RunAttempt.run_key == "orders@old")).one()
+    assert (lost.state, lost.error) == (
+        RunState.LOST,
+        "lost: daemon edge-1 restarted while the run was going",
+    )

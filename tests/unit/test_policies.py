@@ -10,10 +10,10 @@ import pytest
 from sqlmodel import Session, col, select
 
 from cp.dispatch import Outgoing
-from cp.models import Pipeline, Run, RunAttempt, RunState
+from cp.models import Pipeline, Run, RunAttempt, RunState, RunTrigger
 from cp.protocol import RunEvent
 from cp.retry import retry_delay
-from cp.runs import mark_published, record_run_event
+from cp.runs import create_run, mark_published, queue_run, record_run_event
 from cp.scheduler import TickResult, TickSettings, tick
 
 SINCE = datetime(2025, 6, 2, 10, 0, tzinfo=UTC)
@@ -87,8 +87,26 @@ def test_overlap_queue_holds_a_fire_until_the_active_run_finishes(
     report(session, "orders@2025-06-02T11:10:00Z", "started", at=at(10, 1))
     assert step(at(20)).messages == []
     assert [r.state for r in runs(session)] == [RunState.RUNNING, RunState.SCHEDULED]
+    assert runs(session)[1].error == "waiting: the pipeline's previous run is still active (overlap: queue)"
     report(session, "orders@2025-06-02T11:10:00Z", "succeeded", at=at(21))
     assert keys(step(at(21, 1)).messages) == ["orders@2025-06-02T11:20:00Z"]
+    assert runs(session)[1].error is None
+
+
+def test_a_manual_run_held_back_by_an_active_run_is_queued_by_beat_once_it_ends(
+    session: Session, add_pipeline: Callable[..., Pipeline], step: Tick
+) -> None:
+    pipeline = add_pipeline("orders", daemon="edge-1", schedule=None)
+    first, second = (create_run(session, pipeline, trigger=RunTrigger.MANUAL, now=at(1)) for _ in range(2))
+    assert first is not None and second is not None
+    assert queue_run(session, first, pipeline, now=at(1), expires=60) is not None
+    assert queue_run(session, second, pipeline, now=at(1), expires=60) is None
+    session.commit()
+    report(session, first.run_key, "started", at=at(1, 1))
+
+    assert step(at(2)).messages == []
+    report(session, first.run_key, "succeeded", at=at(3))
+    assert keys(step(at(3, 1)).messages) == [second.run_key]
 
 
 def test_overlap_allow_runs_up_to_max_active_runs_at_once(

@@ -53,7 +53,7 @@ def test_a_second_run_for_the_same_fire_is_not_created(
 def test_manual_runs_get_distinct_keys_and_go_to_the_pinned_daemon(
     session: Session, add_pipeline: Callable[..., Pipeline]
 ) -> None:
-    pipeline = add_pipeline("orders", daemon="edge-1")
+    pipeline = add_pipeline("orders", daemon="edge-1", overlap="allow", max_active_runs=2)
 
     made = [create_run(session, pipeline, trigger=RunTrigger.MANUAL, now=NOW) for _ in range(2)]
     messages = [queue_run(session, run, pipeline, now=NOW, expires=60) for run in made if run is not None]
@@ -62,6 +62,39 @@ def test_manual_runs_get_distinct_keys_and_go_to_the_pinned_daemon(
     keys = [run.run_key for run in made if run is not None]
     assert len(set(keys)) == 2 and all(k.startswith("orders@manual-") for k in keys)
     assert [m.queue for m in messages if m is not None] == ["mycelial.daemon.edge-1"] * 2
+
+
+@pytest.mark.parametrize("overlap", ["skip", "queue"])
+def test_a_manual_run_waits_while_the_pipelines_previous_run_is_active(
+    session: Session, add_pipeline: Callable[..., Pipeline], overlap: str
+) -> None:
+    pipeline = add_pipeline("orders", daemon="edge-1", overlap=overlap)
+    first, second = (create_run(session, pipeline, trigger=RunTrigger.MANUAL, now=NOW) for _ in range(2))
+    assert first is not None and second is not None
+
+    assert queue_run(session, first, pipeline, now=NOW, expires=60) is not None
+    assert queue_run(session, second, pipeline, now=NOW, expires=60) is None
+    session.commit()
+
+    waiting = reload(session, second.run_key)
+    assert waiting.state is RunState.SCHEDULED
+    assert waiting.error == f"waiting: the pipeline's previous run is still active (overlap: {overlap})"
+    assert session.exec(select(RunAttempt).where(RunAttempt.run_key == second.run_key)).first() is None
+
+
+def test_a_manual_run_waits_for_room_under_max_active_runs(
+    session: Session, add_pipeline: Callable[..., Pipeline]
+) -> None:
+    pipeline = add_pipeline("orders", daemon="edge-1", overlap="allow", max_active_runs=2)
+    made = [create_run(session, pipeline, trigger=RunTrigger.MANUAL, now=NOW) for _ in range(3)]
+
+    messages = [queue_run(session, run, pipeline, now=NOW, expires=60) for run in made if run is not None]
+    session.commit()
+
+    assert [m is not None for m in messages] == [True, True, False]
+    assert made[2] is not None
+    waiting = reload(session, made[2].run_key)
+    assert waiting.error == "waiting: 2 run(s) of the pipeline are active (max_active_runs)"
 
 
 def test_looking_up_an_unknown_pipeline_names_it(session: Session) -> None:
