@@ -44,17 +44,7 @@ def fail_over(session: Session, *, now: datetime, lost_after: float, rng: random
         if since + timedelta(seconds=lost_after) > now:
             revoke.pop()
             continue
-        log.warning("run %s lost: daemon %s went offline while it ran", run.run_key, daemon.name)
-        fail_or_retry(
-            session,
-            run,
-            RunState.LOST,
-            error=f"lost: daemon {daemon.name} went offline while the run was going",
-            retryable=True,
-            at=now,
-            rng=rng,
-            immediately=True,
-        )
+        _lose(session, run, because=f"daemon {daemon.name} went offline", now=now, rng=rng)
     return revoke
 
 
@@ -70,17 +60,22 @@ def fail_runs_of_earlier_process(
     for run in running:
         if run.started_at is None or run.started_at >= started_at:
             continue
-        log.warning("run %s lost: daemon %s restarted while it ran", run.run_key, daemon)
         if run.task_id:
             revoke.append(run.task_id)
-        fail_or_retry(
-            session,
-            run,
-            RunState.LOST,
-            error=f"lost: daemon {daemon} restarted while the run was going",
-            retryable=True,
-            at=now,
-            rng=rng,
-            immediately=True,
-        )
+        _lose(session, run, because=f"daemon {daemon} restarted", now=now, rng=rng)
     return revoke
+
+
+def _lose(session: Session, run: Run, *, because: str, now: datetime, rng: random.Random) -> None:
+    """Retried at once, under the retry policy: the job itself did nothing wrong."""
+    log.warning("run %s lost: %s while it ran", run.run_key, because)
+    fail_or_retry(
+        session,
+        run,
+        RunState.LOST,
+        error=f"lost: {because} while the run was going",
+        retryable=True,
+        at=now,
+        rng=rng,
+        immediately=True,
+    )
