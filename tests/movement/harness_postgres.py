@@ -9,7 +9,8 @@ import psycopg
 import pytest
 from psycopg.types.json import Jsonb
 
-from workers.movement.connectors.postgres import declared_type, quote
+from workers.movement.connectors.postgres_types import declared_type
+from workers.movement.sqlbuild import quote
 from workers.movement.types import Column, LogicalType, Row
 
 SERVER_URL = os.environ.get("MYCELIAL_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")

@@ -11,22 +11,30 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import replace
 from typing import Any
-from urllib.parse import unquote
 
 import psycopg
-from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict
 from psycopg.pq import TransactionStatus
 from psycopg.types.string import TextLoader
 
-from workers.movement.errors import MovementError, RetryableError
+from workers.movement.connectors.postgres_connection import connect, failure, schema_option
+from workers.movement.connectors.postgres_types import (
+    BY_OID,
+    BY_TYPE_NAME,
+    COPY_OID,
+    INT4_MAX,
+    INT4_MIN,
+    declared_type,
+    quote_escaped,
+    relation,
+    split_table,
+)
+from workers.movement.errors import MovementError
 from workers.movement.interface import (
     STATE_TABLE,
     PipelineState,
@@ -44,172 +52,9 @@ from workers.movement.interface import (
 from workers.movement.positions import tracked
 from workers.movement.sqlbuild import base_relation, ordered_read, quote
 from workers.movement.types import Column, LogicalType, Row, Schema, UnsupportedTypeError
-from workers.secrets import resolve
 
 T = LogicalType
 log = logging.getLogger(__name__)
-Connection = psycopg.Connection[tuple[Any, ...]]
-
-CONNECT_TIMEOUT = 10  # seconds; libpq would otherwise wait forever on a silent host
-
-
-def _quote_escaped(identifier: str) -> str:
-    return quote(identifier).replace("%", "%%")
-
-
-def relation(table: str) -> str:
-    """A quoted, possibly schema-qualified table name (``schema.table``)."""
-    return ".".join(quote(part) for part in table.split("."))
-
-
-def split_table(table: str, schema: str) -> tuple[str, str]:
-    namespace, dot, name = table.rpartition(".")
-    return (namespace if dot else schema), name
-
-
-# --- types ---------------------------------------------------------------------------------
-
-_BY_TYPE_NAME: dict[str, LogicalType] = {
-    "int2": T.INTEGER,
-    "int4": T.INTEGER,
-    "int8": T.BIGINT,
-    "float4": T.FLOAT,
-    "float8": T.FLOAT,
-    "numeric": T.DECIMAL,
-    "text": T.TEXT,
-    "varchar": T.TEXT,
-    "bpchar": T.TEXT,
-    "name": T.TEXT,
-    "uuid": T.TEXT,
-    "citext": T.TEXT,
-    "bool": T.BOOLEAN,
-    "date": T.DATE,
-    "timestamp": T.TIMESTAMP,
-    "timestamptz": T.TIMESTAMPTZ,
-    "bytea": T.BYTES,
-    "json": T.JSON,
-    "jsonb": T.JSON,
-}
-_BY_OID: dict[int, LogicalType] = {
-    info.oid: kind
-    for name, kind in _BY_TYPE_NAME.items()
-    if (info := psycopg.postgres.types.get(name)) is not None
-}
-
-#: the PostgreSQL type a sink column gets; also the COPY type of its values
-_PG_TYPE: dict[LogicalType, str] = {
-    T.INTEGER: "int4",
-    T.BIGINT: "int8",
-    T.FLOAT: "float8",
-    T.DECIMAL: "numeric",
-    T.TEXT: "text",
-    T.BOOLEAN: "bool",
-    T.DATE: "date",
-    T.TIMESTAMP: "timestamp",
-    T.TIMESTAMPTZ: "timestamptz",
-    T.BYTES: "bytea",
-    T.JSON: "jsonb",
-}
-
-
-_COPY_OID: dict[LogicalType, int] = {
-    kind: psycopg.postgres.types[name].oid for kind, name in _PG_TYPE.items()
-}
-INT4_MIN, INT4_MAX = -(2**31), 2**31 - 1
-
-
-def declared_type(column: Column) -> str:
-    if column.type is T.DECIMAL:
-        return f"NUMERIC({column.precision},{column.scale or 0})" if column.precision else "NUMERIC"
-    return {
-        T.INTEGER: "INTEGER",
-        T.BIGINT: "BIGINT",
-        T.FLOAT: "DOUBLE PRECISION",
-        T.TEXT: "TEXT",
-        T.BOOLEAN: "BOOLEAN",
-        T.DATE: "DATE",
-        T.TIMESTAMP: "TIMESTAMP",
-        T.TIMESTAMPTZ: "TIMESTAMPTZ",
-        T.BYTES: "BYTEA",
-        T.JSON: "JSONB",
-    }[column.type]
-
-
-# --- connections and errors ----------------------------------------------------------------
-
-_URL_USERINFO = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://([^@/?#]*)@")
-_URL_PASSWORD_PARAM = re.compile(r"[?&]password=([^&#]*)", re.IGNORECASE)
-_KV_PASSWORD = re.compile(r"\bpassword\s*=\s*('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
-
-
-def secrets_of(dsn: str) -> list[str]:
-    """Every form in which the DSN's password could show up in a message, longest first."""
-    found = {dsn}
-    userinfo = _URL_USERINFO.match(dsn)
-    if userinfo and ":" in userinfo.group(1):
-        found.add(userinfo.group(1).split(":", 1)[1])
-    found.update(m.group(1) for m in _URL_PASSWORD_PARAM.finditer(dsn))
-    found.update(m.group(1).strip("'") for m in _KV_PASSWORD.finditer(dsn))
-    try:
-        found.add(str(conninfo_to_dict(dsn).get("password") or ""))
-    except psycopg.Error:
-        pass  # malformed: the patterns above already caught what they could
-    found.update([unquote(s) for s in found])
-    return sorted((s for s in found if s), key=len, reverse=True)
-
-
-def redact(text: str, secrets: list[str]) -> str:
-    for secret in secrets:
-        text = text.replace(secret, "***")
-    return text
-
-
-def reason(exc: BaseException, secrets: list[str]) -> str:
-    """The operator-facing part of a driver error: its first line(s), never the DSN or password."""
-    diag = getattr(exc, "diag", None)
-    primary = diag.message_primary if diag is not None else None
-    text = primary or " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
-    context = (diag.context or "") if diag is not None else ""
-    if primary and context.startswith("COPY "):
-        # "COPY dest, line 3, column amount: "x"": which column, and which row of the batch
-        text += f" ({context.splitlines()[0]})"
-    return redact(text or type(exc).__name__, secrets)
-
-
-def failure(where: str, exc: psycopg.Error, secrets: list[str]) -> MovementError:
-    """Connection-level errors (lost connection, shutdown, timeouts, serialization) are retryable."""
-    cls = RetryableError if isinstance(exc, psycopg.OperationalError) else MovementError
-    return cls(f"{where}: {reason(exc, secrets)}")
-
-
-def connect(options: dict[str, Any], where: str) -> tuple[Connection, list[str]]:
-    """An autocommit session in UTC with the configured schema first on the search path."""
-    dsn = resolve(str(options["dsn"]))
-    secrets = secrets_of(dsn)
-    try:
-        given = conninfo_to_dict(dsn)
-        extra: dict[str, Any] = {} if "connect_timeout" in given else {"connect_timeout": CONNECT_TIMEOUT}
-        conn = psycopg.connect(dsn, autocommit=True, fallback_application_name="mycelial", **extra)
-    except psycopg.OperationalError as exc:
-        raise RetryableError(f"{where}: cannot connect to PostgreSQL: {reason(exc, secrets)}") from None
-    except psycopg.Error as exc:
-        raise MovementError(
-            f"{where}: invalid PostgreSQL connection string: {reason(exc, secrets)}"
-        ) from None
-    try:
-        conn.execute("SET TIME ZONE 'UTC'")
-        schema = schema_option(options)
-        if schema != "public":
-            conn.execute(sql.SQL("SET search_path TO {}, public").format(sql.Identifier(schema)))
-    except psycopg.Error as exc:
-        conn.close()
-        raise failure(where, exc, secrets) from None
-    return conn, secrets
-
-
-def schema_option(options: dict[str, Any]) -> str:
-    return str(options.get("schema") or "public")
-
 
 # --- source --------------------------------------------------------------------------------
 
@@ -256,11 +101,11 @@ class PostgresSource(Source):
             if len(set(names)) != len(names):
                 duplicates = sorted({n for n in names if names.count(n) > 1})
                 raise MovementError(f"{self.where}: more than one column named {', '.join(duplicates)}")
-            unknown = {d.type_code for d in description if d.type_code not in _BY_OID}
+            unknown = {d.type_code for d in description if d.type_code not in BY_OID}
             extra = self._extra_types(unknown)
             columns = []
             for d in description:
-                kind = _BY_OID.get(d.type_code) or extra[d.type_code]
+                kind = BY_OID.get(d.type_code) or extra[d.type_code]
                 if not isinstance(kind, LogicalType):
                     raise UnsupportedTypeError(d.name, kind, self.where)
                 decimal = kind is T.DECIMAL
@@ -289,7 +134,7 @@ class PostgresSource(Source):
             [list(oids)],
         ).fetchall()
         found: dict[int, LogicalType | str] = {
-            oid: T.TEXT if name in _BY_TYPE_NAME or typtype == "e" else pretty
+            oid: T.TEXT if name in BY_TYPE_NAME or typtype == "e" else pretty
             for oid, name, typtype, pretty in rows
         }
         return {oid: found.get(oid, f"oid {oid}") for oid in oids}
@@ -325,7 +170,7 @@ class PostgresSource(Source):
         if spec.query is not None:
             spec = replace(spec, query=spec.query.replace("%", "%%"))
         # parameters are always passed, so every literal % (query text, names) must be escaped
-        query, params, tracker = ordered_read(spec, schema, quote=_quote_escaped, param="%s")
+        query, params, tracker = ordered_read(spec, schema, quote=quote_escaped, param="%s")
         self._reading = self._raw(query, list(params), spec.batch_size)
         yield from tracked(self._reading, tracker)
 
@@ -451,7 +296,7 @@ class PostgresSink(Sink):
     def _binary_compatible(self, table: str, schema: Schema) -> bool:
         """Binary COPY needs the exact column types; a user's table with others gets text COPY (casts)."""
         existing = self._existing_columns(table)
-        return all(existing.get(c.name) == _COPY_OID[c.type] for c in schema.columns)
+        return all(existing.get(c.name) == COPY_OID[c.type] for c in schema.columns)
 
     def _create(self, table: str, schema: Schema, spec: WriteSpec) -> None:
         defs = [f"{quote(c.name)} {declared_type(c)}" for c in schema.columns]
@@ -564,7 +409,7 @@ class PostgresSink(Sink):
             cursor = stack.enter_context(self.conn.cursor())
             copy = stack.enter_context(cursor.copy(f"COPY {target} ({columns}) FROM STDIN{options}"))
             if binary:
-                copy.set_types([_COPY_OID[c.type] for c in schema.columns])
+                copy.set_types([COPY_OID[c.type] for c in schema.columns])
             for row in rows:
                 copy.write_row(row)
         except BaseException:

@@ -1,0 +1,93 @@
+"""Connections and driver errors for the PostgreSQL connector (``postgres.py``): an autocommit
+session in UTC with the configured schema first on the search path, and error messages that never
+carry the DSN or its password."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+from urllib.parse import unquote
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
+
+from workers.movement.errors import MovementError, RetryableError
+from workers.secrets import resolve
+
+Connection = psycopg.Connection[tuple[Any, ...]]
+
+CONNECT_TIMEOUT = 10  # seconds; libpq would otherwise wait forever on a silent host
+
+_URL_USERINFO = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://([^@/?#]*)@")
+_URL_PASSWORD_PARAM = re.compile(r"[?&]password=([^&#]*)", re.IGNORECASE)
+_KV_PASSWORD = re.compile(r"\bpassword\s*=\s*('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
+
+
+def secrets_of(dsn: str) -> list[str]:
+    """Every form in which the DSN's password could show up in a message, longest first."""
+    found = {dsn}
+    userinfo = _URL_USERINFO.match(dsn)
+    if userinfo and ":" in userinfo.group(1):
+        found.add(userinfo.group(1).split(":", 1)[1])
+    found.update(m.group(1) for m in _URL_PASSWORD_PARAM.finditer(dsn))
+    found.update(m.group(1).strip("'") for m in _KV_PASSWORD.finditer(dsn))
+    try:
+        found.add(str(conninfo_to_dict(dsn).get("password") or ""))
+    except psycopg.Error:
+        pass  # malformed: the patterns above already caught what they could
+    found.update([unquote(s) for s in found])
+    return sorted((s for s in found if s), key=len, reverse=True)
+
+
+def redact(text: str, secrets: list[str]) -> str:
+    for secret in secrets:
+        text = text.replace(secret, "***")
+    return text
+
+
+def reason(exc: BaseException, secrets: list[str]) -> str:
+    """The operator-facing part of a driver error: its first line(s), never the DSN or password."""
+    diag = getattr(exc, "diag", None)
+    primary = diag.message_primary if diag is not None else None
+    text = primary or " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    context = (diag.context or "") if diag is not None else ""
+    if primary and context.startswith("COPY "):
+        # "COPY dest, line 3, column amount: "x"": which column, and which row of the batch
+        text += f" ({context.splitlines()[0]})"
+    return redact(text or type(exc).__name__, secrets)
+
+
+def failure(where: str, exc: psycopg.Error, secrets: list[str]) -> MovementError:
+    """Connection-level errors (lost connection, shutdown, timeouts, serialization) are retryable."""
+    cls = RetryableError if isinstance(exc, psycopg.OperationalError) else MovementError
+    return cls(f"{where}: {reason(exc, secrets)}")
+
+
+def connect(options: dict[str, Any], where: str) -> tuple[Connection, list[str]]:
+    """An autocommit session in UTC with the configured schema first on the search path."""
+    dsn = resolve(str(options["dsn"]))
+    secrets = secrets_of(dsn)
+    try:
+        given = conninfo_to_dict(dsn)
+        extra: dict[str, Any] = {} if "connect_timeout" in given else {"connect_timeout": CONNECT_TIMEOUT}
+        conn = psycopg.connect(dsn, autocommit=True, fallback_application_name="mycelial", **extra)
+    except psycopg.OperationalError as exc:
+        raise RetryableError(f"{where}: cannot connect to PostgreSQL: {reason(exc, secrets)}") from None
+    except psycopg.Error as exc:
+        raise MovementError(
+            f"{where}: invalid PostgreSQL connection string: {reason(exc, secrets)}"
+        ) from None
+    try:
+        conn.execute("SET TIME ZONE 'UTC'")
+        schema = schema_option(options)
+        if schema != "public":
+            conn.execute(sql.SQL("SET search_path TO {}, public").format(sql.Identifier(schema)))
+    except psycopg.Error as exc:
+        conn.close()
+        raise failure(where, exc, secrets) from None
+    return conn, secrets
+
+
+def schema_option(options: dict[str, Any]) -> str:
+    return str(options.get("schema") or "public")
