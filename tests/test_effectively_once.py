@@ -146,7 +146,7 @@ def test_progress_shows_while_running_and_cancel_stops_between_batches_leaving_t
 
     with sqlite3.connect(source) as conn:
         conn.execute("DELETE FROM events WHERE id % 2 = 0")
-    slow = config.replace("batch_size: 500", "batch_size: 10")  # thousands of commits: seconds long
+    slow = config.replace("batch_size: 500", "batch_size: 3")  # 33,000 commits: many seconds long
     stack.cli("apply", "-f", str(stack.write_config(slow)), check=True)
     started = json.loads(stack.cli("run", "events", "--json", check=True).stdout)
 
