@@ -47,6 +47,20 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 SCHEMA_LOCK_ID = 0x6D7963656C69616C  # "mycelial": serializes schema creation across processes
 
 
+DISPATCH_LOCK_ID = 0x6D7963656C646973  # "myceldis": dispatch decisions take turns on it
+
+
+def take_dispatch_turn(session: Session) -> None:
+    """Wait for other transactions that queue runs to commit, until this one ends.
+
+    Queueing reads a pipeline's active runs, then claims a run: two transactions at once could
+    both see room. SQLite's BEGIN IMMEDIATE already makes them take turns; on PostgreSQL a
+    transaction-scoped advisory lock does.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        session.connection().execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": DISPATCH_LOCK_ID})
+
+
 def create_schema(engine: Engine) -> None:
     """Create missing tables; safe when several processes start at once.
 

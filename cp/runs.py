@@ -13,6 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from cp.config_store import pipeline_spec
+from cp.db import take_dispatch_turn
 from cp.dispatch import Outgoing, run_job_message
 from cp.models import ACTIVE_RUN_STATES, Pipeline, Run, RunAttempt, RunState, RunTrigger
 from cp.placement import choose_daemon
@@ -95,6 +96,7 @@ def queue_run(
     another scheduler claimed the run first: the claim is one conditional UPDATE, so two beats
     cannot both queue it.
     """
+    take_dispatch_turn(session)
     if active_runs(session, pipeline.name) >= run_capacity(pipeline):
         _wait(session, run, waiting_for_room(pipeline))
         return None

@@ -21,6 +21,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import Session, col, or_, select
 
 from cp.config_store import pipeline_spec
+from cp.db import take_dispatch_turn
 from cp.dispatch import Outgoing, job_outgoing, job_payload
 from cp.models import ACTIVE_RUN_STATES, Pipeline, Run, RunAttempt, RunState, RunTrigger
 from cp.placement import Placement
@@ -188,6 +189,7 @@ def dispatch_ready_runs(session: Session, *, now: datetime, expires: float) -> l
     )
     if not waiting:
         return []
+    take_dispatch_turn(session)  # the active counts below must not change until this tick commits
     pipelines = {p.name: p for p in session.exec(select(Pipeline))}
     active = _active_by_pipeline(session)
     placement = Placement.load(session)
