@@ -314,7 +314,8 @@ def run_pipeline(
     ] = 3600.0,
     json_: JsonOption = False,
 ) -> None:
-    """Start a run of PIPELINE now."""
+    """Start a run of PIPELINE now; it waits, with the reason shown, while the pipeline has no room
+    under its overlap policy (the previous run is still active)."""
     cp = ControlPlane(settings())
     _ = cp.app  # a missing broker setting is an error before the run row exists
     with cp.session() as session:
