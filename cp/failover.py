@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Collection
 from datetime import datetime, timedelta
 
 from sqlmodel import Session, col, select
@@ -49,16 +50,27 @@ def fail_over(session: Session, *, now: datetime, lost_after: float, rng: random
 
 
 def fail_runs_of_earlier_process(
-    session: Session, *, daemon: str, started_at: datetime, now: datetime, rng: random.Random
+    session: Session,
+    *,
+    daemon: str,
+    started_at: datetime,
+    orphaned_task_ids: Collection[str] = (),
+    now: datetime,
+    rng: random.Random,
 ) -> list[str]:
-    """Runs a daemon started before its current process did died with that process: they are
-    ``lost`` and retried at once (the destination's state lets the retry resume). Without this they
-    would look running until the broker redelivered their job, hours later. Returns the task ids to
-    revoke, so a late redelivery of the old job is skipped."""
-    running = session.exec(select(Run).where(Run.daemon == daemon, col(Run.state) == RunState.RUNNING)).all()
+    """The runs an earlier process of a daemon was running, or had taken from its queue, died with
+    it: those it started before the current process did, and those whose job the current process
+    found held by an earlier one. They are ``lost`` and retried at once (the destination's state lets
+    the retry resume); without this they would wait for the broker to redeliver their job, hours
+    later. Returns the task ids to revoke, so a late redelivery of an old job is skipped."""
+    orphaned = set(orphaned_task_ids)
+    taken = session.exec(
+        select(Run).where(Run.daemon == daemon, col(Run.state).in_([RunState.QUEUED, RunState.RUNNING]))
+    ).all()
     revoke: list[str] = []
-    for run in running:
-        if run.started_at is None or run.started_at >= started_at:
+    for run in taken:
+        running_before = run.state is RunState.RUNNING and run.started_at and run.started_at < started_at
+        if not (running_before or run.task_id in orphaned):
             continue
         if run.task_id:
             revoke.append(run.task_id)

@@ -45,6 +45,8 @@ class DaemonHello(Message):
     applied_config_version: int | None = None
     # when this process started: runs the daemon began before then died with an earlier process
     started_at: AwareDatetime | None = None
+    # jobs an earlier process took from the daemon's queue and never finished (workers/orphans.py)
+    orphaned_task_ids: list[str] = Field(default_factory=list)
 
 
 class Heartbeat(Message):

@@ -100,7 +100,12 @@ def register_cp_tasks(app: Celery, cp: ControlPlane) -> None:
             revoke = []
             if hello.started_at is not None:
                 revoke = fail_runs_of_earlier_process(
-                    session, daemon=hello.name, started_at=hello.started_at, now=now, rng=_rng
+                    session,
+                    daemon=hello.name,
+                    started_at=hello.started_at,
+                    orphaned_task_ids=hello.orphaned_task_ids,
+                    now=now,
+                    rng=_rng,
                 )
             push = None
             if daemon.desired_config_version != hello.applied_config_version:

@@ -7,6 +7,7 @@ import json
 import signal
 import sqlite3
 import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -306,6 +307,56 @@ def test_a_job_that_keeps_killing_its_daemon_is_stopped_by_its_attempts_and_by_t
     )  # fmt: skip
     assert given_up.state is RunState.FAILED
     assert "delivered 3 times without finishing" in (given_up.error or "")
+
+
+TAKE_AND_DIE = """
+import os, sys
+from kombu import Connection, Queue
+with Connection(sys.argv[1]) as conn:
+    name = sys.argv[2]
+    message = Queue(name, exchange=name, routing_key=name)(conn.default_channel).get(no_ack=False)
+    assert message is not None, "no job in the queue"
+    os._exit(0)  # as if killed: no acknowledgement, nothing given back at shutdown
+"""
+
+
+def test_a_job_an_earlier_daemon_process_took_is_retried_as_soon_as_the_daemon_starts_again(
+    make_stack, make_database_url
+) -> None:  # type: ignore[no-untyped-def]
+    database_url = make_database_url("sqlite")
+    stack: Stack = make_stack(database_url)
+    make_source(stack.home / "shop.db")
+    stack.start("worker", "worker")
+    daemon = start_daemon(stack)
+    held = PIPELINE.format(name="held", table="items", extra="")
+    stack.cli("apply", "-f", str(config(stack, held)), check=True)
+    daemon.send_signal(signal.SIGKILL)
+    daemon.wait()
+    stack.procs.pop("daemon")
+    # edge-f still looks online (no beat: no health checks), so the run is queued on it
+    key = json.loads(stack.cli("run", "held", "--json", check=True).stdout)["run_key"]
+    # an earlier process of edge-f takes the job from its queue and dies before it acknowledges it
+    # or says it started: Redis holds the message as unacknowledged for the visibility timeout (6 h)
+    queue = "mycelial.daemon.edge-f"
+    subprocess.run(
+        [sys.executable, "-c", TAKE_AND_DIE, stack.env["MYCELIAL_BROKER_URL"], queue], check=True, timeout=60
+    )
+
+    start_daemon(stack)
+    stack.start("beat", "beat")
+    run = wait_for(
+        lambda: (r := run_by_key(database_url, key)) and r.state.finished and r,
+        timeout=60, what="the held run to be retried and finish", stack=stack,
+    )  # fmt: skip
+    assert (run.state, run.attempt) == (RunState.SUCCEEDED, 2), (run.state, run.attempt, run.error)
+    engine = make_engine(normalize_database_url(database_url))
+    try:
+        with Session(engine) as session:
+            attempts = select(RunAttempt).where(RunAttempt.run_key == key, RunAttempt.attempt == 1)
+            first = session.exec(attempts).one()
+    finally:
+        engine.dispose()
+    assert first.error == "lost: daemon edge-f restarted while the run was going"
 
 
 def test_applied_schedule_edits_change_what_fires_without_restarting_beat(

@@ -34,6 +34,7 @@ class DaemonRuntime:
     def __init__(self, settings: Settings, app: Celery, *, name: str, labels: dict[str, str]) -> None:
         self.settings = settings
         self.started_at = utcnow()  # before any job can start in this process
+        self.orphaned_task_ids: list[str] = []  # set before the worker consumes: workers/orphans.py
         self.app = app
         self.name = name
         self.labels = labels
@@ -81,6 +82,7 @@ class DaemonRuntime:
                 hostname=socket.gethostname(),
                 applied_config_version=applied.version if applied else None,
                 started_at=self.started_at,
+                orphaned_task_ids=self.orphaned_task_ids,
             ),
             argsrepr=f"daemon={self.name}",
         )

@@ -17,6 +17,7 @@ from cp.protocol import CP_QUEUE, daemon_queue
 from cp.runtime import ControlPlane
 from cp.settings import Settings
 from cp.tasks import register_cp_tasks
+from workers.orphans import orphaned_jobs
 from workers.runtime import DaemonRuntime
 from workers.tasks import lifecycle_step, register_daemon_tasks
 
@@ -80,6 +81,7 @@ def run_daemon(
         )
     app = make_celery(settings, name=f"daemon-{name}")
     daemon = DaemonRuntime(settings, app, name=name, labels=labels)
+    daemon.orphaned_task_ids = orphaned_jobs(app, daemon_queue(name))
     register_daemon_tasks(app, daemon)
     app.steps["worker"].add(lifecycle_step(daemon))
     argv = worker_argv(

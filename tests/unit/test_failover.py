@@ -155,3 +155,31 @@ def test_a_daemon_restarted_before_it_looked_offline_loses_the_runs_of_its_earli
         RunState.LOST,
         "lost: daemon edge-1 restarted while the run was going",
     )
+
+
+def test_runs_whose_jobs_an_earlier_process_held_are_lost_even_if_they_never_started(
+    session: Session,
+    add_daemon: Callable[..., Daemon],
+    add_pipeline: Callable[..., Pipeline],
+    add_run: Callable[..., Run],
+) -> None:
+    add_daemon("edge-1", last_heartbeat_at=ago(1))
+    add_pipeline("taken", daemon="edge-1", schedule=None, max_attempts=3)
+    add_pipeline("waiting", daemon="edge-1", schedule=None)
+    place(session, add_run, "taken@queued", daemon="edge-1", state=RunState.QUEUED, pipeline="taken")
+    place(session, add_run, "waiting@queued", daemon="edge-1", state=RunState.QUEUED, pipeline="waiting")
+
+    revoke = fail_runs_of_earlier_process(
+        session,
+        daemon="edge-1",
+        started_at=ago(5),
+        orphaned_task_ids=["taken@queued", "gone@long-ago"],
+        now=NOW,
+        rng=random.Random(0),
+    )
+    session.commit()
+
+    assert revoke == ["taken@queued"]
+    runs = {r.run_key: r for r in session.exec(select(Run))}
+    assert (runs["taken@queued"].state, runs["taken@queued"].attempt) == (RunState.SCHEDULED, 2)
+    assert runs["waiting@queued"].state is RunState.QUEUED  # its job still waits in the queue
