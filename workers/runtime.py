@@ -8,6 +8,7 @@ import resource
 import socket
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from celery import Celery
@@ -31,10 +32,18 @@ log = logging.getLogger(__name__)
 
 
 class DaemonRuntime:
-    def __init__(self, settings: Settings, app: Celery, *, name: str, labels: dict[str, str]) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        app: Celery,
+        *,
+        name: str,
+        labels: dict[str, str],
+        orphaned_task_ids: Sequence[str] = (),
+    ) -> None:
         self.settings = settings
         self.started_at = utcnow()  # before any job can start in this process
-        self.orphaned_task_ids: list[str] = []  # set before the worker consumes: workers/orphans.py
+        self.orphaned_task_ids = list(orphaned_task_ids)  # see workers/orphans.py
         self.app = app
         self.name = name
         self.labels = labels

@@ -335,15 +335,9 @@ def run_pipeline(
     deadline = time.monotonic() + timeout
     while not (run.state.finished or time.monotonic() > deadline):
         time.sleep(0.2)
-        if run.state is RunState.SCHEDULED and run.attempt == 1:
-            run, queued = _queue_manual_run(cp, new.id)
-            if queued and not json_:
-                info(f"run {key} queued on daemon {run.daemon}")
-            continue
-        with cp.session() as session:
-            latest = session.get(Run, new.id)
-        assert latest is not None
-        run = latest
+        run, queued = _queue_manual_run(cp, new.id)
+        if queued and not json_:
+            info(f"run {key} queued on daemon {run.daemon}")
     if json_:
         print_json(run_row(run))
     if not run.state.finished:
@@ -358,15 +352,19 @@ def run_pipeline(
 
 
 def _queue_manual_run(cp: ControlPlane, run_id: int | None) -> tuple[Run, bool]:
-    """Queue a waiting manual run and publish its job: the run as it is now, and whether it was
-    queued (False while it must still wait, with the reason in its ``error``)."""
+    """The manual run as it is now, and whether this call queued it (and published its job).
+
+    Only a run never queued yet is queued here; a retry waits for its backoff, which beat keeps.
+    False while the run must still wait, with the reason in its ``error``.
+    """
     with cp.session() as session:
         run = session.get(Run, run_id)
         assert run is not None  # runs are never deleted while they are not finished
-        pipeline = session.exec(select(Pipeline).where(Pipeline.name == run.pipeline)).first()
         message = None
-        if pipeline is not None and run.state is RunState.SCHEDULED:  # a removed pipeline: beat cancels
-            message = queue_run(session, run, pipeline, now=utcnow(), expires=cp.settings.run_job_expires)
+        if run.state is RunState.SCHEDULED and run.attempt == 1:
+            pipeline = session.exec(select(Pipeline).where(Pipeline.name == run.pipeline)).first()
+            if pipeline is not None:  # removed from the configuration: beat cancels the run
+                message = queue_run(session, run, pipeline, now=utcnow(), expires=cp.settings.run_job_expires)
     if message is None:
         return run, False
     try:

@@ -80,8 +80,9 @@ def run_daemon(
             code=EXIT_BAD_INPUT,
         )
     app = make_celery(settings, name=f"daemon-{name}")
-    daemon = DaemonRuntime(settings, app, name=name, labels=labels)
-    daemon.orphaned_task_ids = orphaned_jobs(app, daemon_queue(name))
+    # before the worker consumes: what is held then was held by an earlier process
+    orphaned = orphaned_jobs(app, daemon_queue(name))
+    daemon = DaemonRuntime(settings, app, name=name, labels=labels, orphaned_task_ids=orphaned)
     register_daemon_tasks(app, daemon)
     app.steps["worker"].add(lifecycle_step(daemon))
     argv = worker_argv(

@@ -134,7 +134,7 @@ def _iso(parse: Callable[[str], Any], *, offsets: bool = True) -> Callable[[Sequ
 
 #: per type, whether a column's fields are all in a plain form (see ``plain``; booleans in the words
 #: of _BOOLEANS, timestamps without a UTC offset, which ``text_parser`` refuses)
-_PLAIN: dict[LogicalType, Callable[[Sequence[str]], bool]] = {
+_PLAIN: dict[LogicalType, plain.Check] = {
     T.INTEGER: plain.integer,
     T.BIGINT: plain.integer,
     T.FLOAT: plain.number,
@@ -148,9 +148,9 @@ _PLAIN: dict[LogicalType, Callable[[Sequence[str]], bool]] = {
 
 def plain_parser(kind: LogicalType) -> ColumnParser:
     """Like ``column_parser``, but a column whose fields are all plain (see _PLAIN) stays text."""
-    parse, plain = column_parser(kind), _PLAIN[kind]
+    parse, is_plain = column_parser(kind), _PLAIN[kind]
     assert parse is not None
-    return lambda texts: texts if plain(texts) else parse(texts)
+    return lambda texts: texts if is_plain(texts) else parse(texts)
 
 
 def csv_value(label: str, line: int, column: Column, text: str) -> Any:
