@@ -18,7 +18,7 @@ import yaml
 from croniter import CroniterBadDateError, croniter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from cp.connectors import CONNECTOR_KINDS, SOURCE_ONLY_KINDS
+from cp.connectors import CONNECTOR_KINDS, REFERENCE_HELP, SOURCE_ONLY_KINDS, literal_password_problem
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
 SECRET_REF = re.compile(r"\$\{(env|file):([^}]+)\}")
@@ -163,6 +163,7 @@ def _semantic_problems(doc: ConfigDocument) -> list[str]:
         if not file_source and (pipe.source.table is None) == (pipe.source.query is None):
             problems.append(f"{where}.source: give exactly one of table or query")
         problems += _mode_problems(where, pipe)
+        problems += _endpoint_reference_problems(where, pipe)
         if kinds.get(pipe.destination.connector) in SOURCE_ONLY_KINDS:
             problems.append(
                 f"{where}.destination.connector: {pipe.destination.connector!r} is a "
@@ -230,13 +231,50 @@ def _connector_problems(where: str, conn: ConnectorDecl) -> list[str]:
         options_model.model_validate(options)
     except ValidationError as exc:
         problems += [f"{where}.{_loc(err['loc'])}: {_msg(err)}" for err in exc.errors()]
-    for key, value in options.items():
-        if isinstance(value, str):
-            for ref in ANY_REF.findall(value):
-                if not SECRET_REF.fullmatch(ref):
-                    problems.append(
-                        f"{where}.{key}: invalid reference {ref} (use ${{env:NAME}} or ${{file:/path}})"
-                    )
+    for key, value in _strings(options):
+        problems += _secret_problems(f"{where}.{key}", value, kind=conn.kind, key=key)
+    return problems
+
+
+def _strings(value: Any, path: str = "") -> Iterable[tuple[str, str]]:
+    """Every string inside an option value, with its path (``columns.amount``)."""
+    if isinstance(value, str):
+        yield path, value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _strings(item, f"{path}.{key}" if path else str(key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _strings(item, f"{path}[{index}]")
+
+
+def _secret_problems(where: str, value: str, *, kind: str, key: str) -> list[str]:
+    """A malformed reference, a reference where the kind takes none, or a literal password."""
+    secret_options = CONNECTOR_KINDS[kind].secret_options
+    references = ANY_REF.findall(value)
+    invalid = [ref for ref in references if not SECRET_REF.fullmatch(ref)]
+    if invalid:
+        return [f"{where}: invalid reference {ref} (use {REFERENCE_HELP})" for ref in invalid]
+    if key in secret_options:
+        return []  # the options model checked its literal passwords
+    if references:
+        takes = f"one only in {', '.join(sorted(secret_options))}" if secret_options else "none"
+        return [f"{where}: a secret reference is not allowed here (a {kind} connector takes {takes})"]
+    problem = literal_password_problem(value, what=key)
+    return [f"{where}: {problem}"] if problem else []
+
+
+def _endpoint_reference_problems(where: str, pipe: PipelineDecl) -> list[str]:
+    """Table names and queries are never resolved: a reference there is a mistake, or a leak."""
+    problems = []
+    for end_name, end in (("source", pipe.source), ("destination", pipe.destination)):
+        for field_name in ("table", "query"):
+            text = getattr(end, field_name)
+            if text and ANY_REF.search(text):
+                problems.append(
+                    f"{where}.{end_name}.{field_name}: a secret reference is not allowed here"
+                    " (only in a connector's secret options)"
+                )
     return problems
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from cp.protocol import RunEventState, RunJob
@@ -14,7 +14,7 @@ from workers.movement.errors import CancelledError, MovementError
 from workers.movement.interface import ReadSpec, WriteSpec
 from workers.movement.registry import make_sink, make_source
 from workers.movement.types import UnsupportedTypeError
-from workers.secrets import SecretError
+from workers.secrets import SecretError, scrubbed
 
 log = logging.getLogger(__name__)
 PROGRESS_EVERY = 1.0  # seconds between progress events, at most
@@ -95,5 +95,8 @@ def execute(job: RunJob, *, home: Path, report: Report, should_stop: Callable[[]
         outcome = Outcome("failed", error=f"{where}: unexpected {type(exc).__name__} (see the daemon log)")
     else:
         outcome = Outcome("succeeded", rows_read=result.rows_read, rows_written=result.rows_written)
+    if outcome.error is not None:
+        # the last gate before the error leaves the daemon: whatever a connector let through
+        outcome = replace(outcome, error=scrubbed(outcome.error))
     report(outcome)
     return outcome

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from celery import Celery, bootsteps
+from celery.signals import after_setup_logger, after_setup_task_logger
 from celery.worker import state as worker_state
 
 from cp.models import utcnow
@@ -28,11 +29,17 @@ from cp.protocol import (
 )
 from workers.jobs import Outcome, Report, execute
 from workers.runtime import DaemonRuntime
+from workers.secrets import install_log_scrubbing
 
 log = logging.getLogger(__name__)
 
 
 def register_daemon_tasks(app: Celery, daemon: DaemonRuntime) -> None:
+    # every handler Celery sets up in this process scrubs secrets from what it writes
+    install_log_scrubbing()
+    after_setup_logger.connect(install_log_scrubbing, weak=False)
+    after_setup_task_logger.connect(install_log_scrubbing, weak=False)
+
     @app.task(name=DAEMON_APPLY_CONFIG, ignore_result=True)
     def apply_config(*args: Any, **kwargs: Any) -> None:
         try:
@@ -40,19 +47,12 @@ def register_daemon_tasks(app: Celery, daemon: DaemonRuntime) -> None:
         except MessageError as exc:
             log.error("rejected %s message: %s", DAEMON_APPLY_CONFIG, exc)
             return
-        error = _store_config(daemon, config)
-        if error:
-            log.error("config version %s not applied: %s", config.version, error)
-        else:
-            log.info(
-                "applied config version %s (%d pipelines)",
-                config.version,
-                len(config.state.pipelines),
-            )
+        version, error = _store_config(daemon, config)
         daemon.send(
             CP_CONFIG_APPLIED,
-            ConfigApplied(name=daemon.name, version=config.version, ok=error is None, error=error),
-            argsrepr=f"daemon={daemon.name} version={config.version}",
+            # the version reported only moves forward: an older push reports the newer one kept
+            ConfigApplied(name=daemon.name, version=version, ok=error is None, error=error),
+            argsrepr=f"daemon={daemon.name} version={version}",
         )
 
     @app.task(name=DAEMON_PROBE, ignore_result=True)
@@ -90,14 +90,25 @@ def register_daemon_tasks(app: Celery, daemon: DaemonRuntime) -> None:
             daemon.release(task_id)
 
 
-def _store_config(daemon: DaemonRuntime, config: ApplyConfig) -> str | None:
+def _store_config(daemon: DaemonRuntime, config: ApplyConfig) -> tuple[int, str | None]:
+    """Apply ``config`` unless a newer one is applied; the version applied now, and any error."""
     if config.state.daemon != daemon.name:
-        return f"config for daemon {config.state.daemon!r} arrived at {daemon.name!r}"
-    try:
-        daemon.state.save(config)
-    except OSError as exc:
-        return f"cannot store config locally: {exc.strerror}"
-    return None
+        error = f"config for daemon {config.state.daemon!r} arrived at {daemon.name!r}"
+    else:
+        try:
+            applied = daemon.state.apply(config)
+        except OSError as exc:
+            error = f"cannot store config locally: {exc.strerror}"
+        else:
+            if applied.ignored:
+                log.info("config version %s ignored: version %s is newer", config.version, applied.version)
+            else:
+                log.info(
+                    "applied config version %s (%d pipelines)", config.version, len(config.state.pipelines)
+                )
+            return applied.version, None
+    log.error("config version %s not applied: %s", config.version, error)
+    return config.version, error
 
 
 def _give_up(daemon: DaemonRuntime, job: RunJob, deliveries: int) -> None:

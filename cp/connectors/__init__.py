@@ -7,36 +7,88 @@ references at run time, so a password never sits in the configuration, a message
 from __future__ import annotations
 
 import re
-from urllib.parse import urlsplit
+from typing import ClassVar
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-_REFERENCE = re.compile(r"^\$\{(env|file):[^}]+\}$")
-_KEYWORD_PASSWORD = re.compile(r"(?:^|\s)password\s*=\s*(\S+)")
+REFERENCE_HELP = "${env:NAME} or ${file:/path}"
+_REFERENCE = re.compile(r"\$\{(env|file):[^}]+\}")
+_MARKER = "MYCELIALSECRETREFERENCE"  # stands in for a reference while a DSN is parsed
+_MARKED = re.compile(rf"^(?:{_MARKER}\d+)+$")
+_PASSWORD_KEYS = frozenset({"password", "sslpassword"})
+# scheme://user:password@ — greedy to the token's last "@", as a driver may read an unencoded one
+_URL_USERINFO_PASSWORD = re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]*://[^\s:/?#@]*:(\S*)@")
+_KEYWORD_VALUE = re.compile(r"""\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*('(?:[^'\\]|\\.)*'|[^\s']*)""")
 _COLUMN_TYPE = re.compile(
     r"^(integer|bigint|float|decimal(\(\d+\s*(,\s*\d+)?\))?|text|boolean|date|timestamp|timestamptz|bytes|json)$"
 )
 
 
+def _literal(what: str) -> ValueError:
+    return ValueError(f"{what} must be a secret reference ({REFERENCE_HELP}), not a literal")
+
+
 def _require_reference(value: str, what: str) -> None:
-    if not _REFERENCE.match(value):
-        raise ValueError(f"{what} must be a secret reference such as ${{env:PG_PASSWORD}}, not a literal")
+    if not _REFERENCE.fullmatch(value):
+        raise _literal(what)
 
 
-def _check_dsn_password(dsn: str) -> None:
-    """A password inside a connection string must be a reference, never the secret itself."""
-    if "://" in dsn:
-        password = urlsplit(dsn.replace("${", "%7B").replace("}", "%7D")).password
-        if password:
-            _require_reference(password.replace("%7B", "${").replace("%7D", "}"), "the password in dsn")
-        return
-    match = _KEYWORD_PASSWORD.search(dsn)
-    if match:
-        _require_reference(match.group(1), "the password in dsn")
+def _is_reference(value: str) -> bool:
+    return bool(_MARKED.match(value))
+
+
+def _url_passwords(marked: str) -> list[str]:
+    """Every password a URL form can carry: userinfo (however a parser splits it) and the
+    ``password``/``sslpassword`` query parameters, repeated ones included."""
+    found = [unquote(m.group(1)) for m in _URL_USERINFO_PASSWORD.finditer(marked)]
+    try:
+        parts = urlsplit(marked)
+        if parts.password is not None:
+            found.append(unquote(parts.password))
+        query = parts.query
+    except ValueError:
+        query = marked.partition("?")[2]
+    found += [v for k, v in parse_qsl(query, keep_blank_values=True) if k.lower() in _PASSWORD_KEYS]
+    return found
+
+
+def _keyword_passwords(marked: str) -> list[str] | None:
+    """The password values of a libpq ``key=value`` string, or None when it does not parse."""
+    found: list[str] = []
+    position = 0
+    while position < len(marked.rstrip()):
+        match = _KEYWORD_VALUE.match(marked, position)
+        if not match or match.end() == position:
+            return None
+        key, value = match.group(1), match.group(2)
+        if value.startswith("'"):
+            value = re.sub(r"\\(.)", r"\1", value[1:-1])
+        if key.lower() in _PASSWORD_KEYS:
+            found.append(value)
+        position = match.end()
+    return found
+
+
+def literal_password_problem(text: str, *, what: str) -> str | None:
+    """Why ``text`` (a DSN in any form, or any option) holds a literal password, or None."""
+    references = iter(range(10**6))
+    marked = _REFERENCE.sub(lambda _: f"{_MARKER}{next(references)}", text)
+    passwords = _url_passwords(marked) if "://" in marked else []
+    if "://" not in marked and "=" in marked:
+        keyword = _keyword_passwords(marked)
+        if keyword is None and re.search(r"(?i)password\s*=", marked):
+            return f"{what} does not parse as key=value pairs, and it names a password"
+        passwords += keyword or []
+    if any(p and not _is_reference(p) for p in passwords):
+        return str(_literal(f"the password in {what}"))
+    return None
 
 
 class _Options(BaseModel):
     model_config = ConfigDict(extra="forbid")
+    #: the options where a ``${env:..}``/``${file:..}`` reference is allowed; nowhere else
+    secret_options: ClassVar[frozenset[str]] = frozenset()
 
 
 class SqliteOptions(_Options):
@@ -48,17 +100,21 @@ class SqliteOptions(_Options):
 class PostgresOptions(_Options):
     """``dsn``: a libpq URL or key=value string; its password, if any, as a secret reference."""
 
+    secret_options: ClassVar[frozenset[str]] = frozenset({"dsn"})
     dsn: str = Field(min_length=1)
     schema_: str = Field(default="public", alias="schema")
 
     @field_validator("dsn")
     @classmethod
     def _no_literal_password(cls, value: str) -> str:
-        _check_dsn_password(value)
+        problem = literal_password_problem(value, what="dsn")
+        if problem:
+            raise ValueError(problem)
         return value
 
 
 class MysqlOptions(_Options):
+    secret_options: ClassVar[frozenset[str]] = frozenset({"password"})
     host: str = "127.0.0.1"
     port: int = Field(default=3306, ge=1, le=65535)
     user: str = "root"
@@ -97,7 +153,7 @@ class JsonlOptions(_FileOptions):
     pass
 
 
-CONNECTOR_KINDS: dict[str, type[BaseModel]] = {
+CONNECTOR_KINDS: dict[str, type[_Options]] = {
     "sqlite": SqliteOptions,
     "postgres": PostgresOptions,
     "mysql": MysqlOptions,

@@ -85,12 +85,20 @@ def test_an_empty_file_is_an_empty_configuration() -> None:
 def test_well_formed_secret_references_are_accepted_and_kept_as_references(
     raw_config: dict[str, Any],
 ) -> None:
-    raw_config["connectors"][0]["path"] = "${env:SHOP_DB}"
-    raw_config["connectors"][1]["path"] = "${file:/run/secrets/warehouse}"
+    raw_config["connectors"][0] = {"name": "shop", "kind": "postgres", "dsn": "${env:SHOP_DSN}"}
+    raw_config["connectors"][1] = {
+        "name": "warehouse",
+        "kind": "mysql",
+        "database": "dw",
+        "password": "${file:/run/secrets/warehouse}",
+    }
 
     options = [c["options"] for c in validate(raw_config)["connectors"]]
 
-    assert options == [{"path": "${env:SHOP_DB}"}, {"path": "${file:/run/secrets/warehouse}"}]
+    assert options == [
+        {"dsn": "${env:SHOP_DSN}"},
+        {"database": "dw", "password": "${file:/run/secrets/warehouse}"},
+    ]
 
 
 BAD_INPUTS = [

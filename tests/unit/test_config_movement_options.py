@@ -66,18 +66,18 @@ def problems(
         ),
         (
             {"source": "kind: postgres, dsn: 'postgresql://app:hunter2@db/shop'"},
-            "f.yaml: connectors[0].dsn: Value error, the password in dsn must be a secret reference such as"
-            " ${env:PG_PASSWORD}, not a literal",
+            "f.yaml: connectors[0].dsn: Value error, the password in dsn must be a secret reference"
+            " (${env:NAME} or ${file:/path}), not a literal",
         ),
         (
             {"source": "kind: postgres, dsn: 'host=db user=app password=hunter2'"},
-            "f.yaml: connectors[0].dsn: Value error, the password in dsn must be a secret reference such as"
-            " ${env:PG_PASSWORD}, not a literal",
+            "f.yaml: connectors[0].dsn: Value error, the password in dsn must be a secret reference"
+            " (${env:NAME} or ${file:/path}), not a literal",
         ),
         (
             {"source": "kind: mysql, database: shop, password: hunter2"},
-            "f.yaml: connectors[0].password: Value error, password must be a secret reference such as"
-            " ${env:PG_PASSWORD}, not a literal",
+            "f.yaml: connectors[0].password: Value error, password must be a secret reference"
+            " (${env:NAME} or ${file:/path}), not a literal",
         ),
         (
             {"source": "kind: csv, path: in.csv, columns: {amount: money}"},

@@ -89,12 +89,12 @@ def test_changing_a_connector_pushes_to_every_daemon_whose_pipelines_use_it(
     apply: Apply, raw_config: dict[str, Any]
 ) -> None:
     apply(raw_config, now=T0)
-    raw_config["connectors"][0]["path"] = "${env:SHOP_DB}"
+    raw_config["connectors"][0] = {"name": "shop", "kind": "postgres", "dsn": "${env:SHOP_DSN}"}
 
     result = apply(raw_config, now=T1)
 
     assert set(pipelines_of(result)) == {"edge-berlin-1", "edge-berlin-2", "edge-paris"}
-    assert result.pushes[0].state.pipelines[0].source.options == {"path": "${env:SHOP_DB}"}
+    assert result.pushes[0].state.pipelines[0].source.options == {"dsn": "${env:SHOP_DSN}"}
 
 
 def test_moving_a_pipeline_pushes_to_the_daemon_it_left_and_the_one_it_joined(

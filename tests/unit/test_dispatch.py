@@ -105,7 +105,7 @@ def test_applying_a_configuration_yields_pushes_whose_messages_reach_each_daemon
     apply: Callable[..., ApplyResult], raw_config: dict[str, Any]
 ) -> None:
     dispatcher = MemoryDispatcher()
-    raw_config["connectors"][0]["path"] = "${env:SHOP_DB}"
+    raw_config["connectors"][0] = {"name": "shop", "kind": "postgres", "dsn": "${env:SHOP_DB}"}
 
     for each in apply(raw_config, now=datetime(2025, 6, 2, 9, 0, tzinfo=UTC)).pushes:
         dispatcher.send(apply_config_message(each, expires=60.0))

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from workers.secrets import scrubbed
+
 
 class MovementError(RuntimeError):
     """A failure with a message fit for an operator: names the connector and the cause, no secrets."""
 
     retryable = False
+
+    def __init__(self, *args: object) -> None:
+        # every connector's message passes here: clean it of resolved secrets and DSN credentials
+        super().__init__(*(scrubbed(a) if isinstance(a, str) else a for a in args))
 
 
 class RetryableError(MovementError):

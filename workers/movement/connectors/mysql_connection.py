@@ -17,7 +17,8 @@ import pymysql
 import pymysql.cursors
 
 from workers.movement.errors import MovementError, RetryableError
-from workers.secrets import SecretError, resolve
+from workers.scrub import scrub
+from workers.secrets import SecretError, remember, resolve
 
 Connection: TypeAlias = "pymysql.connections.Connection[pymysql.cursors.Cursor]"
 
@@ -33,8 +34,8 @@ class Settings:
     database: str
 
     def scrub(self, text: str) -> str:
-        """A message with the password, should a server or driver ever echo it, blanked out."""
-        return text.replace(self.password, "***") if self.password else text
+        """A message without the password in any form, should a server or driver ever echo it."""
+        return scrub(text, secrets=[self.password])
 
 
 def settings(options: dict[str, Any], where: str) -> Settings:
@@ -57,6 +58,7 @@ def settings(options: dict[str, Any], where: str) -> Settings:
         port = int(values["port"])
     except ValueError:
         raise MovementError(f"{where}: option 'port' must be a number, not {values['port']!r}") from None
+    remember([values["password"]])  # a literal one too: it may be echoed in any later error
     return Settings(values["host"], port, values["user"], values["password"], values["database"])
 
 

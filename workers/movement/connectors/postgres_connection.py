@@ -4,46 +4,36 @@ carry the DSN or its password."""
 
 from __future__ import annotations
 
-import re
 from typing import Any
-from urllib.parse import unquote
 
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
 from workers.movement.errors import MovementError, RetryableError
-from workers.secrets import resolve
+from workers.scrub import dsn_secrets, scrub
+from workers.secrets import remember, resolve
 
 Connection = psycopg.Connection[tuple[Any, ...]]
 
 CONNECT_TIMEOUT = 10  # seconds; libpq would otherwise wait forever on a silent host
 
-_URL_USERINFO = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://([^@/?#]*)@")
-_URL_PASSWORD_PARAM = re.compile(r"[?&]password=([^&#]*)", re.IGNORECASE)
-_KV_PASSWORD = re.compile(r"\bpassword\s*=\s*('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
-
 
 def secrets_of(dsn: str) -> list[str]:
-    """Every form in which the DSN's password could show up in a message, longest first."""
-    found = {dsn}
-    userinfo = _URL_USERINFO.match(dsn)
-    if userinfo and ":" in userinfo.group(1):
-        found.add(userinfo.group(1).split(":", 1)[1])
-    found.update(m.group(1) for m in _URL_PASSWORD_PARAM.finditer(dsn))
-    found.update(m.group(1).strip("'") for m in _KV_PASSWORD.finditer(dsn))
+    """Every password the DSN carries, remembered for the daemon's scrubbing; the DSN's other parts
+    (host, user, database) are not secrets, and scrubbing masks any DSN's credentials anyway."""
+    found = dsn_secrets(dsn)
     try:
         found.add(str(conninfo_to_dict(dsn).get("password") or ""))
     except psycopg.Error:
-        pass  # malformed: the patterns above already caught what they could
-    found.update([unquote(s) for s in found])
-    return sorted((s for s in found if s), key=len, reverse=True)
+        pass  # malformed: dsn_secrets already took what the patterns could find
+    values = sorted((s for s in found if s), key=len, reverse=True)
+    remember(values)
+    return values
 
 
 def redact(text: str, secrets: list[str]) -> str:
-    for secret in secrets:
-        text = text.replace(secret, "***")
-    return text
+    return scrub(text, secrets=secrets)
 
 
 def reason(exc: BaseException, secrets: list[str]) -> str:
