@@ -68,6 +68,7 @@ def dsn_secrets(dsn: str) -> set[str]:
                 found.update({parts.password, unquote(parts.password)})
         except ValueError:
             pass  # malformed: the pattern above took what it could
+        return {s for s in found if s}
     for match in _KEYWORD_PASSWORD.finditer(dsn):
         raw = match.group(1)
         found.add(raw)

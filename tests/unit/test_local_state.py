@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
+import random
+import stat
+import threading
 from pathlib import Path
 
 import pytest
 
 from cp.protocol import ApplyConfig, ConnectorSpec, DesiredState, PipelineSpec
-from workers.local_state import LocalState
+from workers.local_state import Applied, LocalState
 
 
 def config(version: int) -> ApplyConfig:
@@ -64,3 +68,67 @@ def test_a_save_that_fails_midway_leaves_the_previous_config_intact(
     monkeypatch.undo()
 
     assert state.load() == config(3)
+
+
+def test_the_config_file_is_private_to_the_daemon_user_and_so_is_its_directory(tmp_path: Path) -> None:
+    state = LocalState(tmp_path / "daemons" / "edge-1")
+
+    state.save(config(3))
+
+    assert stat.S_IMODE(state.path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(state.directory.stat().st_mode) == 0o700
+
+
+def test_a_file_an_older_release_left_world_readable_is_made_private_when_loaded(tmp_path: Path) -> None:
+    state = LocalState(tmp_path)
+    state.save(config(3))
+    state.path.chmod(0o644)
+
+    assert state.load() == config(3)
+
+    assert stat.S_IMODE(state.path.stat().st_mode) == 0o600
+
+
+@pytest.mark.parametrize("order", [(43, 42), (42, 43)])
+def test_an_older_version_never_replaces_a_newer_one(tmp_path: Path, order: tuple[int, int]) -> None:
+    state = LocalState(tmp_path)
+
+    results = [state.apply(config(version)) for version in order]
+
+    assert state.load() == config(43)
+    assert [r.version for r in results] == [order[0], 43]
+    assert [r.ignored for r in results] == [False, order == (43, 42)]
+
+
+def test_the_same_version_pushed_again_is_applied_again(tmp_path: Path) -> None:
+    state = LocalState(tmp_path)
+    state.apply(config(7))
+
+    assert state.apply(config(7)) == Applied(version=7, ignored=False)
+
+
+def _apply_many(directory: str, versions: list[int]) -> None:
+    state = LocalState(Path(directory))
+    for version in versions:
+        state.apply(config(version))
+
+
+def test_concurrent_saves_from_threads_and_processes_never_collide_and_end_on_the_newest(
+    tmp_path: Path,
+) -> None:
+    versions = list(range(1, 41))
+    random.Random(9).shuffle(versions)
+    parts = [versions[i::4] for i in range(4)]
+    context = multiprocessing.get_context("fork")
+    processes = [context.Process(target=_apply_many, args=(str(tmp_path), part)) for part in parts[:2]]
+    threads = [threading.Thread(target=_apply_many, args=(str(tmp_path), part)) for part in parts[2:]]
+    for worker in [*processes, *threads]:
+        worker.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    for process in processes:
+        process.join(timeout=120)
+
+    assert [p.exitcode for p in processes] == [0, 0]
+    assert LocalState(tmp_path).load() == config(40)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["applied-config.json", "applied-config.lock"]
