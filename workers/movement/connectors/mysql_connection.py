@@ -103,6 +103,12 @@ def connect(config: Settings, where: str, *, conv: dict[Any, Any] | None = None)
         if _code(exc) in _FATAL_CONNECT_CODES:
             raise MovementError(message) from None
         raise RetryableError(message) from None
+    except UnicodeEncodeError:
+        # PyMySQL sends the password as Latin-1; its error would only name a position in it
+        raise MovementError(
+            f"{where}: cannot connect to MySQL at {config.host}:{config.port}: the password has"
+            " characters outside Latin-1, which the MySQL driver cannot send"
+        ) from None
     return conn
 
 
