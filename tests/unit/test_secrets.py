@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import io
+import logging
 from pathlib import Path
 
 import pytest
 
-from workers.secrets import SecretError, resolve
+from cp.protocol import ConnectorSpec, PipelineSpec, RunJob
+from workers.jobs import Outcome, Report, execute
+from workers.secrets import SecretError, install_log_scrubbing, resolve
 
 
 def test_an_env_reference_resolves_to_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -58,3 +62,47 @@ def test_a_secret_error_never_shows_other_resolved_values(monkeypatch: pytest.Mo
         resolve("${env:PG_USER}:${env:PG_PASSWORD}")
 
     assert "etl-user-value" not in str(caught.value)
+
+
+def test_a_value_resolved_in_a_sqlite_path_does_not_show_in_the_run_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SHOP_DIR", "/srv/hidden-k9x2w7")
+    source = ConnectorSpec(name="shop", kind="sqlite", options={"path": "${env:SHOP_DIR}/shop.db"})
+    sink = ConnectorSpec(name="out", kind="sqlite", options={"path": "out.db"})
+    job = RunJob(
+        run_key="r1",
+        attempt=1,
+        pipeline=PipelineSpec(
+            name="p", source=source, source_table="t", destination=sink, destination_table="t"
+        ),
+    )
+    sent: list[Outcome] = []
+
+    outcome = execute(job, home=tmp_path, report=Report(sent.append), should_stop=lambda: False)
+
+    assert outcome.state == "failed" and "does not exist" in str(outcome.error)
+    assert "hidden-k9x2w7" not in str(outcome.error)
+    assert all("hidden-k9x2w7" not in str(o.error) for o in sent)
+
+
+def test_the_daemon_log_handlers_scrub_every_value_resolved_in_this_process(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("API_PASSWORD", "tango-v7q1 uniform-z3")
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    logger = logging.getLogger("tests.secrets.daemon")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        install_log_scrubbing(logger=logger)
+        install_log_scrubbing(logger=logger)  # once is enough: a second call adds nothing
+        resolve("${env:API_PASSWORD}")
+        logger.error("driver said: bad password %r near uniform-z3", "tango-v7q1 uniform-z3")
+    finally:
+        logger.removeHandler(handler)
+
+    assert len(handler.filters) == 1
+    assert "driver said: bad password" in stream.getvalue()
+    assert "tango" not in stream.getvalue() and "uniform" not in stream.getvalue()
