@@ -4,8 +4,9 @@ This module holds what both kinds share; ``csv_files`` and ``jsonl_files`` hold 
 
 Options (both kinds):
 
-- ``path``: a file or a folder. A relative path resolves against the daemon's home; ``${env:..}``
-  references are resolved at run time.
+- ``path``: a file or a folder. A relative path resolves against the daemon's home. It is not a
+  secret option: ``mycelial apply`` refuses a reference here (one stored by an older release is
+  still resolved, and its value scrubbed from errors).
 - ``pattern``: the glob a folder's file names must match (not recursive); default ``*.csv`` or
   ``*.jsonl``. Names starting with ``.`` or ending in ``.tmp`` / ``.part`` are never read: write a
   file under such a name, then rename it once it is complete.
