@@ -25,6 +25,16 @@ IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
 
 
+@pytest.fixture(autouse=True)
+def _forget_resolved_secrets() -> Iterator[None]:
+    """The daemon remembers resolved secrets per process; each test starts with none."""
+    from workers.secrets import forget_all
+
+    forget_all()
+    yield
+    forget_all()
+
+
 # --- broker ------------------------------------------------------------------------------
 
 

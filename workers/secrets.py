@@ -48,6 +48,14 @@ def known() -> frozenset[str]:
     return _frozen
 
 
+def forget_all() -> None:
+    """Forget every remembered value (tests: one test's secrets must not mask another's text)."""
+    global _frozen
+    with _lock:
+        _known.clear()
+        _frozen = frozenset()
+
+
 def scrubbed(text: str) -> str:
     """``text`` cleaned of every value this process resolved and of connection-string credentials."""
     return scrub(text, secrets=_frozen)
