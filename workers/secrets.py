@@ -33,10 +33,10 @@ class SecretError(LookupError):
 def remember(values: Iterable[str]) -> None:
     """Add secret values to the ones every scrubbed text is cleaned of."""
     global _frozen
-    new = [v for v in values if v and v not in _known]
-    if not new:
-        return
     with _lock:
+        new = [v for v in values if v and v not in _known]
+        if not new:
+            return
         for value in new:
             _known[value] = None
         while len(_known) > MAX_REMEMBERED:

@@ -111,17 +111,23 @@ def test_an_empty_secret_masks_nothing() -> None:
     assert scrub("nothing to hide", secrets=[""]) == "nothing to hide"
 
 
+# "*" is left out: the mask itself is made of it
+PASSWORD_TEXT = st.text(min_size=1, max_size=40).filter(lambda p: "*" not in p)
+
+
 @settings(max_examples=300, deadline=None)
-@given(password=st.text(min_size=1, max_size=40), before=st.text(max_size=20), after=st.text(max_size=20))
+@given(password=PASSWORD_TEXT, before=st.text(max_size=20), after=st.text(max_size=20))
 def test_for_any_password_the_scrubbed_message_does_not_contain_it(
     password: str, before: str, after: str
 ) -> None:
-    message = f"{before}could not connect with {password} or {quote(password, safe='')}{after}"
+    encoded = quote(password, safe="")
+    message = f"{before}could not connect with {password} or {encoded} or {json.dumps(password)}{after}"
 
     out = scrub(message, secrets=[password])
 
-    assert password.casefold() not in out.casefold() or password.casefold() in "***".casefold()
-    assert quote(password, safe="") not in out or quote(password, safe="") in "***"
+    assert password not in out
+    assert encoded not in out
+    assert json.dumps(password)[1:-1] not in out
 
 
 @settings(max_examples=200, deadline=None)
