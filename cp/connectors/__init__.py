@@ -6,6 +6,7 @@ references at run time, so a password never sits in the configuration, a message
 
 from __future__ import annotations
 
+import itertools
 import re
 from typing import ClassVar
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -72,8 +73,8 @@ def _keyword_passwords(marked: str) -> list[str] | None:
 
 def literal_password_problem(text: str, *, what: str) -> str | None:
     """Why ``text`` (a DSN in any form, or any option) holds a literal password, or None."""
-    references = iter(range(10**6))
-    marked = _REFERENCE.sub(lambda _: f"{_MARKER}{next(references)}", text)
+    numbers = itertools.count()
+    marked = _REFERENCE.sub(lambda _: f"{_MARKER}{next(numbers)}", text)
     passwords = _url_passwords(marked) if "://" in marked else []
     if "://" not in marked and "=" in marked:
         keyword = _keyword_passwords(marked)
