@@ -30,6 +30,7 @@ from cp.connectors import CONNECTOR_KINDS, SOURCE_ONLY_KINDS
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
 SECRET_REF = re.compile(r"\$\{(env|file):([^}]+)\}")
 ANY_REF = re.compile(r"\$\{[^}]*\}")
+PLAIN_KEY = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 class _Strict(BaseModel):
@@ -128,7 +129,12 @@ def parse_config_text(
 def _loc(loc: Iterable[int | str]) -> str:
     out = ""
     for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif not PLAIN_KEY.fullmatch(part):  # a key as the file wrote it: spaces, newlines, anything
+            out += f"[{shown(part)}]"
+        else:
+            out += f".{part}" if out else part
     return out or "<top level>"
 
 

@@ -18,7 +18,7 @@ import yaml
 from yaml.composer import Composer
 from yaml.constructor import ConstructorError, SafeConstructor
 from yaml.events import AliasEvent, ScalarEvent
-from yaml.nodes import MappingNode, Node, ScalarNode
+from yaml.nodes import MappingNode, Node
 from yaml.parser import Parser
 from yaml.reader import Reader, ReaderError
 from yaml.resolver import Resolver
@@ -184,12 +184,15 @@ class BoundedLoader(Composer, EventSource, SafeConstructor, Resolver):
             )
         return value
 
-    def construct_yaml_int(self, node: ScalarNode) -> int:
+    def construct_object(self, node: Node, deep: bool = False) -> Any:
         try:
-            return super().construct_yaml_int(node)
-        except ValueError:
+            return super().construct_object(node, deep=deep)
+        except (ValueError, IndexError, KeyError, OverflowError):
+            # an explicit tag on a value it does not fit (!!int '', !!bool maybe), or an integer
+            # longer than Python converts: SafeConstructor lets those escape as they are
+            kind = node.tag.rsplit(":", 1)[-1]
             raise ConstructorError(
-                None, None, f"integer {shown(node.value)} is too long", node.start_mark
+                None, None, f"cannot read {shown(node.value)} as {kind}", node.start_mark
             ) from None
 
     def construct_unsupported(self, node: Node) -> Any:
@@ -203,7 +206,6 @@ BoundedLoader.yaml_implicit_resolvers = {
     first: [(tag, regexp) for tag, regexp in resolvers if tag != TIMESTAMP_TAG]
     for first, resolvers in Resolver.yaml_implicit_resolvers.items()
 }
-BoundedLoader.add_constructor("tag:yaml.org,2002:int", BoundedLoader.construct_yaml_int)  # type: ignore[type-var]
 for _suffix in UNSUPPORTED_TAGS:
     BoundedLoader.add_constructor(  # type: ignore[type-var]
         f"tag:yaml.org,2002:{_suffix}", BoundedLoader.construct_unsupported

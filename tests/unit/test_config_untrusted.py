@@ -272,8 +272,15 @@ def test_tags_whose_values_are_not_json_are_refused(tag: str) -> None:
 def test_an_integer_too_long_to_convert_is_an_error() -> None:
     (problem,) = problems("daemons: " + "9" * 5_000 + "\n")
 
-    assert problem.startswith(f"{SOURCE}: invalid YAML at line 1, column 10: integer '9999")
-    assert problem.endswith("... is too long")
+    assert problem.startswith(f"{SOURCE}: invalid YAML at line 1, column 10: cannot read '9999")
+    assert problem.endswith("... as int")
+
+
+@pytest.mark.parametrize("value", ["!!int ''", "!!float abc", "!!bool maybe", "!!int 0x"])
+def test_an_explicit_tag_on_a_value_it_does_not_fit_is_an_error(value: str) -> None:
+    (problem,) = problems(f"daemons: {value}\n")
+
+    assert problem.startswith(f"{SOURCE}: invalid YAML at line 1, column 10: cannot read ")
 
 
 def test_a_name_far_too_long_is_shown_shortened_in_its_one_line_problem() -> None:
