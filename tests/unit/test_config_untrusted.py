@@ -322,3 +322,18 @@ def test_the_default_limits_are_the_documented_ones() -> None:
     assert ConfigLimits.defaults() == ConfigLimits(
         max_bytes=4 * 1024 * 1024, max_nodes=500_000, max_text=8 * 1024 * 1024, max_depth=32
     )
+
+
+def test_a_leading_byte_order_mark_is_accepted(tmp_path: Path) -> None:
+    path = tmp_path / "bom.yaml"
+    path.write_bytes(b"\xef\xbb\xbfdaemons: [{name: edge-1}]\n")
+
+    assert load_config_file(path)["daemons"] == [{"name": "edge-1", "labels": {}}]
+
+
+def test_a_python_tag_is_refused() -> None:
+    (problem,) = problems("daemons: !!python/object:os.system [echo]\n")
+
+    assert problem.startswith(
+        f"{SOURCE}: invalid YAML at line 1, column 10: could not determine a constructor"
+    )
