@@ -6,13 +6,14 @@ here counts every node as it would be once aliases are expanded and stops at the
 a limit, before anything is constructed. Only JSON types come out: str, int, float, bool, None,
 lists and mappings; dates stay text. Events come from libyaml when PyYAML has it (six times
 faster than the pure-Python parser); composing and constructing stay in Python, where they are
-checked.
+checked, whichever parser feeds them.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from yaml.composer import Composer
@@ -42,26 +43,19 @@ class DuplicateKey(yaml.MarkedYAMLError):
     """A mapping names one key twice."""
 
 
-class PythonEvents(Reader, Scanner, Parser):
-    """YAML events from PyYAML's own parser, where libyaml is missing."""
+class BoundedComposer(Composer, SafeConstructor, Resolver):
+    """Composing and constructing that refuse duplicate keys and count aliases as what they stand for.
 
-    def __init__(self, stream: str) -> None:
-        Reader.__init__(self, stream)
-        Scanner.__init__(self)
-        Parser.__init__(self)
+    Events come from the parser a subclass mixes in after it.
+    """
 
+    if TYPE_CHECKING:  # provided by the parser of the concrete loader
 
-if yaml.__with_libyaml__:
-    from yaml._yaml import CParser as EventSource
-else:  # pragma: no cover - PyYAML wheels ship libyaml
-    EventSource = PythonEvents  # type: ignore[misc,assignment]
+        def check_event(self, *choices: Any) -> bool: ...
+        def peek_event(self) -> Any: ...
+        def dispose(self) -> None: ...
 
-
-class BoundedLoader(Composer, EventSource, SafeConstructor, Resolver):
-    """A safe loader that refuses duplicate keys and counts aliases as the nodes they stand for."""
-
-    def __init__(self, stream: str, *, limits: ConfigLimits) -> None:
-        EventSource.__init__(self, stream)
+    def __init__(self, *, limits: ConfigLimits) -> None:
         Composer.__init__(self)
         SafeConstructor.__init__(self)
         Resolver.__init__(self)
@@ -202,24 +196,57 @@ class BoundedLoader(Composer, EventSource, SafeConstructor, Resolver):
 
 
 # a plain scalar that looks like a date stays text; an explicit !!timestamp is refused below
-BoundedLoader.yaml_implicit_resolvers = {
+BoundedComposer.yaml_implicit_resolvers = {
     first: [(tag, regexp) for tag, regexp in resolvers if tag != TIMESTAMP_TAG]
     for first, resolvers in Resolver.yaml_implicit_resolvers.items()
 }
 for _suffix in UNSUPPORTED_TAGS:
-    BoundedLoader.add_constructor(  # type: ignore[type-var]
-        f"tag:yaml.org,2002:{_suffix}", BoundedLoader.construct_unsupported
+    BoundedComposer.add_constructor(  # type: ignore[type-var]
+        f"tag:yaml.org,2002:{_suffix}", BoundedComposer.construct_unsupported
     )
 
 
-def load_yaml(text: str, *, source: str, limits: ConfigLimits) -> Any:
+class PythonBoundedLoader(BoundedComposer, Reader, Scanner, Parser):
+    """The bounded loader on PyYAML's pure-Python parser."""
+
+    def __init__(self, stream: str, *, limits: ConfigLimits) -> None:
+        Reader.__init__(self, stream)
+        Scanner.__init__(self)
+        Parser.__init__(self)
+        BoundedComposer.__init__(self, limits=limits)
+
+
+if yaml.__with_libyaml__:
+    from yaml._yaml import CParser
+
+    class CBoundedLoader(BoundedComposer, CParser):
+        """The bounded loader on libyaml's parser."""
+
+        def __init__(self, stream: str, *, limits: ConfigLimits) -> None:
+            CParser.__init__(self, stream)
+            BoundedComposer.__init__(self, limits=limits)
+
+    BoundedLoader: Callable[..., BoundedComposer] = CBoundedLoader
+else:  # pragma: no cover - PyYAML's wheels ship libyaml
+    BoundedLoader = PythonBoundedLoader
+
+
+def load_yaml(
+    text: str,
+    *,
+    source: str,
+    limits: ConfigLimits,
+    loader_class: Callable[..., BoundedComposer] | None = None,
+) -> Any:
     """The single document in ``text`` as plain JSON types, or ConfigError with one line."""
+    if Reader.NON_PRINTABLE.search(text):  # before any parser: both then report it alike
+        raise ConfigError([f"{source}: {_bad_character(text)}"])
     loader = None
     try:
-        loader = BoundedLoader(text, limits=limits)  # reads the text: it may fail already
+        loader = (loader_class or BoundedLoader)(text, limits=limits)
         return loader.get_single_data()
-    except ReaderError:
-        raise ConfigError([f"{source}: {_bad_character(text)}"]) from None
+    except ReaderError as exc:  # pragma: no cover - the check above finds every such character
+        raise ConfigError([f"{source}: invalid YAML: {_one_line(str(exc))}"]) from None
     except (LimitExceeded, DuplicateKey) as exc:
         raise ConfigError([f"{source}: {_where(exc)}{exc.problem}"]) from None
     except yaml.MarkedYAMLError as exc:
@@ -235,8 +262,7 @@ def load_yaml(text: str, *, source: str, limits: ConfigLimits) -> Any:
 
 def _bad_character(text: str) -> str:
     match = Reader.NON_PRINTABLE.search(text)
-    if match is None:  # pragma: no cover - the reader and this pattern agree
-        return "invalid YAML: an unacceptable character"
+    assert match is not None
     line = text.count("\n", 0, match.start()) + 1
     column = match.start() - (text.rfind("\n", 0, match.start()) + 1) + 1
     return f"line {line}, column {column}: unacceptable character #x{ord(match.group()):04x} in YAML"

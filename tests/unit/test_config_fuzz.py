@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cp.config.limits import ConfigLimits
-from cp.config.safe_yaml import load_yaml
+from cp.config.safe_yaml import BoundedLoader, PythonBoundedLoader, load_yaml
 from cp.config_file import ConfigError, load_config_file, parse_config_text
 
 LIMITS = ConfigLimits(max_bytes=4_000, max_nodes=300, max_text=2_000, max_depth=10)
@@ -60,7 +60,7 @@ def expanded_size(value: Any, depth: int = 1) -> tuple[int, int, int]:
 
 
 @FUZZ
-@given(st.text(max_size=500))
+@given(st.text(st.characters(exclude_categories=()), max_size=500))
 def test_any_text_is_a_document_or_a_config_error(text: str) -> None:
     assert_document_or_config_error(text)
 
@@ -71,11 +71,12 @@ def test_any_yaml_like_text_is_a_document_or_a_config_error(text: str) -> None:
     assert_document_or_config_error(text)
 
 
+@pytest.mark.parametrize("loader", [BoundedLoader, PythonBoundedLoader], ids=["default", "pure-python"])
 @FUZZ
-@given(yaml_like())
-def test_whatever_loads_stays_within_the_limits(text: str) -> None:
+@given(text=yaml_like())
+def test_whatever_loads_stays_within_the_limits(loader: Any, text: str) -> None:
     try:
-        value = load_yaml(text, source="fuzz.yaml", limits=LIMITS)
+        value = load_yaml(text, source="fuzz.yaml", limits=LIMITS, loader_class=loader)
     except ConfigError:
         return
     nodes, characters, depth = expanded_size(value)

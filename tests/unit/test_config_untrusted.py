@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from cp.config.limits import ConfigLimits
+from cp.config.safe_yaml import BoundedLoader, PythonBoundedLoader, load_yaml
 from cp.config_file import ConfigError, load_config_file, parse_config_text
 from cp.settings import Settings
 
@@ -337,3 +338,58 @@ def test_a_python_tag_is_refused() -> None:
     assert problem.startswith(
         f"{SOURCE}: invalid YAML at line 1, column 10: could not determine a constructor"
     )
+
+
+# --- both parsers -------------------------------------------------------------------------
+
+PARSERS = pytest.mark.parametrize(
+    "loader", [BoundedLoader, PythonBoundedLoader], ids=["default", "pure-python"]
+)
+
+
+@PARSERS
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("a: 1\nb: 2\na: 3\n", "line 3: duplicate key 'a' (first at line 1)"),
+        (billion_laughs(levels=3), "line 3: the document expands to more than 1000 nodes"),
+        ("a: &x [1, *x]\n", "line 1: recursive alias *x"),
+        ("a: " + "[" * 13 + "]" * 13 + "\n", "line 1: nested deeper than 12 levels"),
+        (f"a: &a '{'x' * 3_000}'\nb: *a\n", "line 2: the document expands to more than 5000 characters"),
+        ("a: 'bell \x07'\n", "line 1, column 10: unacceptable character #x0007 in YAML"),
+        ("a: !!set {x}\n", "invalid YAML at line 1, column 4: tag tag:yaml.org,2002:set is not supported"),
+    ],
+    ids=["duplicate", "laughs", "recursive", "deep", "long-text", "control", "set"],
+)
+def test_both_parsers_enforce_the_same_bounds(loader: Any, text: str, problem: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_yaml(text, source=SOURCE, limits=SMALL, loader_class=loader)
+
+    (found,) = caught.value.problems
+    assert found.startswith(f"{SOURCE}: {problem}")
+
+
+@PARSERS
+def test_both_parsers_give_the_same_values(loader: Any) -> None:
+    text = "base: &b {x: 1, when: 2024-01-31}\nuse:\n  <<: *b\n  x: 2\nlist: [*b, ~, yes, 0x1f]\n"
+
+    assert load_yaml(text, source=SOURCE, limits=SMALL, loader_class=loader) == {
+        "base": {"x": 1, "when": "2024-01-31"},
+        "use": {"x": 2, "when": "2024-01-31"},
+        "list": [{"x": 1, "when": "2024-01-31"}, None, True, 31],
+    }
+
+
+def test_a_lone_surrogate_escape_is_refused_by_the_pure_python_parser_too() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_yaml('a: "\\ud800"\n', source=SOURCE, limits=SMALL, loader_class=PythonBoundedLoader)
+
+    assert caught.value.problems == [
+        f"{SOURCE}: invalid YAML at line 1, column 4: a value holds a lone surrogate escape (not a character)"
+    ]
+
+
+def test_a_lone_surrogate_in_text_given_directly_is_an_unacceptable_character() -> None:
+    assert problems("daemons: [\ud800]\n") == [
+        f"{SOURCE}: line 1, column 11: unacceptable character #xd800 in YAML"
+    ]
