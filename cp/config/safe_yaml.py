@@ -239,8 +239,9 @@ def load_yaml(
     loader_class: Callable[..., BoundedComposer] | None = None,
 ) -> Any:
     """The single document in ``text`` as plain JSON types, or ConfigError with one line."""
-    if Reader.NON_PRINTABLE.search(text):  # before any parser: both then report it alike
-        raise ConfigError([f"{source}: {_bad_character(text)}"])
+    bad = Reader.NON_PRINTABLE.search(text)
+    if bad is not None:  # before any parser, so that both report it alike
+        raise ConfigError([f"{source}: {_bad_character(text, bad)}"])
     loader = None
     try:
         loader = (loader_class or BoundedLoader)(text, limits=limits)
@@ -260,9 +261,7 @@ def load_yaml(
             loader.dispose()
 
 
-def _bad_character(text: str) -> str:
-    match = Reader.NON_PRINTABLE.search(text)
-    assert match is not None
+def _bad_character(text: str, match: re.Match[str]) -> str:
     line = text.count("\n", 0, match.start()) + 1
     column = match.start() - (text.rfind("\n", 0, match.start()) + 1) + 1
     return f"line {line}, column {column}: unacceptable character #x{ord(match.group()):04x} in YAML"
