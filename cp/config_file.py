@@ -1,7 +1,9 @@
 """Parse and validate a declarative configuration file into a normalized document.
 
 Validation is all-or-nothing: every problem is collected and reported as
-``FILE: path.inside[0].file: what is wrong`` before anything is stored.
+``FILE: path.inside[0].file: what is wrong`` before anything is stored. The file itself is
+untrusted input: its size, encoding, duplicate keys, alias expansion and depth are checked by
+``cp.config`` before any of it is validated.
 """
 
 from __future__ import annotations
@@ -14,23 +16,21 @@ from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import yaml
 from croniter import CroniterBadDateError, croniter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from cp.config.errors import ConfigError as ConfigError
+from cp.config.errors import shown
+from cp.config.limits import ConfigLimits
+from cp.config.reading import decode_utf8, read_bounded
+from cp.config.safe_yaml import load_yaml
+from cp.config.tables import ConnectorRef, PipelineTables, table_problems
 from cp.connectors import CONNECTOR_KINDS, REFERENCE_HELP, SOURCE_ONLY_KINDS, literal_password_problem
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
 SECRET_REF = re.compile(r"\$\{(env|file):([^}]+)\}")
 ANY_REF = re.compile(r"\$\{[^}]*\}")
-
-
-class ConfigError(ValueError):
-    """A configuration file with one or more problems; ``problems`` holds one line each."""
-
-    def __init__(self, problems: list[str]) -> None:
-        super().__init__("\n".join(problems))
-        self.problems = problems
+PLAIN_KEY = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 class _Strict(BaseModel):
@@ -88,23 +88,26 @@ class ConfigDocument(_Strict):
     pipelines: list[PipelineDecl] = Field(default_factory=list)
 
 
-def load_config_file(path: Path) -> dict[str, Any]:
+def load_config_file(
+    path: Path, *, limits: ConfigLimits | None = None, allow_empty: bool = False
+) -> dict[str, Any]:
     """Read, parse and validate ``path``; return the normalized document or raise ConfigError."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError([f"{path}: cannot read file: {exc.strerror}"]) from None
-    return parse_config_text(text, source=str(path))
+    limits = limits or ConfigLimits.defaults()
+    data = read_bounded(path, max_bytes=limits.max_bytes)
+    text = decode_utf8(data, source=str(path))
+    return parse_config_text(text, source=str(path), limits=limits, allow_empty=allow_empty)
 
 
-def parse_config_text(text: str, *, source: str) -> dict[str, Any]:
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError([f"{source}: invalid YAML{where}: {problem}"]) from None
+def parse_config_text(
+    text: str, *, source: str, limits: ConfigLimits | None = None, allow_empty: bool = False
+) -> dict[str, Any]:
+    """Parse and validate configuration ``text``; an empty one is refused unless ``allow_empty``."""
+    limits = limits or ConfigLimits.defaults()
+    if len(text) > limits.max_bytes or len(text.encode("utf-8", "surrogatepass")) > limits.max_bytes:
+        raise ConfigError(
+            [f"{source}: larger than {limits.max_bytes} bytes (the limit MYCELIAL_CONFIG_MAX_BYTES)"]
+        )
+    raw = load_yaml(text, source=source, limits=limits)
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -113,6 +116,10 @@ def parse_config_text(text: str, *, source: str) -> dict[str, Any]:
         doc = ConfigDocument.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError([f"{source}: {_loc(err['loc'])}: {_msg(err)}" for err in exc.errors()]) from None
+    if not (doc.daemons or doc.connectors or doc.pipelines or allow_empty):
+        raise ConfigError(
+            [f"{source}: empty configuration; it would remove everything (pass --allow-empty to do that)"]
+        )
     problems = [f"{source}: {p}" for p in _semantic_problems(doc)]
     if problems:
         raise ConfigError(problems)
@@ -122,7 +129,12 @@ def parse_config_text(text: str, *, source: str) -> dict[str, Any]:
 def _loc(loc: Iterable[int | str]) -> str:
     out = ""
     for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif not PLAIN_KEY.fullmatch(part):  # a key as the file wrote it: spaces, newlines, anything
+            out += f"[{shown(part)}]"
+        else:
+            out += f".{part}" if out else part
     return out or "<top level>"
 
 
@@ -130,7 +142,7 @@ def _msg(err: Any) -> str:
     if err["type"] == "extra_forbidden":
         return "unknown field"
     if err["type"] == "string_pattern_mismatch":
-        return f"invalid name {err['input']!r} (letters, digits, '_', '.', '-'; at most 63)"
+        return f"invalid name {shown(err['input'])} (letters, digits, '_', '.', '-'; at most 63)"
     return str(err["msg"])
 
 
@@ -179,8 +191,8 @@ def _semantic_problems(doc: ConfigDocument) -> list[str]:
             problems += _schedule_problems(f"{where}.schedule", pipe.schedule)
         try:
             ZoneInfo(pipe.timezone)
-        except (ZoneInfoNotFoundError, ValueError):
-            problems.append(f"{where}.timezone: unknown time zone {pipe.timezone!r}")
+        except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a name too long for a path
+            problems.append(f"{where}.timezone: unknown time zone {shown(pipe.timezone)}")
         if (pipe.daemon is None) == (pipe.labels is None):
             problems.append(f"{where}: give exactly one of daemon or labels for placement")
         elif pipe.daemon is not None and pipe.daemon not in daemons:
@@ -189,7 +201,26 @@ def _semantic_problems(doc: ConfigDocument) -> list[str]:
             matches_selector(d.labels, pipe.labels) for d in doc.daemons
         ):
             problems.append(f"{where}.labels: no declared daemon matches {pipe.labels}")
+    problems += _table_problems(doc)
     return problems
+
+
+def _table_problems(doc: ConfigDocument) -> list[str]:
+    connectors = {
+        c.name: ConnectorRef(name=c.name, kind=c.kind, options=c.model_extra or {}) for c in doc.connectors
+    }
+    pipelines = [
+        PipelineTables(
+            where=f"pipelines[{i}]",
+            name=p.name,
+            source_connector=p.source.connector,
+            source_table=p.source.table,
+            destination_connector=p.destination.connector,
+            destination_table=p.destination.table,
+        )
+        for i, p in enumerate(doc.pipelines)
+    ]
+    return table_problems(connectors=connectors, pipelines=pipelines)
 
 
 def _mode_problems(where: str, pipe: PipelineDecl) -> list[str]:

@@ -37,6 +37,15 @@ class Settings(BaseSettings):
     max_deliveries: int = Field(default=3, ge=1)
     retention_days: float = Field(default=30.0, gt=0)
 
+    # configuration files are untrusted input; limits and their reasons in docs/configuration.md.
+    # 4 MiB holds about 10,000 pipelines and parses in a few seconds:
+    config_max_bytes: int = Field(default=4 * 1024 * 1024, ge=1)
+    # YAML nodes and characters of values once aliases are expanded (stops "billion laughs"):
+    config_max_nodes: int = Field(default=500_000, ge=1)
+    config_max_text: int = Field(default=8 * 1024 * 1024, ge=1)
+    # nesting depth; a real file needs 6, and deeper input would exhaust the parser's stack:
+    config_max_depth: int = Field(default=32, ge=4, le=200)
+
     flower_address: str = "127.0.0.1"
     flower_port: int = Field(default=5555, ge=1, le=65535)
 

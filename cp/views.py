@@ -5,7 +5,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func
+from sqlalchemy import Integer, func, literal_column
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.orm import defer
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.functions import FunctionElement
 from sqlmodel import Session, col, select
 
 from cp.models import ConfigVersion, Daemon, Pipeline, Run
@@ -117,8 +121,40 @@ def run_rows(
     return [run_row(r) for r in session.exec(query)]
 
 
+class json_list_length(FunctionElement[int]):  # noqa: N801 - SQL functions read as SQL
+    """The length of the JSON list at top-level ``key`` of a JSON column, counted by the database."""
+
+    type = Integer()
+    inherit_cache = True
+    name = "json_list_length"
+
+    def __init__(self, column: Any, key: str) -> None:
+        self.key = key
+        super().__init__(column)
+
+
+@compiles(json_list_length, "sqlite")
+def _sqlite_json_list_length(element: json_list_length, compiler: SQLCompiler, **kw: Any) -> str:
+    column = compiler.process(element.clauses, **kw)
+    path = compiler.process(literal_column(f"'$.{element.key}'"), **kw)
+    return f"coalesce(json_array_length({column}, {path}), 0)"
+
+
+@compiles(json_list_length, "postgresql")
+def _postgres_json_list_length(element: json_list_length, compiler: SQLCompiler, **kw: Any) -> str:
+    column = compiler.process(element.clauses, **kw)
+    return f"coalesce(json_array_length(({column})::json -> '{element.key}'), 0)"
+
+
 def config_history_rows(session: Session, *, limit: int = 50) -> list[dict[str, Any]]:
-    query = select(ConfigVersion).order_by(col(ConfigVersion.id).desc()).limit(limit)
+    """Stored versions, newest first; documents are counted in SQL and never loaded here."""
+    document: Any = ConfigVersion.document  # the mapped attribute, typed as its values by SQLModel
+    query = (
+        select(ConfigVersion, json_list_length(document, "pipelines"), json_list_length(document, "daemons"))
+        .options(defer(document, raiseload=True))  # touching a document here is a bug: raise
+        .order_by(col(ConfigVersion.id).desc())
+        .limit(limit)
+    )
     return [
         {
             "version": v.id,
@@ -127,8 +163,8 @@ def config_history_rows(session: Session, *, limit: int = 50) -> list[dict[str, 
             "comment": v.comment,
             "source": v.source,
             "checksum": v.checksum,
-            "pipelines": len(v.document.get("pipelines", [])),
-            "daemons": len(v.document.get("daemons", [])),
+            "pipelines": pipelines,
+            "daemons": daemons,
         }
-        for v in session.exec(query)
+        for v, pipelines, daemons in session.exec(query)
     ]

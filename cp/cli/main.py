@@ -6,7 +6,7 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from sqlmodel import select
@@ -25,6 +25,7 @@ from cp.cli.output import (
     print_table,
     warn,
 )
+from cp.config.limits import ConfigLimits
 from cp.config_file import ConfigError, load_config_file
 from cp.config_store import apply_document, current_author, plan_diff
 from cp.models import Pipeline, Run, RunState, RunTrigger, utcnow
@@ -130,15 +131,28 @@ def daemon(
 # --- configuration -----------------------------------------------------------------------
 
 FileOption = Annotated[Path, typer.Option("-f", "--file", help="Configuration file (YAML).")]
+AllowEmptyOption = Annotated[
+    bool,
+    typer.Option(
+        "--allow-empty",
+        help="Accept a file that declares nothing, which removes every daemon, connector and pipeline.",
+    ),
+]
+
+
+def _load(file: Path, *, allow_empty: bool) -> dict[str, Any]:
+    """The validated document in ``file``, within the configured size limits."""
+    return load_config_file(file, limits=ConfigLimits.from_settings(settings()), allow_empty=allow_empty)
 
 
 @app.command()
 def apply(
     file: FileOption,
     comment: Annotated[str, typer.Option("-m", "--comment", help="Why this change.")] = "",
+    allow_empty: AllowEmptyOption = False,
 ) -> None:
     """Validate FILE, show the diff, store a new config version and push it to affected daemons."""
-    document = load_config_file(file)
+    document = _load(file, allow_empty=allow_empty)
     cp = ControlPlane(settings())
     _ = cp.app  # a missing broker setting is an error before anything is stored
     with cp.session() as session:
@@ -169,9 +183,9 @@ def apply(
 
 
 @app.command()
-def diff(file: FileOption) -> None:
+def diff(file: FileOption, allow_empty: AllowEmptyOption = False) -> None:
     """Show what applying FILE would change. Exit 0: no changes, 1: changes."""
-    document = load_config_file(file)
+    document = _load(file, allow_empty=allow_empty)
     with ControlPlane(settings()).session() as session:
         lines = plan_diff(session, document)
     for line in lines:

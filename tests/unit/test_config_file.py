@@ -78,8 +78,10 @@ def test_a_daemon_without_labels_gets_an_empty_label_set(raw_config: dict[str, A
     assert validate(raw_config)["daemons"][2] == {"name": "edge-paris", "labels": {}}
 
 
-def test_an_empty_file_is_an_empty_configuration() -> None:
-    assert parse_config_text("", source=SOURCE) == {"daemons": [], "connectors": [], "pipelines": []}
+def test_an_empty_file_is_an_empty_configuration_when_removing_everything_is_allowed() -> None:
+    document = parse_config_text("", source=SOURCE, allow_empty=True)
+
+    assert document == {"daemons": [], "connectors": [], "pipelines": []}
 
 
 def test_well_formed_secret_references_are_accepted_and_kept_as_references(
@@ -303,7 +305,7 @@ def test_invalid_yaml_names_the_line_and_column() -> None:
         parse_config_text(text, source=SOURCE)
 
     assert caught.value.problems == [
-        "mycelial.yaml: invalid YAML at line 4, column 11: expected ',' or ']', but got ':'"
+        "mycelial.yaml: invalid YAML at line 4, column 11: did not find expected ',' or ']'"
     ]
 
 
