@@ -192,6 +192,8 @@ class Run(SQLModel, table=True):
     attempt: int = 1
     task_id: str | None = None
     deliveries: int = 0
+    # the newest run event seq applied to the current attempt (cp/event_order.py)
+    last_event_seq: int | None = None
     next_attempt_at: datetime | None = _ts()
     published_at: datetime | None = _ts()
     created_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
