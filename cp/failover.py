@@ -101,14 +101,20 @@ def reconcile_running(
     by a later attempt or unknown (the daemon stops such a job between batches).
     """
     listed = set(running_task_ids)
+    started_before = sent_at - timedelta(seconds=grace)
+    unlisted = (
+        Run.daemon == daemon,
+        Run.state == RunState.RUNNING,
+        col(Run.started_at) < started_before,
+        col(Run.task_id).not_in(listed) if listed else col(Run.task_id).is_not(None),
+    )
     revoke: list[str] = []
-    missing_since = sent_at - timedelta(seconds=grace)
-    for run in _locked(session, Run.daemon == daemon, Run.state == RunState.RUNNING):
-        if run.task_id in listed or run.started_at is None or run.started_at >= missing_since:
-            continue
-        if run.task_id:
-            revoke.append(run.task_id)
-        _lose(session, run, because=f"daemon {daemon} no longer reported the job", now=now, rng=rng)
+    # found without a lock, so a heartbeat with nothing missing (the usual one) locks no run
+    if session.exec(select(Run.id).where(*unlisted)).first() is not None:
+        for run in _locked(session, *unlisted):
+            if run.task_id:
+                revoke.append(run.task_id)
+            _lose(session, run, because=f"daemon {daemon} no longer reported the job", now=now, rng=rng)
     return revoke + _not_to_run(session, listed)
 
 
