@@ -160,7 +160,7 @@ def test_an_event_a_killed_cp_worker_held_is_recorded_within_a_minute_of_a_worke
             lambda: client.llen(CP_QUEUE) == 0 and waiting_on_a_lock(watcher, database_url),
             timeout=60, what="the worker to hold the event", stack=stack,
         )  # fmt: skip
-        time.sleep(8)  # so a worker back at once still waits for the message to come back
+        time.sleep(12)  # so a worker back at once still waits for the message to come back
         worker.send_signal(signal.SIGKILL)
         worker.wait(timeout=30)
         stack.procs.pop("worker")
