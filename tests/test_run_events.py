@@ -23,6 +23,7 @@ from cp.models import Run, RunAttempt, RunState, RunTrigger
 from cp.protocol import CP_QUEUE, CP_RUN_EVENT, DAEMON_RUN_JOB, RunEvent, daemon_queue, dump
 from cp.settings import Settings, normalize_database_url
 from tests.conftest import Stack, wait_for
+from workers.tasks import SEQS_PER_DELIVERY
 
 pytestmark = pytest.mark.integration
 
@@ -68,8 +69,8 @@ def load(database_url: str) -> tuple[dict[str, Run], dict[str, RunAttempt]]:
 def events_of(key: str, *, final: str, rows: int) -> list[RunEvent]:
     """What a daemon sends for one job: started, two progress reports, then its outcome."""
 
-    def sent(state: str, seq: int, *, rows: int = 0, error: str | None = None) -> RunEvent:
-        at = T0 + timedelta(seconds=seq)
+    def sent(state: str, n: int, *, rows: int = 0, error: str | None = None) -> RunEvent:
+        at, seq = T0 + timedelta(seconds=n), SEQS_PER_DELIVERY + n  # numbered as a first delivery is
         return RunEvent.model_validate(
             {"run_key": key, "daemon": "edge-1", "attempt": 1, "state": state, "at": at, "seq": seq,
              "rows_read": rows, "rows_written": rows, "error": error}
