@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from celery import Celery
@@ -28,14 +29,49 @@ def broker_url(settings: Settings) -> str:
     )
 
 
-def make_celery(settings: Settings, *, name: str = "mycelial", url: str | None = None) -> Celery:
-    """A Celery app with no tasks registered; roles add theirs (cp.tasks, workers.tasks)."""
+def make_celery(
+    settings: Settings, *, name: str = "mycelial", url: str | None = None, daemon: str | None = None
+) -> Celery:
+    """A Celery app with no tasks registered; roles add theirs (cp.tasks, workers.tasks).
+
+    ``daemon`` names the daemon whose queue the app consumes; without it the app is the control
+    plane's (its workers, and every publisher-only process: CLI, beat, Flower).
+    """
     app = Celery(name, broker=url or broker_url(settings), set_as_current=False)
-    app.conf.update(_celery_config(settings))
+    app.conf.update(_celery_config(settings, daemon=daemon))
     return app
 
 
-def _celery_config(settings: Settings) -> dict[str, Any]:
+def unacked_options(settings: Settings, *, daemon: str | None) -> dict[str, Any]:
+    """Where a consumer keeps the messages it holds, and when Redis hands them out again.
+
+    kombu keeps every consumer's in-flight messages in one hash and restores those older than the
+    *restoring* consumer's visibility timeout: with one shared hash a control-plane worker's
+    minute would hand a daemon's hour-long job to it a second time. Own keys per consumer keep
+    each timeout to its own messages (and let broker ACLs give a daemon only its own).
+    """
+    owner = "cp" if daemon is None else f"daemon.{daemon}"
+    keys = {
+        "unacked_key": f"unacked.{owner}",
+        "unacked_index_key": f"unacked_index.{owner}",
+        "unacked_mutex_key": f"unacked_mutex.{owner}",
+    }
+    if daemon is not None:
+        return {
+            **keys,
+            "visibility_timeout": settings.visibility_timeout,
+            "unacked_restore_interval": settings.unacked_restore_interval,
+        }
+    return {
+        **keys,
+        "visibility_timeout": settings.cp_visibility_timeout,
+        "unacked_restore_interval": settings.cp_unacked_restore_interval,
+        # a worker killed during a restore scan holds the mutex until it expires (kombu: 5 min)
+        "unacked_mutex_expire": max(10, math.ceil(settings.cp_visibility_timeout / 2)),
+    }
+
+
+def _celery_config(settings: Settings, *, daemon: str | None) -> dict[str, Any]:
     return {
         "task_serializer": "json",
         "accept_content": ["json"],
@@ -57,10 +93,9 @@ def _celery_config(settings: Settings) -> dict[str, Any]:
         # edge daemons outlive broker outages of any length: reconnect forever
         "broker_connection_max_retries": None,
         "broker_transport_options": {
-            # Redis redelivers a message unacked for this long (its worker died): above any job
-            "visibility_timeout": settings.visibility_timeout,
-            # how often consumers look for such messages (kombu's default is about 100 s)
-            "unacked_restore_interval": settings.unacked_restore_interval,
+            # a message unacked past the visibility timeout (its consumer died) is handed out again
+            **unacked_options(settings, daemon=daemon),
+            # scan on every restore interval (kombu's default scans every 10th, about 100 s)
             "unacked_restore_throttle": 1,
             # without these a publish on a dead TCP connection waits forever
             "socket_timeout": 15,

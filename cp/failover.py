@@ -1,6 +1,10 @@
 """Runs of daemons that went offline: not-started runs move to another eligible daemon, running
 runs become ``lost`` and are retried elsewhere; runs of pinned pipelines wait for their daemon.
-A daemon restarted before it looked offline loses the runs its earlier process was running."""
+A daemon restarted before it looked offline loses the runs its earlier process was running, and
+each heartbeat squares the runs the control plane believes running with those the daemon runs.
+
+Every function here locks the runs it may change (cp/runs.py ``lock_run``), so a run event applied
+at the same time is never undone, and reads them fresh once the lock is held."""
 
 from __future__ import annotations
 
@@ -8,10 +12,12 @@ import logging
 import random
 from collections.abc import Collection
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlmodel import Session, col, select
 
 from cp.models import Daemon, DaemonStatus, Pipeline, Run, RunState
+from cp.protocol import Heartbeat
 from cp.runs import fail_or_retry, move_to_another_daemon
 
 log = logging.getLogger(__name__)
@@ -26,11 +32,11 @@ def fail_over(session: Session, *, now: datetime, lost_after: float, rng: random
         return []
     pinned = {p.name for p in session.exec(select(Pipeline).where(col(Pipeline.daemon).is_not(None)))}
     revoke: list[str] = []
-    stranded = session.exec(
-        select(Run).where(
-            col(Run.daemon).in_(list(offline)), col(Run.state).in_([RunState.QUEUED, RunState.RUNNING])
-        )
-    ).all()
+    stranded = _locked(
+        session,
+        col(Run.daemon).in_(list(offline)),
+        col(Run.state).in_([RunState.QUEUED, RunState.RUNNING]),
+    )
     for run in stranded:
         daemon = offline[run.daemon or ""]
         if run.task_id:
@@ -64,9 +70,7 @@ def fail_runs_of_earlier_process(
     the retry resume); without this they would wait for the broker to redeliver their job, hours
     later. Returns the task ids to revoke, so a late redelivery of an old job is skipped."""
     orphaned = set(orphaned_task_ids)
-    taken = session.exec(
-        select(Run).where(Run.daemon == daemon, col(Run.state).in_([RunState.QUEUED, RunState.RUNNING]))
-    ).all()
+    taken = _locked(session, Run.daemon == daemon, col(Run.state).in_([RunState.QUEUED, RunState.RUNNING]))
     revoke: list[str] = []
     for run in taken:
         running_before = run.state is RunState.RUNNING and run.started_at and run.started_at < started_at
@@ -76,6 +80,80 @@ def fail_runs_of_earlier_process(
             revoke.append(run.task_id)
         _lose(session, run, because=f"daemon {daemon} restarted", now=now, rng=rng)
     return revoke
+
+
+def reconcile_running(
+    session: Session,
+    *,
+    daemon: str,
+    running_task_ids: Collection[str],
+    sent_at: datetime,
+    now: datetime,
+    grace: float,
+    rng: random.Random,
+) -> list[str]:
+    """Square what the control plane believes a daemon runs with what its heartbeat says it runs.
+
+    A run believed ``running`` there whose task id the daemon does not list, and that started more
+    than ``grace`` before the heartbeat was sent (both on the daemon's clock, so a job that started
+    after the heartbeat is not missing), is ``lost`` and retried under its policy. Returns the task
+    ids to revoke: those, and each job the daemon runs whose run is finished, cancelled, superseded
+    by a later attempt or unknown (the daemon stops such a job between batches).
+    """
+    listed = set(running_task_ids)
+    started_before = sent_at - timedelta(seconds=grace)
+    unlisted = (
+        Run.daemon == daemon,
+        Run.state == RunState.RUNNING,
+        col(Run.started_at) < started_before,
+        col(Run.task_id).not_in(listed) if listed else col(Run.task_id).is_not(None),
+    )
+    revoke: list[str] = []
+    # found without a lock, so a heartbeat with nothing missing (the usual one) locks no run
+    if session.exec(select(Run.id).where(*unlisted)).first() is not None:
+        for run in _locked(session, *unlisted):
+            if run.task_id:
+                revoke.append(run.task_id)
+            _lose(session, run, because=f"daemon {daemon} no longer reported the job", now=now, rng=rng)
+    return revoke + _not_to_run(session, listed)
+
+
+def reconcile_heartbeat(
+    session: Session, beat: Heartbeat, *, now: datetime, grace: float, rng: random.Random | None = None
+) -> list[str]:
+    """``reconcile_running`` for one heartbeat; returns the task ids to revoke once committed."""
+    return reconcile_running(
+        session,
+        daemon=beat.name,
+        running_task_ids=beat.running_runs,
+        sent_at=beat.sent_at,
+        now=now,
+        grace=grace,
+        rng=rng or random.Random(),
+    )
+
+
+def _not_to_run(session: Session, task_ids: Collection[str]) -> list[str]:
+    """The task ids, of those a daemon runs, that no current attempt of a live run has."""
+    if not task_ids:
+        return []
+    keys = {task_id: task_id.split("#", 1)[0] for task_id in task_ids}  # see runs.task_id_for
+    runs = {r.run_key: r for r in session.exec(select(Run).where(col(Run.run_key).in_(set(keys.values()))))}
+    stop: list[str] = []
+    for task_id in sorted(task_ids):
+        run = runs.get(keys[task_id])
+        if run is None or run.state.finished or run.task_id != task_id or run.cancel_requested_at:
+            stop.append(task_id)
+    return stop
+
+
+def _locked(session: Session, *where: Any) -> list[Run]:
+    """The matching runs, locked in id order (no two lockers deadlock) and read fresh.
+
+    PostgreSQL re-checks ``where`` on a row it waited for, so a run finished meanwhile drops out.
+    """
+    query = select(Run).where(*where).order_by(col(Run.id)).with_for_update()
+    return list(session.exec(query.execution_options(populate_existing=True)))
 
 
 def _lose(session: Session, run: Run, *, because: str, now: datetime, rng: random.Random) -> None:

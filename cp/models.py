@@ -6,7 +6,7 @@ import enum
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, DateTime, Index, Text, TypeDecorator, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Column, DateTime, Index, Text, TypeDecorator, UniqueConstraint
 from sqlalchemy import Enum as SAEnum
 from sqlalchemy.engine import Dialect
 from sqlmodel import Field, SQLModel
@@ -192,6 +192,8 @@ class Run(SQLModel, table=True):
     attempt: int = 1
     task_id: str | None = None
     deliveries: int = 0
+    # the newest run event seq applied to the current attempt (cp/event_order.py)
+    last_event_seq: int | None = Field(default=None, sa_type=BigInteger)  # daemons number past 2**32
     next_attempt_at: datetime | None = _ts()
     published_at: datetime | None = _ts()
     created_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))

@@ -71,6 +71,9 @@ class RunEvent(Message):
     error: str | None = None
     retryable: bool = False
     attempt: int | None = Field(default=None, ge=1)
+    # increases with every event the daemon sends for this attempt, across redeliveries of its job:
+    # the control plane ignores an event older than the newest it applied (docs/protocol.md)
+    seq: int | None = Field(default=None, ge=1, le=2**63 - 1)
 
 
 class ConfigApplied(Message):

@@ -15,6 +15,7 @@ from sqlmodel import Session, col, select
 from cp.config_store import pipeline_spec
 from cp.db import take_dispatch_turn
 from cp.dispatch import Outgoing, run_job_message
+from cp.event_order import ignore_reason, newest_seq
 from cp.models import ACTIVE_RUN_STATES, Pipeline, Run, RunAttempt, RunState, RunTrigger
 from cp.placement import choose_daemon
 from cp.protocol import RunEvent
@@ -54,6 +55,16 @@ def get_pipeline(session: Session, name: str) -> Pipeline:
 
 def get_run(session: Session, run_key: str) -> Run | None:
     return session.exec(select(Run).where(Run.run_key == run_key)).first()
+
+
+def lock_run(session: Session, run_key: str) -> Run | None:
+    """The run, read fresh and locked until the transaction ends.
+
+    SELECT ... FOR UPDATE on PostgreSQL; SQLite ignores it, but its BEGIN IMMEDIATE (cp/db.py) puts
+    this first read inside the write lock already.
+    """
+    locked = select(Run).where(Run.run_key == run_key).with_for_update()
+    return session.exec(locked.execution_options(populate_existing=True)).first()
 
 
 def create_run(
@@ -222,6 +233,7 @@ def fail_or_retry(
     )
     log.info("run %s attempt %d %s; retrying in %.1fs", run.run_key, run.attempt, state, delay)
     run.attempt += 1
+    run.last_event_seq = None
     run.state = RunState.SCHEDULED
     run.next_attempt_at = at + timedelta(seconds=delay)
     run.daemon = run.task_id = run.published_at = run.started_at = None
@@ -239,6 +251,7 @@ def move_to_another_daemon(session: Session, run: Run, *, reason: str, at: datet
     """
     _close_attempt(session, run, RunState.LOST, error=f"{MOVED}{reason}", at=at)
     run.attempt += 1
+    run.last_event_seq = None
     run.state = RunState.SCHEDULED
     run.daemon = run.task_id = run.published_at = None
     run.next_attempt_at = None
@@ -272,25 +285,18 @@ def record_run_event(
 ) -> bool:
     """Apply a daemon's report to its run; returns False when the event was ignored.
 
-    Idempotent: a redelivered or late event never moves a finished run, and an event of an
-    earlier attempt never moves the current one.
+    Idempotent and ordered (cp/event_order.py): the run row stays locked until the caller commits,
+    so events handled at once apply one after the other, and a stale one changes nothing.
     """
-    run = get_run(session, event.run_key)
+    run = lock_run(session, event.run_key)
     if run is None:
         log.warning("run event %s for unknown run %s ignored", event.state, event.run_key)
         return False
-    if run.state.finished:
-        log.info("run event %s for finished run %s (%s) ignored", event.state, run.run_key, run.state)
+    why = ignore_reason(state=run.state, attempt=run.attempt, last_seq=run.last_event_seq, event=event)
+    if why is not None:
+        log.info("run event %s (seq %s) for %s ignored: %s", event.state, event.seq, run.run_key, why)
         return False
-    if event.attempt is not None and event.attempt != run.attempt:
-        log.info(
-            "run event %s for attempt %s of %s (now at %d) ignored",
-            event.state,
-            event.attempt,
-            run.run_key,
-            run.attempt,
-        )
-        return False
+    run.last_event_seq = newest_seq(run.last_event_seq, event)
     if run.daemon != event.daemon:
         log.warning("run event for %s from %s, but it is placed on %s", run.run_key, event.daemon, run.daemon)
     run.rows_read = max(run.rows_read, event.rows_read)

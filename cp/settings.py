@@ -31,8 +31,16 @@ class Settings(BaseSettings):
     lost_after: float = Field(default=0.0, ge=0)
     apply_config_expires: float = Field(default=3600.0, gt=0)
     run_job_expires: float = Field(default=3600.0, gt=0)
+    # daemons: Redis hands a job its daemon took and never acknowledged out again after this long
     visibility_timeout: float = Field(default=6 * 3600.0, gt=0)
     unacked_restore_interval: float = Field(default=10.0, gt=0)
+    # control-plane workers: their messages are short tasks, so one a dead worker held comes back
+    # within about a minute (keep it above the longest cp task, retries' countdowns included)
+    cp_visibility_timeout: float = Field(default=60.0, gt=0)
+    cp_unacked_restore_interval: float = Field(default=5.0, gt=0)
+    # a run the cp believes running that its daemon's heartbeats do not list is lost after this
+    # long (daemon clock): a job between its start and its first heartbeat is not missing
+    reconcile_grace: float = Field(default=15.0, ge=0)
     schedule_poll_interval: float = Field(default=0.5, gt=0)
     max_deliveries: int = Field(default=3, ge=1)
     retention_days: float = Field(default=30.0, gt=0)

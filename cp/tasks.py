@@ -15,7 +15,7 @@ from sqlmodel import select
 
 from cp.config_store import current_push
 from cp.dispatch import probe_message
-from cp.failover import fail_over, fail_runs_of_earlier_process
+from cp.failover import fail_over, fail_runs_of_earlier_process, reconcile_heartbeat
 from cp.health import (
     HealthLimits,
     record_config_applied,
@@ -125,6 +125,9 @@ def register_cp_tasks(app: Celery, cp: ControlPlane) -> None:
     def heartbeat(beat: Heartbeat) -> None:
         with cp.session() as session:
             record_heartbeat(session, beat, now=utcnow())
+            revoke = reconcile_heartbeat(session, beat, now=utcnow(), grace=cp.settings.reconcile_grace)
+        if revoke:
+            cp.app.control.revoke(revoke)
 
     @contract_task(CP_RUN_EVENT, RunEvent)
     def run_event(event: RunEvent) -> None:

@@ -227,7 +227,7 @@ def test_after_a_redis_outage_fires_follow_the_catch_up_policy_and_every_worker_
 
 def test_a_killed_control_plane_worker_loses_no_run_event(make_stack, make_database_url) -> None:  # type: ignore[no-untyped-def]
     database_url = make_database_url("sqlite")
-    stack: Stack = make_stack(database_url, visibility_timeout="4", unacked_restore_interval="1")
+    stack: Stack = make_stack(database_url, cp_visibility_timeout="4", cp_unacked_restore_interval="1")
     for n in range(3):
         make_source(stack.home / "shop.db", table=f"items{n}", rows=50)
     worker = stack.start("worker", "worker")
@@ -312,8 +312,12 @@ def test_a_job_that_keeps_killing_its_daemon_is_stopped_by_its_attempts_and_by_t
 TAKE_AND_DIE = """
 import os, sys
 from kombu import Connection, Queue
-with Connection(sys.argv[1]) as conn:
-    name = sys.argv[2]
+from cp.celery_app import unacked_options
+from cp.protocol import daemon_queue
+from cp.settings import Settings
+options = unacked_options(Settings(), daemon=sys.argv[2])  # held as that daemon's consumer holds it
+with Connection(sys.argv[1], transport_options=options) as conn:
+    name = daemon_queue(sys.argv[2])
     message = Queue(name, exchange=name, routing_key=name)(conn.default_channel).get(no_ack=False)
     assert message is not None, "no job in the queue"
     os._exit(0)  # as if killed: no acknowledgement, nothing given back at shutdown
@@ -337,9 +341,10 @@ def test_a_job_an_earlier_daemon_process_took_is_retried_as_soon_as_the_daemon_s
     key = json.loads(stack.cli("run", "held", "--json", check=True).stdout)["run_key"]
     # an earlier process of edge-f takes the job from its queue and dies before it acknowledges it
     # or says it started: Redis holds the message as unacknowledged for the visibility timeout (6 h)
-    queue = "mycelial.daemon.edge-f"
     subprocess.run(
-        [sys.executable, "-c", TAKE_AND_DIE, stack.env["MYCELIAL_BROKER_URL"], queue], check=True, timeout=60
+        [sys.executable, "-c", TAKE_AND_DIE, stack.env["MYCELIAL_BROKER_URL"], "edge-f"],
+        check=True,
+        timeout=60,
     )
 
     start_daemon(stack)

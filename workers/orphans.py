@@ -1,10 +1,11 @@
 """Job messages an earlier process of this daemon took from its queue and never finished.
 
-With Redis, a message a consumer has taken and not acknowledged waits in kombu's ``unacked`` hash
-until the visibility timeout (hours) puts it back in its queue. A daemon that starts again after
-dying finds there the jobs its earlier process held: it removes them, and its hello names their task
-ids, so the control plane retries those runs at once (the destination's state lets them resume).
-Only this daemon consumes its queue, so whatever of that queue is in the hash before it starts
+With Redis, a message a consumer has taken and not acknowledged waits in kombu's unacked hash
+until the visibility timeout (hours) puts it back in its queue. Each daemon has a hash of its own
+(``unacked.daemon.<name>``, cp/celery_app.py). A daemon that starts again after dying finds there the
+jobs its earlier process held: it removes them, and its hello names their task ids, so the control
+plane retries those runs at once (the destination's state lets them resume). Only this daemon
+consumes its queue and uses its hash, so whatever of its queue is in the hash before it starts
 consuming was held by an earlier process.
 """
 
@@ -19,10 +20,8 @@ from celery import Celery
 log = logging.getLogger(__name__)
 
 
-def take_orphaned_jobs(
-    client: Any, *, queue: str, unacked_key: str = "unacked", unacked_index_key: str = "unacked_index"
-) -> list[str]:
-    """Remove the unacknowledged messages of ``queue`` from Redis; return their task ids."""
+def take_orphaned_jobs(client: Any, *, queue: str, unacked_key: str, unacked_index_key: str) -> list[str]:
+    """Remove the unacknowledged messages of ``queue`` from the daemon's hash; return their task ids."""
     found: list[str] = []
     for tag, raw in list(client.hscan_iter(unacked_key)):
         try:
@@ -39,8 +38,8 @@ def take_orphaned_jobs(
 
 
 def orphaned_jobs(app: Celery, queue: str) -> list[str]:
-    """``take_orphaned_jobs`` through the app's broker connection; nothing for other transports
-    (AMQP brokers give unacknowledged messages back when the connection closes)."""
+    """``take_orphaned_jobs`` on the keys of the daemon's app (``make_celery(daemon=...)``); nothing
+    for other transports (AMQP brokers give unacknowledged messages back when the connection closes)."""
     try:
         with app.connection_for_write() as conn:
             conn.ensure_connection(max_retries=2)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -84,7 +85,7 @@ def register_daemon_tasks(app: Celery, daemon: DaemonRuntime) -> None:
             if deliveries > daemon.settings.max_deliveries:
                 _give_up(daemon, job, deliveries)
             else:
-                _run(daemon, job, task_id=task_id)
+                _run(daemon, job, task_id=task_id, delivery=deliveries)
             daemon.deliveries.forget(task_id)
         finally:
             daemon.release(task_id)
@@ -117,10 +118,20 @@ def _give_up(daemon: DaemonRuntime, job: RunJob, deliveries: int) -> None:
         f"(the job may be killing the daemon); not running it again"
     )
     log.error("run %s: %s", job.run_key, error)
-    _sender(daemon, job)(Outcome("failed", error=error))
+    _sender(daemon, job, delivery=deliveries)(Outcome("failed", error=error))
 
 
-def _sender(daemon: DaemonRuntime, job: RunJob) -> Callable[[Outcome], None]:
+SEQS_PER_DELIVERY = 2**32
+
+
+def _sender(daemon: DaemonRuntime, job: RunJob, *, delivery: int) -> Callable[[Outcome], None]:
+    """Sends the run events of one delivery of ``job``, numbered for the control plane's ordering.
+
+    Numbers start past those of every earlier delivery (counted on disk, so across restarts): a
+    redelivered job's events supersede whatever a dead process sent for the same attempt.
+    """
+    seqs = itertools.count(delivery * SEQS_PER_DELIVERY + 1)
+
     def send(outcome: Outcome) -> None:
         event = RunEvent(
             run_key=job.run_key,
@@ -132,6 +143,7 @@ def _sender(daemon: DaemonRuntime, job: RunJob) -> Callable[[Outcome], None]:
             error=outcome.error,
             retryable=outcome.retryable,
             attempt=job.attempt,
+            seq=next(seqs),
         )
         daemon.send(
             CP_RUN_EVENT,
@@ -142,8 +154,8 @@ def _sender(daemon: DaemonRuntime, job: RunJob) -> Callable[[Outcome], None]:
     return send
 
 
-def _run(daemon: DaemonRuntime, job: RunJob, *, task_id: str) -> None:
-    send = _sender(daemon, job)
+def _run(daemon: DaemonRuntime, job: RunJob, *, task_id: str, delivery: int) -> None:
+    send = _sender(daemon, job, delivery=delivery)
     log.info("run %s of pipeline %s started", job.run_key, job.pipeline.name)
     # `mycelial cancel` revokes the task id; Celery's revoke reaches a busy worker by broadcast
     outcome = execute(

@@ -79,7 +79,7 @@ def run_daemon(
             f"--name: invalid daemon name {name!r} (letters, digits, '_', '.', '-'; at most 63)",
             code=EXIT_BAD_INPUT,
         )
-    app = make_celery(settings, name=f"daemon-{name}")
+    app = make_celery(settings, name=f"daemon-{name}", daemon=name)
     # before the worker consumes: what is held then was held by an earlier process
     orphaned = orphaned_jobs(app, daemon_queue(name))
     daemon = DaemonRuntime(settings, app, name=name, labels=labels, orphaned_task_ids=orphaned)

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 from sqlmodel import Session, col, select
 
-from cp.failover import fail_over, fail_runs_of_earlier_process
+from cp.failover import fail_over, fail_runs_of_earlier_process, reconcile_running
 from cp.health import HealthLimits, evaluate, record_probe_reply, record_probe_sent, update_statuses
 from cp.models import Daemon, DaemonStatus, Pipeline, Run, RunAttempt, RunState
 from cp.protocol import ProbeReply
@@ -183,3 +183,108 @@ def test_runs_whose_jobs_an_earlier_process_held_are_lost_even_if_they_never_sta
     runs = {r.run_key: r for r in session.exec(select(Run))}
     assert (runs["taken@queued"].state, runs["taken@queued"].attempt) == (RunState.SCHEDULED, 2)
     assert runs["waiting@queued"].state is RunState.QUEUED  # its job still waits in the queue
+
+
+def reconcile(
+    session: Session, listed: list[str], *, sent_at: datetime = NOW, grace: float = 15
+) -> list[str]:
+    revoke = reconcile_running(
+        session,
+        daemon="edge-1",
+        running_task_ids=listed,
+        sent_at=sent_at,
+        now=NOW,
+        grace=15,
+        rng=random.Random(0),
+    )
+    session.commit()
+    return revoke
+
+
+def running_since(
+    session: Session, add_run: Callable[..., Run], key: str, *, started: datetime, **kw: str
+) -> Run:
+    run = place(
+        session, add_run, key, daemon=kw.get("daemon", "edge-1"), state=RunState.RUNNING, pipeline="orders"
+    )
+    run.started_at = started
+    session.add(run)
+    session.commit()
+    return run
+
+
+def test_a_run_its_daemon_no_longer_lists_is_lost_and_retried_once_the_grace_period_has_passed(
+    session: Session, add_pipeline: Callable[..., Pipeline], add_run: Callable[..., Run]
+) -> None:
+    add_pipeline("orders", daemon="edge-1", schedule=None, max_attempts=3)
+    running_since(session, add_run, "orders@gone", started=ago(60))
+    running_since(session, add_run, "orders@just-started", started=ago(3))
+    running_since(session, add_run, "orders@listed", started=ago(60))
+    running_since(session, add_run, "orders@elsewhere", started=ago(60), daemon="edge-2")
+    place(session, add_run, "orders@queued", daemon="edge-1", state=RunState.QUEUED, pipeline="orders")
+
+    revoke = reconcile(session, ["orders@listed"])
+
+    assert revoke == ["orders@gone"]
+    runs = {r.run_key: r for r in session.exec(select(Run))}
+    gone = runs.pop("orders@gone")
+    assert (gone.state, gone.attempt, gone.next_attempt_at) == (RunState.SCHEDULED, 2, NOW)
+    assert {k: r.state for k, r in runs.items()} == {
+        "orders@just-started": RunState.RUNNING,
+        "orders@listed": RunState.RUNNING,
+        "orders@elsewhere": RunState.RUNNING,
+        "orders@queued": RunState.QUEUED,
+    }
+    lost = session.exec(select(RunAttempt).where(RunAttempt.run_key == "orders@gone")).one()
+    assert (lost.state, lost.error) == (
+        RunState.LOST,
+        "lost: daemon edge-1 no longer reported the job while the run was going",
+    )
+
+
+def test_a_run_started_after_a_late_heartbeat_was_sent_is_not_missing_from_it(
+    session: Session, add_pipeline: Callable[..., Pipeline], add_run: Callable[..., Run]
+) -> None:
+    add_pipeline("orders", daemon="edge-1", schedule=None)
+    running_since(session, add_run, "orders@new", started=ago(60))
+
+    # a heartbeat sent 100 s ago (daemon clock) and handled only now, behind a backlog
+    assert reconcile(session, [], sent_at=ago(100)) == []
+    assert session.exec(select(Run)).one().state is RunState.RUNNING
+
+
+def test_a_lost_run_without_attempts_left_ends_lost(
+    session: Session, add_pipeline: Callable[..., Pipeline], add_run: Callable[..., Run]
+) -> None:
+    add_pipeline("orders", daemon="edge-1", schedule=None, max_attempts=1)
+    running_since(session, add_run, "orders@gone", started=ago(60))
+
+    reconcile(session, [])
+
+    run = session.exec(select(Run)).one()
+    assert (run.state, run.finished_at) == (RunState.LOST, NOW)
+
+
+def test_jobs_a_daemon_runs_for_finished_cancelled_superseded_or_unknown_runs_are_revoked(
+    session: Session, add_pipeline: Callable[..., Pipeline], add_run: Callable[..., Run]
+) -> None:
+    add_pipeline("orders", daemon="edge-1", schedule=None)
+    place(session, add_run, "orders@done", daemon="edge-1", state=RunState.SUCCEEDED, pipeline="orders")
+    place(session, add_run, "orders@lost", daemon="edge-1", state=RunState.LOST, pipeline="orders")
+    stopping = running_since(session, add_run, "orders@stopping", started=ago(60))
+    retried = place(
+        session, add_run, "orders@retried", daemon="edge-2", state=RunState.RUNNING, pipeline="orders"
+    )
+    running_since(session, add_run, "orders@live", started=ago(60))
+    stopping.cancel_requested_at = ago(2)
+    retried.attempt, retried.task_id = 2, "orders@retried#2"
+    session.add_all([stopping, retried])
+    session.commit()
+    listed = ["orders@done", "orders@lost", "orders@stopping", "orders@retried", "orders@live", "ghost@1"]
+
+    revoke = reconcile(session, listed)
+
+    assert sorted(revoke) == ["ghost@1", "orders@done", "orders@lost", "orders@retried", "orders@stopping"]
+    states = {r.run_key: r.state for r in session.exec(select(Run))}
+    assert states["orders@live"] is RunState.RUNNING and states["orders@stopping"] is RunState.RUNNING
+    assert states["orders@done"] is RunState.SUCCEEDED

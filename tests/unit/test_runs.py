@@ -218,6 +218,84 @@ def test_counts_never_go_backwards_when_events_arrive_out_of_order(
     assert (reload(session).rows_read, reload(session).rows_written) == (800, 800)
 
 
+@pytest.mark.parametrize(
+    "order",
+    [
+        ["started", "progress", "succeeded"],
+        ["succeeded", "started", "progress"],
+        ["progress", "succeeded", "started"],
+        ["started", "succeeded", "progress"],
+    ],
+)
+def test_a_runs_events_delivered_in_any_order_leave_it_as_its_newest_event_says(
+    session: Session, add_run: Callable[..., Run], order: list[str]
+) -> None:
+    add_run("orders@1")
+    sent = {
+        "started": event("started", attempt=1, seq=1),
+        "progress": event("progress", attempt=1, seq=2, rows_read=5, rows_written=5, cursor="5"),
+        "succeeded": event(
+            "succeeded", at=FINISHED, attempt=1, seq=3, rows_read=9, rows_written=9, cursor="9"
+        ),
+    }
+
+    for state in order:
+        record_run_event(session, sent[state], now=NOW)
+        session.commit()
+
+    run = reload(session)
+    assert (run.state, run.rows_written, run.cursor_after, run.finished_at) == (
+        RunState.SUCCEEDED,
+        9,
+        "9",
+        FINISHED,
+    )
+
+
+def test_a_late_progress_event_does_not_move_the_cursor_back(
+    session: Session, add_run: Callable[..., Run]
+) -> None:
+    add_run("orders@1", state=RunState.RUNNING)
+    record_run_event(session, event("progress", attempt=1, seq=3, cursor="300"), now=NOW)
+
+    applied = record_run_event(session, event("progress", attempt=1, seq=2, cursor="200"), now=NOW)
+    session.commit()
+
+    assert applied is False
+    assert (reload(session).cursor_after, reload(session).last_event_seq) == ("300", 3)
+
+
+def test_a_redelivered_started_event_counts_no_second_delivery(
+    session: Session, add_run: Callable[..., Run]
+) -> None:
+    add_run("orders@1")
+    record_run_event(session, event("started", attempt=1, seq=1), now=NOW)
+
+    applied = record_run_event(session, event("started", attempt=1, seq=1), now=NOW)
+    session.commit()
+
+    assert applied is False
+    assert reload(session).deliveries == 1
+
+
+def test_a_retried_run_takes_the_events_of_its_next_attempt_from_seq_one(
+    session: Session, add_pipeline: Callable[..., Pipeline], add_run: Callable[..., Run]
+) -> None:
+    add_pipeline("orders", max_attempts=2, retry_backoff=0.0)
+    add_run("orders@1", state=RunState.RUNNING)
+    record_run_event(session, event("progress", attempt=1, seq=7), now=NOW)
+    failed = event("failed", attempt=1, seq=8, error="db away", retryable=True)
+    record_run_event(session, failed, now=NOW, rng=random.Random(1))
+    session.commit()
+    assert (reload(session).attempt, reload(session).last_event_seq) == (2, None)
+
+    applied = record_run_event(session, event("started", attempt=2, seq=1), now=NOW)
+    session.commit()
+
+    assert applied is True
+    assert (reload(session).state, reload(session).last_event_seq) == (RunState.RUNNING, 1)
+
+
 def test_an_event_for_an_unknown_run_is_ignored(session: Session) -> None:
     applied = record_run_event(session, event("started", run_key="ghost@1"), now=NOW)
     session.commit()
