@@ -23,8 +23,8 @@ Connection = psycopg.Connection[tuple[Any, ...]]
 CONNECT_TIMEOUT = 10  # seconds; libpq would otherwise wait forever on a silent host
 MIN_CONNECT_TIMEOUT = 2  # libpq takes whole seconds and treats 1 as 2
 CANCEL_TIMEOUT = 5.0  # seconds the watchdog's cancel request may take
-# A lock wait ends a moment before the statement's own timeout would, so that the error says
-# "lock timeout" when a lock was what the statement waited on.
+# A statement's own timeout ends a moment after the lock wait's (both at or past the deadline), so
+# that the error says "lock timeout" when a lock was what the statement waited on.
 LOCK_MARGIN_MS = 250
 
 _URL_USERINFO = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://([^@/?#]*)@")
@@ -108,8 +108,7 @@ def timeouts(deadline: Deadline, detail: str, *, local: bool = False) -> str | N
     if ms is None:
         return None
     scope = "LOCAL " if local else ""
-    lock_ms = max(1, ms - LOCK_MARGIN_MS)
-    return f"SET {scope}statement_timeout = {ms}; SET {scope}lock_timeout = {lock_ms}"
+    return f"SET {scope}statement_timeout = {ms + LOCK_MARGIN_MS}; SET {scope}lock_timeout = {ms}"
 
 
 def limit(conn: Connection, deadline: Deadline, detail: str) -> None:
