@@ -1,0 +1,111 @@
+"""The deadline arithmetic: time left from the attempt's start, and the server timeouts made of it."""
+
+from __future__ import annotations
+
+import pytest
+
+from workers.movement.connectors.mysql_connection import timeouts as mysql_timeouts
+from workers.movement.connectors.postgres_connection import timeouts as postgres_timeouts
+from workers.movement.deadline import NO_DEADLINE, Deadline
+from workers.movement.errors import TimedOutError
+
+
+class Clock:
+    def __init__(self, now: float = 100.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_deadline_counts_from_the_attempts_start_not_from_when_it_is_checked() -> None:
+    clock = Clock(100.0)
+    deadline = Deadline(5.0, start=98.0, clock=clock)
+    assert deadline.left() == pytest.approx(3.0)
+    assert not deadline.passed()
+    clock.now = 103.0
+    assert deadline.passed()
+
+
+def test_starting_now_reads_the_clock_once_at_the_start() -> None:
+    clock = Clock(10.0)
+    deadline = Deadline.starting_now(5.0, clock=clock)
+    clock.now = 14.0
+    assert deadline.left() == pytest.approx(1.0)
+
+
+def test_the_time_left_never_goes_below_zero() -> None:
+    clock = Clock(200.0)
+    assert Deadline(5.0, start=100.0, clock=clock).left() == 0.0
+
+
+@pytest.mark.parametrize(
+    ("left", "ms", "whole"),
+    [(2.5, 2500, 3), (0.0004, 1, 1), (0.0015, 2, 1), (1.0, 1000, 1), (59.9991, 60000, 60)],
+)
+def test_a_statement_timeout_is_the_time_left_rounded_up_and_never_zero(
+    left: float, ms: int, whole: int
+) -> None:
+    # zero means "no limit" to PostgreSQL, MariaDB and SQLite alike
+    clock = Clock(100.0)
+    deadline = Deadline(left, start=100.0, clock=clock)
+    assert deadline.statement_ms("writing") == ms
+    assert deadline.whole_seconds("writing") == whole
+    seconds = deadline.statement_seconds("writing")
+    assert seconds is not None and seconds > 0
+
+
+def test_once_passed_every_statement_limit_raises_a_retryable_timeout_naming_what_was_next() -> None:
+    clock = Clock(105.0)
+    deadline = Deadline(5.0, start=100.0, clock=clock)
+    for limit in (deadline.statement_ms, deadline.statement_seconds, deadline.whole_seconds, deadline.check):
+        with pytest.raises(TimedOutError) as caught:
+            limit("before committing a batch")
+        assert str(caught.value) == "timed out after 5s (before committing a batch)"
+        assert caught.value.retryable
+
+
+def test_without_a_limit_there_is_no_timeout_and_waits_keep_their_length() -> None:
+    assert NO_DEADLINE.left() is None
+    assert not NO_DEADLINE.passed()
+    assert NO_DEADLINE.statement_ms("x") is None
+    NO_DEADLINE.check("x")
+    assert NO_DEADLINE.bound(30.0) == 30.0
+
+
+def test_a_wait_is_bounded_by_the_time_left_but_never_to_zero() -> None:
+    clock = Clock(100.0)
+    deadline = Deadline(5.0, start=97.0, clock=clock)
+    assert deadline.bound(30.0) == pytest.approx(2.0)
+    assert deadline.bound(0.2) == 0.2
+    clock.now = 110.0
+    assert 0 < deadline.bound(30.0) < 0.01
+
+
+def test_postgres_lock_waits_end_at_the_deadline_and_the_statement_a_moment_after() -> None:
+    deadline = Deadline(2.0, start=100.0, clock=Clock(100.0))
+    assert postgres_timeouts(deadline, "x") == "SET statement_timeout = 2250; SET lock_timeout = 2000"
+    assert (
+        postgres_timeouts(deadline, "x", local=True)
+        == "SET LOCAL statement_timeout = 2250; SET LOCAL lock_timeout = 2000"
+    )
+    assert postgres_timeouts(NO_DEADLINE, "x") is None
+
+
+def test_mariadb_bounds_statements_table_locks_and_row_locks_and_mysql_its_selects() -> None:
+    deadline = Deadline(2.5, start=100.0, clock=Clock(100.0))
+    assert mysql_timeouts(deadline, "x", mariadb=True) == (
+        "SET SESSION max_statement_time = 2.500, lock_wait_timeout = 3, innodb_lock_wait_timeout = 3"
+    )
+    assert mysql_timeouts(deadline, "x", mariadb=False) == (
+        "SET SESSION max_execution_time = 2500, lock_wait_timeout = 3, innodb_lock_wait_timeout = 3"
+    )
+    assert mysql_timeouts(NO_DEADLINE, "x", mariadb=True) is None
+
+
+def test_no_server_timeout_is_set_once_the_deadline_passed() -> None:
+    passed = Deadline(2.0, start=100.0, clock=Clock(103.0))
+    with pytest.raises(TimedOutError):
+        postgres_timeouts(passed, "before writing a batch")
+    with pytest.raises(TimedOutError):
+        mysql_timeouts(passed, "before writing a batch", mariadb=True)
