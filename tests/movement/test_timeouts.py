@@ -207,7 +207,7 @@ def test_a_sqlite_write_waits_for_another_writer_no_longer_than_the_time_left(tm
     sink = make_sink("sqlite", "wh", {"path": "wh.db"}, home=tmp_path)
     sink.open()
     table = sink.prepare(WriteSpec(table="items", mode="append"), SCHEMA)
-    writer = sqlite3.connect(tmp_path / "wh.db", isolation_level=None)
+    writer = sqlite3.connect(tmp_path / "wh.db", isolation_level=None, check_same_thread=False)
     writer.execute("BEGIN IMMEDIATE")  # holds the database's write lock
     safety = threading.Timer(10.0, writer.close)  # well inside the busy timeout of 30 s
     safety.start()
