@@ -62,9 +62,10 @@ def execute(
     """Run ``job``; every failure becomes an outcome with a message naming pipeline and cause.
 
     The attempt's deadline counts from here, before ``started`` is sent, so the control plane (which
-    counts from when it hears ``started``) always sees the daemon stop the attempt first.
+    counts from when it hears ``started``) always sees the daemon stop the attempt first; and once
+    the control plane ends the attempt (``should_stop``), no batch of it commits any more.
     """
-    deadline = Deadline.starting_now(job.timeout_seconds, clock=clock)
+    deadline = Deadline.starting_now(job.timeout_seconds, clock=clock, ended=should_stop)
     spec = job.pipeline
     where = f"pipeline {spec.name}"
     report(Outcome("started"))

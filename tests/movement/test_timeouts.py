@@ -20,7 +20,7 @@ from tests.movement.test_contract import read_back
 from workers.jobs import Outcome, Report, execute
 from workers.movement.deadline import NO_DEADLINE, Deadline
 from workers.movement.engine import run_pipeline
-from workers.movement.errors import MovementError, TimedOutError
+from workers.movement.errors import CancelledError, MovementError, TimedOutError
 from workers.movement.interface import PipelineState, ReadSpec, Sink, WriteSpec
 from workers.movement.registry import make_sink, make_source
 from workers.movement.types import Column, LogicalType, Schema
@@ -116,6 +116,29 @@ def test_a_sink_does_not_commit_a_batch_when_the_deadline_passes_while_it_writes
     check = make_sink(kind, "wh", harness.options(), home=tmp_path)
     with check:
         assert isinstance(check, Sink) and check.load_state(pipeline) is None
+
+
+def test_a_batch_the_control_plane_ended_the_attempt_during_is_rolled_back(tmp_path: Path) -> None:
+    ended = False
+    sink = make_sink("sqlite", "wh", {"path": "wh.db"}, home=tmp_path)
+    sink.deadline = Deadline.starting_now(None, ended=lambda: ended)
+    sink.open()
+    try:
+        table = sink.prepare(WriteSpec(table="items", mode="append"), SCHEMA)
+        store = sink._store_state  # type: ignore[attr-defined]
+
+        def store_then_revoke(state: PipelineState) -> None:
+            nonlocal ended
+            store(state)
+            ended = True  # the control plane revokes the task while the batch is being written
+
+        sink._store_state = store_then_revoke  # type: ignore[attr-defined]
+        state = PipelineState(pipeline="items", run_key="r1", complete=False, position={"n": 2})
+        with pytest.raises(CancelledError, match="before committing a batch"):
+            sink.write(table, WriteSpec(table="items", mode="append"), SCHEMA, ROWS[:2], state)
+    finally:
+        sink.close()
+    assert read_back("sqlite", {"path": "wh.db"}, "items", tmp_path) == []
 
 
 @contextmanager

@@ -7,7 +7,7 @@ import pytest
 from workers.movement.connectors.mysql_connection import timeouts as mysql_timeouts
 from workers.movement.connectors.postgres_connection import timeouts as postgres_timeouts
 from workers.movement.deadline import NO_DEADLINE, Deadline
-from workers.movement.errors import TimedOutError
+from workers.movement.errors import CancelledError, TimedOutError
 
 
 class Clock:
@@ -109,3 +109,14 @@ def test_no_server_timeout_is_set_once_the_deadline_passed() -> None:
         postgres_timeouts(passed, "before writing a batch")
     with pytest.raises(TimedOutError):
         mysql_timeouts(passed, "before writing a batch", mariadb=True)
+
+
+def test_once_the_control_plane_ended_the_attempt_nothing_more_may_commit() -> None:
+    ended = False
+    deadline = Deadline(None, start=0.0, clock=Clock(), ended=lambda: ended)
+    deadline.check("before committing a batch")
+    ended = True
+    with pytest.raises(CancelledError, match=r"^cancelled between batches \(before committing a batch\)"):
+        deadline.check("before committing a batch")
+    with pytest.raises(CancelledError):
+        deadline.statement_ms("before writing a batch")
