@@ -1,6 +1,11 @@
-"""The deadline arithmetic: time left from the attempt's start, and the server timeouts made of it."""
+"""The deadline arithmetic: time left from the attempt's start, the server timeouts made of it, and
+the watchdog that cancels what outlasts it."""
 
 from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -8,6 +13,9 @@ from workers.movement.connectors.mysql_connection import timeouts as mysql_timeo
 from workers.movement.connectors.postgres_connection import timeouts as postgres_timeouts
 from workers.movement.deadline import NO_DEADLINE, Deadline
 from workers.movement.errors import CancelledError, TimedOutError
+from workers.movement.interface import ReadSpec, Source, SourceBatch
+from workers.movement.types import Schema
+from workers.movement.watchdog import Watchdog
 
 
 class Clock:
@@ -120,3 +128,54 @@ def test_once_the_control_plane_ended_the_attempt_nothing_more_may_commit() -> N
         deadline.check("before committing a batch")
     with pytest.raises(CancelledError):
         deadline.statement_ms("before writing a batch")
+
+
+class Blocked(Source):
+    """A connector whose statement runs until it is interrupted, the way a locked table's does."""
+
+    kind = "blocked"
+
+    def __init__(self, *, fail_first: bool = False) -> None:
+        super().__init__("blocked", {}, home=Path("."))
+        self.interrupted = threading.Event()
+        self.calls = 0
+        self.fail_first = fail_first
+
+    def open(self) -> None: ...
+
+    def close(self) -> None: ...
+
+    def schema(self, spec: ReadSpec) -> Schema:
+        return Schema(())
+
+    def batches(self, spec: ReadSpec, schema: Schema) -> Iterator[SourceBatch]:
+        return iter(())
+
+    def interrupt(self) -> None:
+        self.calls += 1
+        if self.fail_first and self.calls == 1:
+            raise RuntimeError("the cancel request did not get through")
+        self.interrupted.set()
+
+
+def test_the_watchdog_interrupts_every_connector_once_the_deadline_passed() -> None:
+    first, second = Blocked(), Blocked()
+    with Watchdog(Deadline.starting_now(0.05), [first, second], name="t") as watchdog:
+        assert first.interrupted.wait(30) and second.interrupted.wait(30)
+    assert watchdog.fired
+
+
+def test_the_watchdog_keeps_cancelling_after_a_cancel_that_failed() -> None:
+    stubborn = Blocked(fail_first=True)
+    with Watchdog(Deadline.starting_now(0.05), [stubborn], name="t"):
+        assert stubborn.interrupted.wait(30)
+    assert stubborn.calls >= 2
+
+
+def test_the_watchdog_never_interrupts_an_attempt_that_ends_in_time_or_has_no_limit() -> None:
+    in_time, unlimited = Blocked(), Blocked()
+    with Watchdog(Deadline.starting_now(3600.0), [in_time], name="t") as watchdog:
+        pass
+    with Watchdog(NO_DEADLINE, [unlimited], name="t") as idle:
+        pass
+    assert (watchdog.fired, idle.fired, in_time.calls, unlimited.calls) == (False, False, 0, 0)

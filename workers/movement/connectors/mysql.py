@@ -107,7 +107,9 @@ class MysqlSource(Source):
             conn.close()
 
     def interrupt(self) -> None:
-        kill_query(self.config, self.__dict__.get("conn"), self.where)
+        config = self.__dict__.get("config")  # none yet: open() has not got as far as connecting
+        if config is not None:
+            kill_query(config, self.__dict__.get("conn"), self.where)
 
     def _limit(self, cursor: pymysql.cursors.Cursor, doing: str) -> None:
         limit(cursor, self.deadline, f"{self.where}: {doing}", mariadb=self.mariadb)
@@ -280,7 +282,9 @@ class MysqlSink(Sink):
             conn.close()
 
     def interrupt(self) -> None:
-        kill_query(self.config, self.__dict__.get("conn"), self.where)
+        config = self.__dict__.get("config")  # none yet: open() has not got as far as connecting
+        if config is not None:
+            kill_query(config, self.__dict__.get("conn"), self.where)
 
     def _limit(self, cursor: pymysql.cursors.Cursor, doing: str) -> None:
         limit(cursor, self.deadline, f"{self.where}: {doing}", mariadb=self.mariadb)
