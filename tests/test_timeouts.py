@@ -5,6 +5,7 @@ is gone the last attempt loads the rows exactly once and the run's record says s
 from __future__ import annotations
 
 import json
+import signal
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
@@ -228,3 +229,105 @@ def test_a_run_whose_destination_table_is_locked_past_its_timeout_lands_its_rows
     assert again.returncode == 0, again.stdout + again.stderr + stack.logs()
     assert json.loads(again.stdout)["rows_written"] == ROWS
     assert destination.ids() == sorted(list(range(1, ROWS + 1)) * 2)
+
+
+FROZEN_ROWS = 20_000
+FROZEN_TIMEOUT = 20
+FROZEN_CONFIG = """
+daemons: [{{name: edge-t}}]
+connectors:
+  - {{name: shop, kind: sqlite, path: {source}}}
+  - {{name: wh, kind: sqlite, path: {destination}}}
+pipelines:
+  - name: orders
+    source: {{connector: shop, table: orders}}
+    destination: {{connector: wh, table: orders}}
+    daemon: edge-t
+    mode: append
+    batch_size: 10
+    timeout: {timeout}
+    retries: {{max_attempts: 2, backoff: 1, max_backoff: 1}}
+"""
+
+
+def committed(path: Path) -> tuple[int, dict[str, Any] | None]:
+    """Rows in the destination and the pipeline's committed state, read in one snapshot."""
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5) as conn:
+            count = conn.execute("SELECT count(*) FROM orders").fetchone()[0]
+            row = conn.execute("SELECT state FROM _mycelial_state WHERE pipeline = 'orders'").fetchone()
+        conn.close()
+    except sqlite3.Error:
+        return 0, None
+    return int(count), json.loads(row[0]) if row else None
+
+
+def test_an_attempt_frozen_past_its_timeout_and_ended_by_the_control_plane_commits_nothing_after(
+    make_stack: Callable[..., Stack], make_database_url: Callable[[str], str]
+) -> None:
+    database_url = make_database_url("sqlite")
+    # a frozen daemon sends no heartbeats: keep it online, so that the timeout (not failover) ends the run
+    stack = make_stack(database_url, timeout_grace="2", offline_after_missed="1000")
+    source, destination = stack.home / "shop.db", stack.home / "wh.db"
+    with sqlite3.connect(source) as conn:
+        conn.execute("CREATE TABLE orders (id INTEGER PRIMARY KEY, name TEXT NOT NULL)")
+        conn.executemany(
+            "INSERT INTO orders VALUES (?, ?)", ((i, f"order-{i}") for i in range(1, FROZEN_ROWS + 1))
+        )
+    conn.close()
+    config = stack.write_config(
+        FROZEN_CONFIG.format(source=source, destination=destination, timeout=FROZEN_TIMEOUT)
+    )
+    stack.start("worker", "worker")
+    stack.start("beat", "beat")
+    daemon = stack.start("daemon", "daemon", "--name", "edge-t")
+    wait_for(
+        lambda: (d := stack.daemon("edge-t")) and d["status"] == "online",
+        timeout=90,
+        what="daemon",
+        stack=stack,
+    )
+    stack.cli("apply", "-f", str(config), check=True)
+    key = json.loads(stack.cli("run", "orders", "--json", check=True).stdout)["run_key"]
+
+    wait_for(
+        lambda: 0 < committed(destination)[0] < FROZEN_ROWS, timeout=60, what="a partial load", stack=stack
+    )
+    daemon.send_signal(signal.SIGSTOP)
+    try:
+        frozen_rows, frozen_state = committed(destination)
+        assert frozen_state is not None and not frozen_state["complete"]
+        # the control plane ends the attempt once its timeout and the grace have passed
+        wait_for(
+            lambda: attempts(database_url, key)[:1] and attempts(database_url, key)[0][1] == "timed_out",
+            timeout=120,
+            what="the control plane to end the frozen attempt",
+            stack=stack,
+        )
+    finally:
+        daemon.send_signal(signal.SIGCONT)
+    log = stack.home / "daemon.log"
+    wait_for(
+        lambda: f"run {key} timed_out" in log.read_text(errors="replace"),
+        timeout=60,
+        what="the thawed daemon to stop the attempt",
+        stack=stack,
+    )
+    # the thawed attempt is past its deadline: it committed nothing after the control plane ended it
+    rows, state = committed(destination)
+    assert state is not None and state["run_key"] == key and not state["complete"]
+    assert rows == state["rows_loaded"] <= frozen_rows + 10  # at most the batch it was committing
+    [first] = attempts(database_url, key)[:1]
+    assert first[2] is not None and first[2].startswith(f"timed out after {FROZEN_TIMEOUT}s"), first
+
+    # the retry resumes from the last committed batch and ends exact
+    def finished() -> dict[str, Any] | None:
+        run = next(r for r in stack.json("runs", "--pipeline", "orders")["runs"] if r["run_key"] == key)
+        return run if run["state"] in ("succeeded", "failed", "timed_out") else None
+
+    run = wait_for(finished, timeout=180, what="the retry to finish", stack=stack)
+    assert (run["state"], run["attempt"]) == ("succeeded", 2), (run, stack.logs())
+    with sqlite3.connect(destination) as conn:
+        ids = [r[0] for r in conn.execute("SELECT id FROM orders ORDER BY id")]
+    conn.close()
+    assert ids == list(range(1, FROZEN_ROWS + 1))
