@@ -293,3 +293,31 @@ def test_an_attempt_without_a_timeout_runs_to_the_end_however_long_it_takes(tmp_
     outcome = execute(job(None), home=tmp_path, report=Report(send), should_stop=lambda: False, clock=clock)
     assert outcome.state == "succeeded"
     assert read_back("sqlite", {"path": "wh.db"}, "items", tmp_path) == ROWS
+
+
+@pytest.mark.parametrize("kind", ["postgres", "mysql"])  # SQLite: the attempt tests above
+def test_a_copy_with_time_to_spare_sets_its_timeouts_and_moves_every_row(
+    tmp_path: Path, kind: str, request: pytest.FixtureRequest
+) -> None:
+    harness = load_harness(kind, tmp_path / "src")
+    request.addfinalizer(harness.cleanup)
+    columns = list(SCHEMA.columns)
+    table = harness.create_table("items", columns, ROWS, primary_key=["id"])
+    deadline = Deadline.starting_now(3600.0)
+    source = make_source(kind, "shop", harness.options(), home=tmp_path)
+    sink = make_sink(kind, "wh", harness.options(), home=tmp_path)
+    source.deadline = sink.deadline = deadline
+    with source, sink:
+        result = run_pipeline(
+            pipeline=f"items-{uuid.uuid4().hex[:8]}",
+            run_key="r1",
+            source=source,
+            sink=sink,
+            read=ReadSpec(table=table, query=None, batch_size=3),
+            write=WriteSpec(table="items_copy", mode="append"),
+            on_progress=lambda r, w: None,
+            should_stop=lambda: False,
+            deadline=deadline,
+        )
+    assert result.rows_written == len(ROWS)
+    assert read_back(kind, harness.options(), "items_copy", tmp_path) == ROWS
