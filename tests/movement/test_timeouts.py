@@ -319,5 +319,17 @@ def test_a_copy_with_time_to_spare_sets_its_timeouts_and_moves_every_row(
             should_stop=lambda: False,
             deadline=deadline,
         )
+        limits = [session_limit(kind, connector) for connector in (source, sink)]
     assert result.rows_written == len(ROWS)
     assert read_back(kind, harness.options(), "items_copy", tmp_path) == ROWS
+    assert all(0 < limit <= 3600.25 for limit in limits), limits
+
+
+def session_limit(kind: str, connector: Any) -> float:
+    """The statement timeout a connector's session is under now, in seconds (0: none)."""
+    if kind == "postgres":
+        sql = "SELECT setting::float FROM pg_settings WHERE name = 'statement_timeout'"  # in ms
+        return float(connector.conn.execute(sql).fetchone()[0]) / 1000
+    with connector.conn.cursor() as cursor:
+        cursor.execute("SELECT @@max_statement_time")
+        return float(cursor.fetchone()[0])
