@@ -40,7 +40,8 @@ def fire_pipelines(cp: ControlPlane) -> float:
     """
     now = utcnow()
     with cp.session() as session:
-        result = tick(session, now=now, settings=TickSettings(expires=cp.settings.run_job_expires), rng=_rng)
+        settings = TickSettings(expires=cp.settings.run_job_expires, timeout_grace=cp.settings.timeout_grace)
+        result = tick(session, now=now, settings=settings, rng=_rng)
         upcoming = [
             next_fire(p.schedule, p.timezone, now) for p in scheduled_pipelines(session) if p.schedule
         ]

@@ -87,18 +87,33 @@ def run_job_message(
     pipeline: PipelineSpec,
     cursor: str | None,
     expires: float,
+    timeout_seconds: float | None = None,
 ) -> Outgoing:
-    payload = RunJob(run_key=run_key, attempt=attempt, pipeline=pipeline, cursor=cursor)
+    payload = RunJob(
+        run_key=run_key, attempt=attempt, pipeline=pipeline, cursor=cursor, timeout_seconds=timeout_seconds
+    )
     return job_outgoing(
         daemon=daemon, task_id=task_id, payload=dump(payload), pipeline_name=pipeline.name, expires=expires
     )
 
 
 def job_payload(
-    *, run_key: str, attempt: int, pipeline: dict[str, Any], cursor: str | None = None
+    *,
+    run_key: str,
+    attempt: int,
+    pipeline: dict[str, Any],
+    cursor: str | None = None,
+    timeout_seconds: float | None = None,
 ) -> dict[str, Any]:
     """A RunJob payload from an already dumped PipelineSpec: schedulers dump each spec once per tick."""
-    return {"v": 1, "run_key": run_key, "attempt": attempt, "pipeline": pipeline, "cursor": cursor}
+    return {
+        "v": 1,
+        "run_key": run_key,
+        "attempt": attempt,
+        "pipeline": pipeline,
+        "cursor": cursor,
+        "timeout_seconds": timeout_seconds,
+    }
 
 
 def job_outgoing(

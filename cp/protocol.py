@@ -57,7 +57,7 @@ class Heartbeat(Message):
     memory_mb: float | None = None
 
 
-RunEventState = Literal["started", "progress", "succeeded", "failed", "cancelled"]
+RunEventState = Literal["started", "progress", "succeeded", "failed", "timed_out", "cancelled"]
 
 
 class RunEvent(Message):
@@ -153,6 +153,8 @@ class RunJob(Message):
     attempt: int = Field(ge=1)
     pipeline: PipelineSpec
     cursor: str | None = None
+    # the pipeline's timeout: the daemon stops the attempt this many seconds after it starts it
+    timeout_seconds: float | None = Field(default=None, gt=0)
 
 
 ApplyConfig.model_rebuild()

@@ -162,6 +162,7 @@ def job_message(session: Session, run: Run, pipeline: Pipeline, *, expires: floa
         pipeline=pipeline_spec(session, pipeline),
         cursor=None,
         expires=expires,
+        timeout_seconds=pipeline.timeout,
     )
 
 
@@ -318,7 +319,7 @@ def record_run_event(
         fail_or_retry(
             session,
             run,
-            RunState.FAILED,
+            RunState.TIMED_OUT if event.state == "timed_out" else RunState.FAILED,
             error=event.error,
             retryable=event.retryable,
             at=event.at,

@@ -48,6 +48,7 @@ class TickSettings:
     expires: float  # seconds a job message stays valid in a daemon's queue
     republish_after: float = 5.0  # a queued run whose publish was not confirmed is sent again
     restart_after: float = 300.0  # a published run that never started is sent again
+    timeout_grace: float = 30.0  # seconds past a run's timeout before the control plane ends it
 
 
 @dataclass
@@ -60,7 +61,7 @@ def tick(session: Session, *, now: datetime, settings: TickSettings, rng: random
     """One scheduler step; the caller commits, then publishes ``messages`` and revokes ``revoke``."""
     fire_due_runs(session, now=now)
     result = TickResult()
-    result.revoke = expire_timed_out_runs(session, now=now, rng=rng)
+    result.revoke = expire_timed_out_runs(session, now=now, rng=rng, grace=settings.timeout_grace)
     result.messages = dispatch_ready_runs(session, now=now, expires=settings.expires)
     result.messages += republish_stuck_runs(session, now=now, settings=settings)
     return result
@@ -251,7 +252,12 @@ def dispatch_ready_runs(session: Session, *, now: datetime, expires: float) -> l
     for _, run_key, pipeline_name, attempt, daemon in assignments:
         if pipeline_name not in specs:
             specs[pipeline_name] = pipeline_spec(session, pipelines[pipeline_name]).model_dump(mode="json")
-        payload = job_payload(run_key=run_key, attempt=attempt, pipeline=specs[pipeline_name])
+        payload = job_payload(
+            run_key=run_key,
+            attempt=attempt,
+            pipeline=specs[pipeline_name],
+            timeout_seconds=pipelines[pipeline_name].timeout,
+        )
         task_id = task_id_for(run_key, attempt)
         messages.append(
             job_outgoing(
@@ -282,8 +288,15 @@ def _active_by_pipeline(session: Session) -> dict[str, int]:
     return {name: int(count) for name, count in rows}
 
 
-def expire_timed_out_runs(session: Session, *, now: datetime, rng: random.Random) -> list[str]:
-    """Running runs past their pipeline's timeout end ``timed_out`` (and may be retried)."""
+def expire_timed_out_runs(
+    session: Session, *, now: datetime, rng: random.Random, grace: float = 30.0
+) -> list[str]:
+    """Running runs ``grace`` seconds past their pipeline's timeout end ``timed_out`` (and may be retried).
+
+    The daemon stops an attempt at its timeout and reports it; this is the backstop for a daemon that
+    did not (frozen, cut off), so it waits out the grace first: an attempt the daemon still runs can
+    no longer commit by then, and nothing is retried while the first attempt may still write.
+    """
     revoke: list[str] = []
     timeouts = {
         p.name: p.timeout for p in session.exec(select(Pipeline).where(col(Pipeline.timeout).is_not(None)))
@@ -295,20 +308,32 @@ def expire_timed_out_runs(session: Session, *, now: datetime, rng: random.Random
     ).all()
     for run in running:
         limit = timeouts[run.pipeline]
-        if run.started_at is None or limit is None or run.started_at + timedelta(seconds=limit) > now:
+        if (
+            run.started_at is None
+            or limit is None
+            or not past_timeout(run.started_at, limit=limit, grace=grace, now=now)
+        ):
             continue
         if run.task_id:
             revoke.append(run.task_id)
+        log.warning(
+            "run %s outlived its timeout of %.0fs by the %.0fs grace; ending it", run.run_key, limit, grace
+        )
         fail_or_retry(
             session,
             run,
             RunState.TIMED_OUT,
-            error=f"timed out after {limit:.0f}s",
+            error=f"timed out after {limit:.0f}s (the daemon did not report within {grace:.0f}s more)",
             retryable=True,
             at=now,
             rng=rng,
         )
     return revoke
+
+
+def past_timeout(started_at: datetime, *, limit: float, grace: float, now: datetime) -> bool:
+    """True once a run started at ``started_at`` has outlived its timeout and the grace after it."""
+    return started_at + timedelta(seconds=limit + grace) <= now
 
 
 def republish_stuck_runs(session: Session, *, now: datetime, settings: TickSettings) -> list[Outgoing]:

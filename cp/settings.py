@@ -43,6 +43,9 @@ class Settings(BaseSettings):
     reconcile_grace: float = Field(default=15.0, ge=0)
     schedule_poll_interval: float = Field(default=0.5, gt=0)
     max_deliveries: int = Field(default=3, ge=1)
+    # seconds past a run's timeout before the control plane ends a run its daemon has not stopped:
+    # covers the daemon's cancel latency and clock skew, so the daemon always stops the job first
+    timeout_grace: float = Field(default=30.0, ge=0)
     retention_days: float = Field(default=30.0, gt=0)
 
     # configuration files are untrusted input; limits and their reasons in docs/configuration.md.

@@ -135,3 +135,17 @@ def test_a_job_payload_built_from_a_dumped_spec_is_the_same_as_the_validated_mes
     fast = job_payload(run_key="orders@1", attempt=2, pipeline=spec.model_dump(mode="json"))
     assert fast == dump(RunJob(run_key="orders@1", attempt=2, pipeline=spec))
     assert parse(RunJob, fast).pipeline == spec
+
+
+def test_a_job_carries_its_pipelines_timeout_both_ways_it_is_built() -> None:
+    from cp.dispatch import job_payload
+    from cp.protocol import dump
+
+    spec = pipeline_spec()
+    validated = parse(RunJob, job(timeout_seconds=5.0).payload)
+    fast = job_payload(
+        run_key="orders@1", attempt=1, pipeline=spec.model_dump(mode="json"), timeout_seconds=5.0
+    )
+    assert validated.timeout_seconds == 5.0
+    assert fast == dump(RunJob(run_key="orders@1", attempt=1, pipeline=spec, timeout_seconds=5.0))
+    assert parse(RunJob, job().payload).timeout_seconds is None

@@ -167,7 +167,7 @@ def test_events_of_an_earlier_attempt_do_not_move_the_current_one(
     assert runs(session)[0].state is RunState.SCHEDULED
 
 
-def test_a_run_past_its_timeout_ends_timed_out_and_its_task_is_revoked(
+def test_a_run_past_its_timeout_and_the_grace_ends_timed_out_and_its_task_is_revoked(
     session: Session, add_pipeline: Callable[..., Pipeline], step: Tick
 ) -> None:
     add_pipeline("orders", daemon="edge-1", schedule="0 * * * *", schedule_since=SINCE, timeout=60.0,
@@ -176,10 +176,50 @@ def test_a_run_past_its_timeout_ends_timed_out_and_its_task_is_revoked(
     key = "orders@2025-06-02T11:00:00Z"
     report(session, key, "started", at=at(0, 1), attempt=1)
     assert step(at(0, 59)).revoke == []
-    result = step(at(1, 2))
+    # past the timeout the daemon stops the attempt itself; the control plane waits out the grace
+    assert step(at(1, 2)).revoke == []
+    assert step(at(1, 30)).revoke == []
+    result = step(at(1, 31))
     assert result.revoke == [key]
     [run] = runs(session)
-    assert (run.state, run.error) == (RunState.TIMED_OUT, "timed out after 60s")
+    assert (run.state, run.error) == (
+        RunState.TIMED_OUT,
+        "timed out after 60s (the daemon did not report within 30s more)",
+    )
+
+
+def test_the_timeout_grace_is_a_tick_setting(session: Session, add_pipeline: Callable[..., Pipeline]) -> None:
+    add_pipeline("orders", daemon="edge-1", schedule="0 * * * *", schedule_since=SINCE, timeout=60.0,
+                 max_attempts=1)  # fmt: skip
+    settings = TickSettings(expires=60, timeout_grace=5.0)
+    tick(session, now=at(0), settings=settings, rng=random.Random(0))
+    session.commit()
+    key = "orders@2025-06-02T11:00:00Z"
+    report(session, key, "started", at=at(0, 1), attempt=1)
+    assert tick(session, now=at(1, 5), settings=settings, rng=random.Random(0)).revoke == []
+    assert tick(session, now=at(1, 6), settings=settings, rng=random.Random(0)).revoke == [key]
+
+
+def test_a_timed_out_report_from_the_daemon_ends_the_attempt_timed_out_and_retries_it(
+    session: Session, add_pipeline: Callable[..., Pipeline], step: Tick
+) -> None:
+    add_pipeline("orders", daemon="edge-1", schedule="0 * * * *", schedule_since=SINCE, timeout=5.0,
+                 max_attempts=2)  # fmt: skip
+    step(at(0))
+    key = "orders@2025-06-02T11:00:00Z"
+    report(session, key, "started", at=at(0, 1), attempt=1)
+    error = "pipeline orders: timed out after 5s (destination wh)"
+    report(session, key, "timed_out", at=at(0, 6), attempt=1, error=error, retryable=True)
+    [run] = runs(session)
+    assert (run.state, run.attempt) == (RunState.SCHEDULED, 2)
+    first = session.exec(select(RunAttempt).where(RunAttempt.attempt == 1)).one()
+    assert (first.state, first.error) == (RunState.TIMED_OUT, error)
+    retried = step(at(2))
+    assert [m.payload["timeout_seconds"] for m in retried.messages] == [5.0]
+    report(session, key, "started", at=at(2, 1), attempt=2)
+    report(session, key, "timed_out", at=at(2, 6), attempt=2, error=error, retryable=True)
+    [run] = runs(session)
+    assert (run.state, run.error) == (RunState.TIMED_OUT, error)
 
 
 def test_the_reconciler_publishes_again_a_queued_run_whose_publish_was_lost(
@@ -223,3 +263,16 @@ def test_two_schedulers_never_queue_the_same_run_twice(engine, add_pipeline: Cal
         b = tick(beat_b, now=at(0) + timedelta(milliseconds=1), settings=settings, rng=random.Random(0))
         beat_b.commit()
     assert (len(a.messages), b.messages) == (1, [])
+
+
+def test_a_manually_queued_job_and_a_republished_one_carry_the_pipelines_timeout(
+    session: Session, add_pipeline: Callable[..., Pipeline]
+) -> None:
+    pipeline = add_pipeline("orders", daemon="edge-1", schedule=None, timeout=5.0)
+    run = create_run(session, pipeline, trigger=RunTrigger.MANUAL, now=at(1))
+    assert run is not None
+    message = queue_run(session, run, pipeline, now=at(1), expires=60)
+    assert message is not None and message.payload["timeout_seconds"] == 5.0
+    session.commit()
+    again = tick(session, now=at(1, 10), settings=TickSettings(expires=60), rng=random.Random(0))
+    assert [m.payload["timeout_seconds"] for m in again.messages] == [5.0]

@@ -58,7 +58,8 @@ RUN_EVENT = {"run_key": "orders@1", "daemon": "edge-1", "state": "started", "at"
         pytest.param(
             RunEvent,
             {**RUN_EVENT, "state": "exploded"},
-            "RunEvent: state: Input should be 'started', 'progress', 'succeeded', 'failed' or 'cancelled'",
+            "RunEvent: state: Input should be 'started', 'progress', 'succeeded', 'failed',"
+            " 'timed_out' or 'cancelled'",
             id="unknown-run-state",
         ),
         pytest.param(

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from workers.movement.collector import rare_collections
+from workers.movement.deadline import NO_DEADLINE, Deadline
 from workers.movement.errors import CancelledError, LeaseHeldError, MovementError
 from workers.movement.interface import Mode, PipelineState, Position, ReadSpec, Sink, Source, WriteSpec
 from workers.movement.types import Schema
@@ -51,8 +52,10 @@ def run_pipeline(
     on_progress: Progress,
     should_stop: Callable[[], bool],
     lease_wait: float = LEASE_WAIT,
+    deadline: Deadline = NO_DEADLINE,
 ) -> RunResult:
-    _take_lease(sink, pipeline, wait=lease_wait, should_stop=should_stop)
+    """Copy the source into the sink; nothing is committed once ``deadline`` has passed."""
+    _take_lease(sink, pipeline, wait=lease_wait, should_stop=should_stop, deadline=deadline)
     previous = sink.load_state(pipeline)
     if previous is not None and previous.run_key == run_key and previous.complete:
         # a redelivered job whose run already committed its last batch: nothing left to do
@@ -65,6 +68,7 @@ def run_pipeline(
     _check_columns(schema.names, read, write, where=f"source {source.name}")
     stored = _stored_columns(source, sink, schema, read)
     read, write = replace(read, as_stored=stored), replace(write, as_stored=stored)
+    deadline.check(f"before preparing {sink.name}")
     table = sink.prepare(write, schema)
     state = PipelineState(
         pipeline=pipeline,
@@ -82,12 +86,14 @@ def run_pipeline(
         for batch in source.batches(replace(read, start=start), schema):
             if should_stop():
                 raise CancelledError("cancelled between batches; everything before is committed")
+            deadline.check(f"before writing a batch to {sink.name}")
             state.position = batch.position
             state.rows_loaded += len(batch.rows)
             sink.write(table, write, schema, batch.rows, state)
             rows_read += len(batch.rows)
             on_progress(rows_read, state.rows_loaded)
     state.complete = True
+    deadline.check(f"before completing the run in {sink.name}")
     sink.finish(table, write, state)
     return RunResult(
         rows_read=rows_read,
@@ -97,18 +103,21 @@ def run_pipeline(
     )
 
 
-def _take_lease(sink: Sink, pipeline: str, *, wait: float, should_stop: Callable[[], bool]) -> None:
+def _take_lease(
+    sink: Sink, pipeline: str, *, wait: float, should_stop: Callable[[], bool], deadline: Deadline
+) -> None:
     """The pipeline's destination lease, waiting up to ``wait`` seconds for another run of it to end
     (two manual runs, say); after that the run fails retryably and comes back after its backoff."""
-    deadline = time.monotonic() + wait
+    give_up = time.monotonic() + wait
     while True:
         try:
             sink.lease(pipeline)
             return
         except LeaseHeldError:
-            if time.monotonic() >= deadline or should_stop():
+            deadline.check(f"waiting for another run of {pipeline} to let go of {sink.name}")
+            if time.monotonic() >= give_up or should_stop():
                 raise
-            time.sleep(LEASE_POLL)
+            time.sleep(deadline.bound(LEASE_POLL))
 
 
 def _stored_columns(source: Source, sink: Sink, schema: Schema, read: ReadSpec) -> frozenset[str]:

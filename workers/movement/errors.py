@@ -27,3 +27,7 @@ class LeaseHeldError(RetryableError):
 
 class CancelledError(MovementError):
     """The run was cancelled between batches; the destination is consistent."""
+
+
+class TimedOutError(RetryableError):
+    """The attempt reached its time limit; what it had not committed is rolled back."""

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
+from workers.movement.deadline import NO_DEADLINE, Deadline
 from workers.movement.errors import LeaseHeldError
 from workers.movement.types import LogicalType, Row, Schema
 
@@ -70,6 +71,8 @@ class Connector(ABC):
     """Lifecycle shared by sources and sinks; ``name`` is the connector's name for messages."""
 
     kind: ClassVar[str]
+    # the attempt's time limit, set before ``open``: statement, lock and busy timeouts come from it
+    deadline: Deadline = NO_DEADLINE
 
     def __init__(self, name: str, options: dict[str, Any], *, home: Path) -> None:
         self.name = name
@@ -83,6 +86,11 @@ class Connector(ABC):
     @abstractmethod
     def close(self) -> None:
         """Release connections; safe to call twice and after a failed open."""
+
+    def interrupt(self) -> None:
+        """Cancel the statement running on this connector's connections; called from another thread
+        when the deadline passes. Nothing to do for connectors that never wait on a server."""
+        return None
 
     def __enter__(self) -> Connector:
         self.open()
@@ -146,7 +154,8 @@ class Sink(Connector):
     def write(
         self, table: str, spec: WriteSpec, schema: Schema, rows: list[Row], state: PipelineState
     ) -> None:
-        """Write ``rows`` and ``state`` in one transaction.
+        """Write ``rows`` and ``state`` in one transaction, committed only while ``deadline`` has not
+        passed (else rolled back, raising TimedOutError).
 
         A sink may return before that transaction commits, to let the engine read the next batch
         meanwhile; then every later call waits for it first and raises its error, ``finish``

@@ -16,7 +16,17 @@ from typing import Any
 import pymysql
 import pymysql.cursors
 
-from workers.movement.connectors.mysql_connection import Connection, connect, execute, failure, settings
+from workers.movement.connectors.mysql_connection import (
+    CONNECT_TIMEOUT,
+    Connection,
+    connect,
+    execute,
+    failure,
+    is_mariadb,
+    kill_query,
+    limit,
+    settings,
+)
 from workers.movement.connectors.mysql_types import (
     DECODERS,
     aux_table,
@@ -78,7 +88,9 @@ class MysqlSource(Source):
     def _connection(self) -> Connection:
         conn: Connection | None = self.__dict__.get("conn")
         if conn is None or not conn.open:
-            self.conn = conn = connect(self.config, self.where, conv=DECODERS)
+            wait = self.deadline.bound(CONNECT_TIMEOUT)
+            self.conn = conn = connect(self.config, self.where, conv=DECODERS, timeout=wait)
+            self.mariadb = is_mariadb(conn)
             try:
                 with conn.cursor() as cursor:
                     execute(cursor, "SET time_zone = '+00:00'")
@@ -94,9 +106,18 @@ class MysqlSource(Source):
         if conn is not None and conn.open:
             conn.close()
 
+    def interrupt(self) -> None:
+        config = self.__dict__.get("config")  # none yet: open() has not got as far as connecting
+        if config is not None:
+            kill_query(config, self.__dict__.get("conn"), self.where)
+
+    def _limit(self, cursor: pymysql.cursors.Cursor, doing: str) -> None:
+        limit(cursor, self.deadline, f"{self.where}: {doing}", mariadb=self.mariadb)
+
     def schema(self, spec: ReadSpec) -> Schema:
         try:
             with self._connection().cursor() as cursor:
+                self._limit(cursor, "before reading the schema")
                 if spec.table is not None:
                     return self._table_schema(cursor, spec.table)
                 assert spec.query is not None
@@ -166,6 +187,7 @@ class MysqlSource(Source):
         # Unbuffered: rows come off the socket as they are fetched, so memory holds one batch.
         cursor = conn.cursor(pymysql.cursors.SSCursor)
         try:
+            self._limit(cursor, "before reading")
             execute(cursor, sql, [_to_param(p) for p in params])
         except pymysql.MySQLError as exc:
             raise failure(self.where, exc, self.config) from None
@@ -224,9 +246,11 @@ class MysqlSink(Sink):
 
     def open(self) -> None:
         self.config = settings(self.options, self.where)
-        self.conn = connect(self.config, self.where)
+        self.conn = connect(self.config, self.where, timeout=self.deadline.bound(CONNECT_TIMEOUT))
         try:
+            self.mariadb = is_mariadb(self.conn)
             with self.conn.cursor() as cursor:
+                self._limit(cursor, "before creating the state table")
                 execute(cursor, "SET time_zone = '+00:00'")
                 execute(cursor, "SET SESSION sql_mode = 'STRICT_ALL_TABLES,NO_ENGINE_SUBSTITUTION'")
                 self.collation = self._binary_collation(cursor)
@@ -257,10 +281,23 @@ class MysqlSink(Sink):
         if conn is not None and conn.open:
             conn.close()
 
+    def interrupt(self) -> None:
+        config = self.__dict__.get("config")  # none yet: open() has not got as far as connecting
+        if config is not None:
+            kill_query(config, self.__dict__.get("conn"), self.where)
+
+    def _limit(self, cursor: pymysql.cursors.Cursor, doing: str) -> None:
+        limit(cursor, self.deadline, f"{self.where}: {doing}", mariadb=self.mariadb)
+
+    def _check_commit(self, doing: str) -> None:
+        """The last word before a COMMIT: once the deadline passed, nothing more commits."""
+        self.deadline.check(f"{self.where}: before committing {doing}")
+
     def lease(self, pipeline: str) -> None:
         """A named lock, released when the connection closes (or its daemon dies)."""
         try:
             with self.conn.cursor() as cursor:
+                self._limit(cursor, "before taking the lease")
                 execute(cursor, "SELECT GET_LOCK(%s, 0)", [lease_name(pipeline)])
                 row = cursor.fetchone()
         except pymysql.MySQLError as exc:
@@ -273,6 +310,7 @@ class MysqlSink(Sink):
     def load_state(self, pipeline: str) -> PipelineState | None:
         try:
             with self.conn.cursor() as cursor:
+                self._limit(cursor, "before reading the state")
                 row = self._state_row(cursor, pipeline)
                 if row is None:
                     return None
@@ -378,6 +416,7 @@ class MysqlSink(Sink):
             check_column(column, self.where)
         try:
             with self.conn.cursor() as cursor:
+                self._limit(cursor, f"before preparing {spec.table}")
                 if spec.mode == "replace":
                     self._settle_target(cursor, spec.table)
                     staging = aux_table(STAGE_PREFIX, spec.table)
@@ -444,12 +483,14 @@ class MysqlSink(Sink):
                 f"{quote(n)} = VALUES({quote(n)})" for n in updates
             )
         try:
-            self.conn.begin()
             with self.conn.cursor() as cursor:
+                self._limit(cursor, "before writing a batch")
+                self.conn.begin()
                 if values:
                     # PyMySQL sends this as multi-row INSERTs of up to ~1 MB each
                     cursor.executemany(sql, values)
                 self._store_state(cursor, state, None)
+            self._check_commit("a batch")
             self.conn.commit()
         except pymysql.MySQLError as exc:
             self._rollback()
@@ -480,15 +521,18 @@ class MysqlSink(Sink):
     def finish(self, table: str, spec: WriteSpec, state: PipelineState) -> None:
         try:
             with self.conn.cursor() as cursor:
+                self._limit(cursor, "before completing the run")
                 if spec.mode != "replace":
                     self.conn.begin()
                     self._store_state(cursor, state, None)
+                    self._check_commit("the completed run")
                     self.conn.commit()
                     return
                 # See the class docstring: state first (with the swap to do), then the swap, then clear.
                 pending = json.dumps({"stage": table, "target": spec.table})
                 self.conn.begin()
                 self._store_state(cursor, state, pending)
+                self._check_commit("the completed run")
                 self.conn.commit()
                 self._settle(cursor, state.pipeline)
         except pymysql.MySQLError as exc:

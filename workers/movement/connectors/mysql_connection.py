@@ -4,11 +4,17 @@ Options are the keys the control plane validates for ``kind: mysql``: ``host`` (
 127.0.0.1), ``port`` (3306), ``user`` (root), ``password`` (a ``${env:NAME}`` or
 ``${file:/path}`` reference, resolved at ``open()``; references work in the other keys too),
 and ``database`` (required). There is no URL form: one scheme, the same keys the configuration
-file takes. Connecting gives up after ``CONNECT_TIMEOUT`` seconds.
+file takes. Connecting gives up after ``CONNECT_TIMEOUT`` seconds, or the attempt's time left.
+
+Statements get the attempt's time left as ``max_statement_time`` (MariaDB; on MySQL
+``max_execution_time``, which bounds SELECTs only), ``lock_wait_timeout`` (table and metadata
+locks, ``LOCK TABLES ... WRITE``) and ``innodb_lock_wait_timeout`` (row locks); the watchdog's
+``KILL QUERY`` from a second connection stops whatever those leave running.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
@@ -16,6 +22,7 @@ from typing import Any, TypeAlias
 import pymysql
 import pymysql.cursors
 
+from workers.movement.deadline import Deadline
 from workers.movement.errors import MovementError, RetryableError
 from workers.scrub import scrub
 from workers.secrets import SecretError, remember, resolve
@@ -23,6 +30,8 @@ from workers.secrets import SecretError, remember, resolve
 Connection: TypeAlias = "pymysql.connections.Connection[pymysql.cursors.Cursor]"
 
 CONNECT_TIMEOUT = 10.0
+KILL_CONNECT_TIMEOUT = 5.0  # seconds the watchdog waits for the connection that sends KILL QUERY
+_UNKNOWN_THREAD = 1094  # KILL of a connection that is already gone
 
 
 @dataclass(frozen=True)
@@ -83,7 +92,13 @@ def _reason(exc: BaseException) -> str:
     return match.group(1) if match else text
 
 
-def connect(config: Settings, where: str, *, conv: dict[Any, Any] | None = None) -> Connection:
+def connect(
+    config: Settings,
+    where: str,
+    *,
+    conv: dict[Any, Any] | None = None,
+    timeout: float = CONNECT_TIMEOUT,
+) -> Connection:
     try:
         conn: Connection = pymysql.connect(
             host=config.host,
@@ -93,7 +108,7 @@ def connect(config: Settings, where: str, *, conv: dict[Any, Any] | None = None)
             database=config.database,
             charset="utf8mb4",
             autocommit=True,
-            connect_timeout=CONNECT_TIMEOUT,
+            connect_timeout=timeout,
             conv=conv,
         )
     except pymysql.MySQLError as exc:
@@ -119,6 +134,49 @@ def failure(where: str, exc: BaseException, config: Settings) -> MovementError:
     if code in _RETRYABLE_CODES or isinstance(exc, pymysql.err.InterfaceError):
         return RetryableError(message)
     return MovementError(message)
+
+
+def is_mariadb(conn: Connection) -> bool:
+    return "mariadb" in str(getattr(conn, "server_version", "")).lower()  # untyped in the stubs
+
+
+def timeouts(deadline: Deadline, detail: str, *, mariadb: bool) -> str | None:
+    """A SET giving the session's next statements the time left; None without a limit. Raises
+    TimedOutError once the deadline passed."""
+    seconds = deadline.statement_seconds(detail)
+    if seconds is None:
+        return None
+    whole = max(1, math.ceil(seconds))  # the lock waits count whole seconds
+    statement = (
+        f"max_statement_time = {seconds:.3f}"
+        if mariadb
+        else f"max_execution_time = {max(1, math.ceil(seconds * 1000))}"
+    )
+    return f"SET SESSION {statement}, lock_wait_timeout = {whole}, innodb_lock_wait_timeout = {whole}"
+
+
+def limit(cursor: pymysql.cursors.Cursor, deadline: Deadline, detail: str, *, mariadb: bool) -> None:
+    """Bound the session's next statements by the time left (one round trip; none without a limit)."""
+    statement = timeouts(deadline, detail, mariadb=mariadb)
+    if statement is not None:
+        execute(cursor, statement)
+
+
+def kill_query(config: Settings, conn: Connection | None, where: str) -> None:
+    """Stop the statement running on ``conn`` with ``KILL QUERY`` from a second connection (called
+    from the watchdog's thread); the connection itself stays usable, for the rollback."""
+    if conn is None or not conn.open:
+        return
+    thread_id = int(conn.thread_id())  # type: ignore[no-untyped-call]  # untyped in the stubs
+    killer = connect(config, where, timeout=KILL_CONNECT_TIMEOUT)
+    try:
+        with killer.cursor() as cursor:
+            execute(cursor, f"KILL QUERY {thread_id}")
+    except pymysql.MySQLError as exc:
+        if _code(exc) != _UNKNOWN_THREAD:
+            raise failure(where, exc, config) from None
+    finally:
+        killer.close()
 
 
 def execute(cursor: pymysql.cursors.Cursor, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> None:

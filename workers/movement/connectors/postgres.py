@@ -22,7 +22,14 @@ import psycopg
 from psycopg.pq import TransactionStatus
 from psycopg.types.string import TextLoader
 
-from workers.movement.connectors.postgres_connection import connect, failure, schema_option
+from workers.movement.connectors.postgres_connection import (
+    cancel,
+    connect,
+    failure,
+    limit,
+    schema_option,
+    timeouts,
+)
 from workers.movement.connectors.postgres_types import (
     BY_OID,
     BY_TYPE_NAME,
@@ -67,7 +74,7 @@ class PostgresSource(Source):
         return f"source {self.name}"
 
     def open(self) -> None:
-        self.conn, self.secrets = connect(self.options, self.where)
+        self.conn, self.secrets = connect(self.options, self.where, deadline=self.deadline)
         # carried as text: load as str, not uuid.UUID
         self.conn.adapters.register_loader("uuid", TextLoader)
 
@@ -82,6 +89,9 @@ class PostgresSource(Source):
         if conn is not None:
             conn.close()
 
+    def interrupt(self) -> None:
+        cancel(self.__dict__.get("conn"))
+
     def _qualified(self, spec: ReadSpec) -> ReadSpec:
         if spec.table is None:
             return spec
@@ -90,6 +100,7 @@ class PostgresSource(Source):
     def schema(self, spec: ReadSpec) -> Schema:
         spec = self._qualified(spec)
         try:
+            limit(self.conn, self.deadline, f"{self.where}: before reading the schema")
             if spec.table is not None:
                 regclass = self.conn.execute("SELECT to_regclass(%s)::oid", [relation(spec.table)]).fetchone()
                 if regclass is None or regclass[0] is None:
@@ -176,6 +187,7 @@ class PostgresSource(Source):
 
     def _raw(self, query: str, params: list[Any], batch_size: int) -> Iterator[list[Row]]:
         try:
+            limit(self.conn, self.deadline, f"{self.where}: before reading")
             with self.conn.transaction():
                 self.conn.execute("SET TRANSACTION READ ONLY")
                 with self.conn.cursor(name="_mycelial_read") as cursor:
@@ -207,11 +219,12 @@ class PostgresSink(Sink):
         return relation(f"{schema_option(self.options)}.{STATE_TABLE}")
 
     def open(self) -> None:
-        self.conn, self.secrets = connect(self.options, self.where)
+        self.conn, self.secrets = connect(self.options, self.where, deadline=self.deadline)
         self._binary: dict[str, bool] = {}  # per written table: may its batches use binary COPY
         self._committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"mycelial-commit-{self.name}")
         self._pending: Future[None] | None = None
         try:
+            self._limit("before creating the state table")
             self.conn.execute(
                 f"CREATE TABLE IF NOT EXISTS {self.state_table}"
                 " (pipeline TEXT PRIMARY KEY, state JSONB NOT NULL, updated_at TIMESTAMPTZ)"
@@ -234,9 +247,20 @@ class PostgresSink(Sink):
             if conn is not None:
                 conn.close()
 
+    def interrupt(self) -> None:
+        cancel(self.__dict__.get("conn"))
+
+    def _limit(self, doing: str) -> None:
+        limit(self.conn, self.deadline, f"{self.where}: {doing}")
+
+    def _check_commit(self, doing: str) -> None:
+        """The last word before a COMMIT: once the deadline passed, nothing more commits."""
+        self.deadline.check(f"{self.where}: before committing {doing}")
+
     def lease(self, pipeline: str) -> None:
         """A session advisory lock, released when the connection closes (or its daemon dies)."""
         try:
+            self._limit("before taking the lease")
             row = self.conn.execute(
                 "SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", [lease_name(pipeline)]
             ).fetchone()
@@ -248,6 +272,7 @@ class PostgresSink(Sink):
     def load_state(self, pipeline: str) -> PipelineState | None:
         self._settle()
         try:
+            self._limit("before reading the state")
             row = self.conn.execute(
                 f"SELECT state::text FROM {self.state_table} WHERE pipeline = %s", [pipeline]
             ).fetchone()
@@ -270,6 +295,7 @@ class PostgresSink(Sink):
         target = f"{namespace}.{name}"
         table = target
         try:
+            self._limit(f"before preparing {spec.table}")
             with self.conn.transaction():
                 if spec.mode == "replace":
                     table = f"{namespace}._mycelial_stage_{name}"
@@ -289,6 +315,7 @@ class PostgresSink(Sink):
                         definition = f"{quote(column.name)} {declared_type(column)}"
                         self.conn.execute(f"ALTER TABLE {relation(target)} ADD COLUMN {definition}")
                 self._binary[table] = self._binary_compatible(table, schema)
+                self._check_commit(f"the preparation of {spec.table}")
         except psycopg.Error as exc:
             raise failure(self.where, exc, self.secrets) from None
         return table
@@ -322,7 +349,8 @@ class PostgresSink(Sink):
                 self._check_ranges(schema, rows)
             else:
                 rows = self._json_as_text(schema, rows)
-            self.conn.execute("BEGIN")
+            bounded = timeouts(self.deadline, f"{self.where}: before writing a batch", local=True)
+            self.conn.execute("BEGIN" if bounded is None else f"BEGIN; {bounded}")
             try:
                 then: list[str] = []
                 if rows and keys:
@@ -353,9 +381,14 @@ class PostgresSink(Sink):
         try:
             if end_copy is not None:
                 end_copy()
+            # the COPY's limit counted from BEGIN; the statements after it get the time now left
+            bounded = timeouts(self.deadline, f"{self.where}: before storing a batch's state", local=True)
+            if bounded is not None:
+                self.conn.execute(bounded)
             for statement in then:
                 self.conn.execute(statement)
             self._store_state_json(pipeline, state)
+            self._check_commit("a batch")
             self.conn.execute("COMMIT")
         except BaseException:
             self._rollback()
@@ -439,12 +472,14 @@ class PostgresSink(Sink):
         namespace, name = split_table(spec.table, schema_option(self.options))
         target = f"{namespace}.{name}"
         try:
+            self._limit("before completing the run")
             with self.conn.transaction():
                 if spec.mode == "replace":
                     self.conn.execute(f"DROP TABLE IF EXISTS {relation(target)}")
                     self.conn.execute(f"ALTER TABLE {relation(table)} RENAME TO {quote(name)}")
                     self._rename_primary_key(target, name)
                 self._store_state(state)
+                self._check_commit("the completed run")
         except psycopg.Error as exc:
             raise failure(self.where, exc, self.secrets) from None
 

@@ -38,6 +38,7 @@ from workers.movement.types import Column, LogicalType, Row, Schema, Unsupported
 from workers.secrets import resolve
 
 T = LogicalType
+BUSY_TIMEOUT = 30.0  # seconds a write waits for another writer to let go of the database
 
 
 def database_path(options: dict[str, Any], home: Path) -> Path:
@@ -205,6 +206,9 @@ class SqliteSource(Source):
         if conn is not None:
             conn.close()
 
+    def interrupt(self) -> None:
+        _interrupt(self.__dict__.get("conn"))
+
     def schema(self, spec: ReadSpec) -> Schema:
         where = f"source {self.name}"
         try:
@@ -282,7 +286,7 @@ class SqliteSink(Sink):
     def open(self) -> None:
         path = database_path(self.options, self.home)
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.conn = sqlite3.connect(path, isolation_level=None, timeout=30)
+        self.conn = sqlite3.connect(path, isolation_level=None, timeout=self.deadline.bound(BUSY_TIMEOUT))
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute(
             f"CREATE TABLE IF NOT EXISTS {STATE_TABLE}"
@@ -296,6 +300,19 @@ class SqliteSink(Sink):
         lock = self.__dict__.pop("_lease", None)
         if lock is not None:
             lock.close()  # and with it the lock
+
+    def interrupt(self) -> None:
+        _interrupt(self.__dict__.get("conn"))
+
+    def _limit(self, doing: str) -> None:
+        """Wait for another writer's lock no longer than the time left (SQLite has no other waits)."""
+        ms = self.deadline.statement_ms(f"destination {self.name}: {doing}")
+        if ms is not None:
+            self.conn.execute(f"PRAGMA busy_timeout = {min(ms, int(BUSY_TIMEOUT * 1000))}")
+
+    def _check_commit(self, doing: str) -> None:
+        """The last word before a COMMIT: once the deadline passed, nothing more commits."""
+        self.deadline.check(f"destination {self.name}: before committing {doing}")
 
     def lease(self, pipeline: str) -> None:
         """An exclusive lock on a file beside the database, released when it is closed (or its
@@ -319,6 +336,7 @@ class SqliteSink(Sink):
     def prepare(self, spec: WriteSpec, schema: Schema) -> str:
         where = f"destination {self.name}"
         try:
+            self._limit(f"before preparing {spec.table}")
             if spec.mode == "replace":
                 staging = f"_mycelial_stage_{spec.table}"
                 self.conn.execute(f"DROP TABLE IF EXISTS {quote(staging)}")
@@ -364,10 +382,12 @@ class SqliteSink(Sink):
             )
             sql += f" ON CONFLICT ({', '.join(quote(k) for k in spec.key_columns)}) {action}"
         try:
+            self._limit("before writing a batch")
             self.conn.execute("BEGIN IMMEDIATE")
             if rows:
                 self.conn.executemany(sql, [convert(r) for r in rows])
             self._store_state(state)
+            self._check_commit("a batch")
             self.conn.execute("COMMIT")
         except sqlite3.Error as exc:
             self._rollback()
@@ -378,15 +398,20 @@ class SqliteSink(Sink):
 
     def finish(self, table: str, spec: WriteSpec, state: PipelineState) -> None:
         try:
+            self._limit("before completing the run")
             self.conn.execute("BEGIN IMMEDIATE")
             if spec.mode == "replace":
                 self.conn.execute(f"DROP TABLE IF EXISTS {quote(spec.table)}")
                 self.conn.execute(f"ALTER TABLE {quote(table)} RENAME TO {quote(spec.table)}")
             self._store_state(state)
+            self._check_commit("the completed run")
             self.conn.execute("COMMIT")
         except sqlite3.Error as exc:
             self._rollback()
             raise MovementError(f"destination {self.name}: {exc}") from None
+        except BaseException:
+            self._rollback()
+            raise
 
     def _store_state(self, state: PipelineState) -> None:
         self.conn.execute(
@@ -398,3 +423,12 @@ class SqliteSink(Sink):
     def _rollback(self) -> None:
         if self.conn.in_transaction:
             self.conn.execute("ROLLBACK")
+
+
+def _interrupt(conn: sqlite3.Connection | None) -> None:
+    """Abort the statement running on ``conn`` (sqlite3's interrupt is safe from another thread)."""
+    if conn is not None:
+        try:
+            conn.interrupt()
+        except sqlite3.ProgrammingError:
+            pass  # closed meanwhile: nothing runs on it
