@@ -36,6 +36,14 @@ class Settings(BaseSettings):
     schedule_poll_interval: float = Field(default=0.5, gt=0)
     max_deliveries: int = Field(default=3, ge=1)
     retention_days: float = Field(default=30.0, gt=0)
+    # heartbeats are kept in memory, newest per daemon, and written in one UPDATE this often
+    heartbeat_flush_interval: float = Field(default=0.5, gt=0)
+    # distinct daemons whose heartbeats wait for one flush; more are dropped (and logged)
+    heartbeat_pending_max: int = Field(default=100_000, ge=1)
+    # an undeclared name is recorded (an event, its last-seen time) at most this often
+    undeclared_record_interval: float = Field(default=600.0, gt=0)
+    # undeclared names kept, in SQL and in each worker's memory; the least recently seen go first
+    undeclared_daemons_max: int = Field(default=1_000, ge=1)
 
     flower_address: str = "127.0.0.1"
     flower_port: int = Field(default=5555, ge=1, le=65535)
