@@ -115,8 +115,8 @@ def record_heartbeats(session: Session, beats: Sequence[ReceivedHeartbeat]) -> H
     returning = [rows[r.beat.name][0] for r in applied if rows[r.beat.name][1] in _BACK_FROM]
     if returning:
         # back: heartbeats prove the process runs; the probe check decides online vs degraded
-        query = select(Daemon).where(col(Daemon.id).in_(returning)).execution_options(populate_existing=True)
-        for daemon in session.exec(query):
+        back = select(Daemon).where(col(Daemon.id).in_(returning)).execution_options(populate_existing=True)
+        for daemon in session.exec(back):
             at = newest[daemon.name].received_at
             set_status(session, daemon, DaemonStatus.ONLINE, reason="heartbeat", now=at)
     return HeartbeatBatch(applied=applied, undeclared=[newest[name] for name in names if name not in rows])
