@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery
-from kombu import Queue
+from kombu import Exchange, Queue
 
 from cp.protocol import CP_CHECK_DAEMON_HEALTH, CP_PURGE_OLD_RECORDS, CP_QUEUE, CP_SEND_PROBES
 from cp.settings import Settings
@@ -44,6 +44,10 @@ def make_celery(settings: Settings, *, name: str = "mycelial", url: str | None =
     return app
 
 
+def _direct(name: str) -> Queue:
+    return Queue(name, Exchange(name, type="direct"), routing_key=name)
+
+
 def _celery_config(settings: Settings) -> dict[str, Any]:
     return {
         "task_serializer": "json",
@@ -54,7 +58,9 @@ def _celery_config(settings: Settings) -> dict[str, Any]:
         "result_backend": None,
         "task_ignore_result": True,
         "task_default_queue": CP_QUEUE,
-        "task_queues": [Queue(CP_QUEUE), Queue(CP_CONTROL_QUEUE)],
+        # each queue its own exchange and key: a queue left to Celery's defaults would be bound to
+        # mycelial.cp's, and every daemon message would be copied onto the control queue
+        "task_queues": [_direct(CP_QUEUE), _direct(CP_CONTROL_QUEUE)],
         "task_routes": {
             **{name: {"queue": CP_CONTROL_QUEUE} for name in HOUSEKEEPING_TASKS},
             "cp.*": {"queue": CP_QUEUE},

@@ -131,16 +131,17 @@ def register_cp_tasks(app: Celery, cp: ControlPlane) -> None:
             # cp.failover.reconcile_running(session, daemon=r.beat.name,
             #     running_task_ids=r.beat.running_runs, sent_at=r.beat.sent_at, now=r.received_at,
             #     grace=..., rng=_rng) for r in written.applied.
-            for received in written.undeclared:
-                if undeclared_recently.due(received.beat.name, now=now):
-                    record_undeclared(
-                        session,
-                        name=received.beat.name,
-                        now=now,
-                        interval=settings.undeclared_record_interval,
-                        keep=settings.undeclared_daemons_max,
-                        via="heartbeat",
-                    )
+            noted = [r.beat.name for r in written.undeclared if undeclared_recently.due(r.beat.name, now=now)]
+            for name in noted:
+                record_undeclared(
+                    session,
+                    name=name,
+                    now=now,
+                    interval=settings.undeclared_record_interval,
+                    keep=settings.undeclared_daemons_max,
+                    via="heartbeat",
+                )
+        undeclared_recently.remember(noted, now=now)
 
     def flush_heartbeats() -> None:
         batch, dropped = coalescer.take()
@@ -185,6 +186,7 @@ def register_cp_tasks(app: Celery, cp: ControlPlane) -> None:
                 hostname=hello.hostname,
                 software_version=hello.software_version,
             )
+        undeclared_recently.remember([hello.name], now=now)
 
     @contract_task(CP_DAEMON_HELLO, DaemonHello)
     def daemon_hello(hello: DaemonHello) -> None:

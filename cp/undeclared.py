@@ -29,17 +29,24 @@ class RecentNames:
         self._lock = threading.Lock()
 
     def due(self, name: str, *, now: datetime) -> bool:
-        """True (and remembered) when ``name`` was not recorded within the interval."""
-        key = name if len(name) <= _KEY_MAX else "sha256:" + hashlib.sha256(name.encode()).hexdigest()
+        """True when ``name`` was not recorded within the interval."""
         with self._lock:
-            last = self._seen.get(key)
-            if last is not None and now - last < self._interval:
-                return False
-            self._seen[key] = now
-            self._seen.move_to_end(key)
+            last = self._seen.get(_key(name))
+        return last is None or now - last >= self._interval
+
+    def remember(self, names: list[str], *, now: datetime) -> None:
+        """Note that ``names`` were recorded (once the record is committed)."""
+        with self._lock:
+            for name in names:
+                key = _key(name)
+                self._seen[key] = now
+                self._seen.move_to_end(key)
             while len(self._seen) > self._capacity:
                 self._seen.popitem(last=False)
-            return True
+
+
+def _key(name: str) -> str:
+    return name if len(name) <= _KEY_MAX else "sha256:" + hashlib.sha256(name.encode()).hexdigest()
 
 
 def record_undeclared(
@@ -75,7 +82,8 @@ def record_undeclared(
                 reason=f"{via} from a daemon the configuration does not declare: ignored",
             )
         )
-        log.warning("daemon %s is not declared in the configuration: its %s is ignored", name, via)
+        shown = name if len(name) <= _KEY_MAX else f"{name[:40]}… ({len(name)} characters)"
+        log.warning("daemon %s is not declared in the configuration: its %s is ignored", shown, via)
     session.add(row)
     return wrote_event
 

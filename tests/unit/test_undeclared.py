@@ -30,16 +30,17 @@ def undeclared_events(session: Session) -> list[DaemonEvent]:
 
 def test_a_worker_remembers_a_name_for_the_interval_and_then_lets_it_be_recorded_again() -> None:
     recent = RecentNames(capacity=10, interval=TEN_MINUTES)
-
     assert recent.due("stranger", now=NOW) is True
+
+    recent.remember(["stranger"], now=NOW)
+
     assert recent.due("stranger", now=NOW + timedelta(minutes=9)) is False
     assert recent.due("stranger", now=NOW + timedelta(minutes=10)) is True
 
 
 def test_a_worker_remembers_at_most_its_capacity_of_names_forgetting_the_oldest() -> None:
     recent = RecentNames(capacity=2, interval=TEN_MINUTES)
-    for name in ("a", "b", "c"):
-        recent.due(name, now=NOW)
+    recent.remember(["a", "b", "c"], now=NOW)
 
     assert recent.due("c", now=NOW) is False
     assert recent.due("a", now=NOW) is True  # forgotten: recorded again
@@ -48,7 +49,7 @@ def test_a_worker_remembers_at_most_its_capacity_of_names_forgetting_the_oldest(
 def test_a_huge_name_is_remembered_by_its_digest() -> None:
     recent = RecentNames(capacity=2, interval=TEN_MINUTES)
     huge = "n" * 1_000_000
-    recent.due(huge, now=NOW)
+    recent.remember([huge], now=NOW)
 
     assert recent.due(huge, now=NOW) is False
     assert all(len(key) < 100 for key in recent._seen)
