@@ -16,8 +16,9 @@ straight onto ``mycelial.cp`` at a steady rate (each daemon beats every 1000/rat
 - ``health checks kept``: ``cp.check_daemon_health`` runs that succeeded during the phase
   (counted in the worker's log) against the number beat should have sent; target all.
 
-The simulated daemons answer no probes, so they turn ``degraded`` once at the start; that
-costs the worker one status change per daemon, as it would in production.
+Before the first rate, every simulated daemon says hello reporting the configuration it was
+pushed as applied, as a real daemon would. The simulated daemons answer no probes, so they turn
+``degraded`` once, early in the first phase: one status change per daemon.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from bench.raw_messages import RawTaskMessages
 from cp.celery_app import make_celery
 from cp.db import make_engine
 from cp.models import Daemon
-from cp.protocol import CP_HEARTBEAT, CP_QUEUE
+from cp.protocol import CP_DAEMON_HELLO, CP_HEARTBEAT, CP_QUEUE
 from cp.settings import Settings
 
 DAEMONS = 1_000
@@ -198,9 +199,11 @@ def run_phases(url: str, *, seconds: float) -> list[Phase]:
             try:
                 app = make_celery(Settings(home=Path(home)), url=url)
                 messages = RawTaskMessages(app, client, task=CP_HEARTBEAT, queue=CP_QUEUE)
-                progress("warming up: one heartbeat from every daemon")
-                publish(messages, rate=DAEMONS, seconds=1.0)
-                _wait_drained(client, timeout=120)
+                progress("warming up: every daemon says hello, with the config it was pushed applied")
+                hellos = RawTaskMessages(app, client, task=CP_DAEMON_HELLO, queue=CP_QUEUE)
+                hellos.push([hellos.build(hello(i)) for i in range(DAEMONS)])
+                _wait_drained(client, timeout=300)
+                _wait_heard_from(engine_url, timeout=120)
                 time.sleep(3)
                 phases = []
                 for rate in RATES:
@@ -235,6 +238,25 @@ def run_phases(url: str, *, seconds: float) -> list[Phase]:
                         proc.wait(timeout=30)
                     except subprocess.TimeoutExpired:
                         proc.kill()
+
+
+def hello(i: int) -> dict[str, object]:
+    return {"v": 1, "name": daemon_name(i), "software_version": "bench", "applied_config_version": 1}
+
+
+def _wait_heard_from(engine_url: str, *, timeout: float) -> None:
+    engine = make_engine(engine_url)
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            with Session(engine) as session:
+                heard = session.exec(select(Daemon.name).where(col(Daemon.last_heartbeat_at).is_not(None)))
+            if len(heard.all()) == DAEMONS:
+                return
+            time.sleep(0.5)
+    finally:
+        engine.dispose()
+    raise RuntimeError("the hellos of the simulated daemons were not all recorded")
 
 
 def _wait_drained(client: redis.Redis, *, timeout: float) -> None:

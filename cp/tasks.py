@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
+import time
 import uuid
 from collections.abc import Callable
 from datetime import datetime
@@ -60,6 +62,7 @@ _rng = random.Random()
 M = TypeVar("M", bound=BaseModel)
 MAX_RETRIES = 8  # of a task whose database was unavailable
 RETRY_BACKOFF_MAX = 30  # seconds between two attempts, at most
+QUEUE_DEPTH_EVERY = 5.0  # seconds between two readings of every daemon queue's depth
 
 
 def register_cp_tasks(app: Celery, cp: ControlPlane) -> None:
@@ -119,6 +122,27 @@ def register_cp_tasks(app: Celery, cp: ControlPlane) -> None:
             )
 
         return decorate
+
+    running: dict[str, threading.Lock] = {
+        name: threading.Lock() for name in (CP_SEND_PROBES, CP_CHECK_DAEMON_HEALTH)
+    }
+
+    depths_due = [0.0]  # monotonic time of the next queue-depth reading in this process
+
+    def alone(name: str, step: Callable[[], None]) -> None:
+        """Run ``step`` unless the previous run of ``name`` in this process is still going.
+
+        Overlapping runs would only wait for each other's database lock, holding worker threads
+        that heartbeats and the next check need; the next beat tick does the work instead.
+        """
+        lock = running[name]
+        if not lock.acquire(blocking=False):
+            log.info("%s skipped: the previous one is still running", name)
+            return
+        try:
+            step()
+        finally:
+            lock.release()
 
     coalescer = HeartbeatCoalescer(max_daemons=settings.heartbeat_pending_max)
 
@@ -253,6 +277,9 @@ def register_cp_tasks(app: Celery, cp: ControlPlane) -> None:
 
     @app.task(name=CP_SEND_PROBES, ignore_result=True, send_events=False)
     def send_probes() -> None:
+        alone(CP_SEND_PROBES, _send_probes)
+
+    def _send_probes() -> None:
         """A canary through each declared daemon's own queue: only a consuming daemon answers it."""
         now = utcnow()
         probe_id = uuid.uuid4().hex[:12]
@@ -269,6 +296,9 @@ def register_cp_tasks(app: Celery, cp: ControlPlane) -> None:
 
     @app.task(name=CP_CHECK_DAEMON_HEALTH, ignore_result=True, send_events=False)
     def check_daemon_health() -> None:
+        alone(CP_CHECK_DAEMON_HEALTH, _check_daemon_health)
+
+    def _check_daemon_health() -> None:
         """Queue depths, statuses, failover of offline daemons' runs, re-push of lagging configs."""
         now = utcnow()
         limits = HealthLimits(
@@ -276,13 +306,19 @@ def register_cp_tasks(app: Celery, cp: ControlPlane) -> None:
             probe_timeout=settings.probe_timeout,
             backlog_threshold=settings.backlog_threshold,
         )
+        depths: dict[str, int] | None = None
+        if time.monotonic() >= depths_due[0]:
+            # the backlog rule needs no fresher figures, and reading every queue costs the most
+            depths_due[0] = time.monotonic() + QUEUE_DEPTH_EVERY
+            with cp.session() as session:
+                names = list(session.exec(select(Daemon.name)))
+            depths = queue_depths(cp.app, names)
         with cp.session() as session:
-            daemons = list(session.exec(select(Daemon)))
-        depths = queue_depths(cp.app, [d.name for d in daemons])
-        with cp.session() as session:
-            for daemon in session.exec(select(Daemon)):
-                daemon.queue_depth = depths.get(daemon.name)
-                session.add(daemon)
+            if depths is not None:
+                for daemon in session.exec(select(Daemon)):
+                    if daemon.queue_depth != depths.get(daemon.name):
+                        daemon.queue_depth = depths.get(daemon.name)
+                        session.add(daemon)
             update_statuses(session, now=now, limits=limits)
             revoke = fail_over(session, now=now, lost_after=settings.lost_after, rng=_rng)
             pushes = [
