@@ -6,8 +6,10 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Protocol
 
 from sqlalchemy import bindparam
+from sqlalchemy import select as sa_select
 from sqlalchemy import update as sa_update
 from sqlmodel import Session, col, select
 
@@ -133,7 +135,31 @@ class HealthLimits:
     backlog_threshold: int  # messages waiting in the daemon's queue
 
 
-def evaluate(daemon: Daemon, *, now: datetime, limits: HealthLimits) -> tuple[DaemonStatus, str]:
+class HealthFacts(Protocol):
+    """What a daemon's status is decided from: a ``Daemon`` row has it, so has ``Facts``."""
+
+    @property
+    def status(self) -> DaemonStatus: ...
+    @property
+    def last_heartbeat_at(self) -> datetime | None: ...
+    @property
+    def last_probe_sent_at(self) -> datetime | None: ...
+    @property
+    def last_probe_reply_at(self) -> datetime | None: ...
+    @property
+    def queue_depth(self) -> int | None: ...
+
+
+@dataclass(frozen=True)
+class Facts:
+    status: DaemonStatus
+    last_heartbeat_at: datetime | None
+    last_probe_sent_at: datetime | None
+    last_probe_reply_at: datetime | None
+    queue_depth: int | None
+
+
+def evaluate(daemon: HealthFacts, *, now: datetime, limits: HealthLimits) -> tuple[DaemonStatus, str]:
     """The status a daemon should have now, with the reason. Pure."""
     if daemon.last_heartbeat_at is None:
         return (
@@ -158,12 +184,26 @@ def evaluate(daemon: Daemon, *, now: datetime, limits: HealthLimits) -> tuple[Da
 
 
 def update_statuses(session: Session, *, now: datetime, limits: HealthLimits) -> list[Daemon]:
-    """Re-evaluate every daemon; return those that went offline in this call."""
+    """Re-evaluate every daemon; return those that went offline in this call.
+
+    Decided from a few columns per daemon; only daemons whose status changes are loaded whole.
+    """
+    columns = ("id", "status", "last_heartbeat_at", "last_probe_sent_at", "last_probe_reply_at")
+    columns += ("queue_depth",)
+    facts = sa_select(*(Daemon.__table__.c[name] for name in columns))  # type: ignore[attr-defined]
+    changes: dict[int, tuple[DaemonStatus, str]] = {}
+    session.flush()  # pending changes (queue depths) count
+    for daemon_id, *row in session.connection().execute(facts):
+        current = Facts(DaemonStatus(row[0]), *row[1:])
+        status, reason = evaluate(current, now=now, limits=limits)
+        if status != current.status and daemon_id is not None:
+            changes[daemon_id] = (status, reason)
     went_offline = []
-    for daemon in session.exec(select(Daemon)):
-        status, reason = evaluate(daemon, now=now, limits=limits)
-        if set_status(session, daemon, status, reason=reason, now=now) and status is DaemonStatus.OFFLINE:
-            went_offline.append(daemon)
+    if changes:
+        for daemon in session.exec(select(Daemon).where(col(Daemon.id).in_(list(changes)))):
+            status, reason = changes[daemon.id or 0]
+            if set_status(session, daemon, status, reason=reason, now=now) and status is DaemonStatus.OFFLINE:
+                went_offline.append(daemon)
     return went_offline
 
 

@@ -109,7 +109,7 @@ def register_cp_tasks(app: Celery, cp: ControlPlane) -> None:
                     handler(message)
                 except SQLAlchemyError as exc:
                     if not is_transient(exc):
-                        sender = getattr(message, "name", None)
+                        sender = getattr(message, "name", None) or getattr(message, "daemon", None)
                         reject(name, sender=sender, reason=f"data error: {describe(exc)}")
                         return
                     # exponential backoff with full jitter, so workers do not come back in step
