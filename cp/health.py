@@ -188,9 +188,15 @@ def update_statuses(session: Session, *, now: datetime, limits: HealthLimits) ->
 
     Decided from a few columns per daemon; only daemons whose status changes are loaded whole.
     """
-    columns = ("id", "status", "last_heartbeat_at", "last_probe_sent_at", "last_probe_reply_at")
-    columns += ("queue_depth",)
-    facts = sa_select(*(Daemon.__table__.c[name] for name in columns))  # type: ignore[attr-defined]
+    table = Daemon.__table__.c  # type: ignore[attr-defined]
+    facts = sa_select(
+        table.id,
+        table.status,
+        table.last_heartbeat_at,
+        table.last_probe_sent_at,
+        table.last_probe_reply_at,
+        table.queue_depth,
+    )
     changes: dict[int, tuple[DaemonStatus, str]] = {}
     session.flush()  # pending changes (queue depths) count
     for daemon_id, *row in session.connection().execute(facts):
