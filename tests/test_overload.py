@@ -19,7 +19,7 @@ from cp.protocol import CP_CHECK_DAEMON_HEALTH, CP_DAEMON_HELLO, CP_HEARTBEAT, C
 from cp.settings import Settings, normalize_database_url
 from tests.conftest import Stack, wait_for
 
-BACKLOG = 60_000
+BACKLOG = 20_000
 DAEMONS = """daemons:
   - {name: edge-busy, labels: {site: a}}
   - {name: edge-quiet, labels: {site: a}}
@@ -69,11 +69,11 @@ def test_health_checks_run_while_a_backlog_of_daemon_messages_waits(
         stack=stack,
     )
     waiting = client.llen(CP_QUEUE)
-    assert waiting > BACKLOG // 10, f"the health check ran only after the backlog drained ({waiting} left)"
-    wait_for(lambda: client.llen(CP_QUEUE) == 0, timeout=300, what="the backlog to drain", stack=stack)
+    assert waiting > BACKLOG // 4, f"the health check ran only after the backlog drained ({waiting} left)"
+    # and the heartbeats it jumped ahead of are recorded too, coalesced
     wait_for(
         lambda: (d := daemon_row(database_url, "edge-busy")) and d.last_heartbeat_at is not None,
-        timeout=30,
+        timeout=120,
         what="edge-busy's coalesced heartbeat",
         stack=stack,
     )
