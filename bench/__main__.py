@@ -15,6 +15,7 @@ BENCHMARKS: dict[str, str] = {
     "movement": "bench.movement",
     "scheduling": "bench.scheduling",
     "health": "bench.health",
+    "heartbeats": "bench.heartbeats",
 }
 
 EXIT_BAD_INPUT = 2

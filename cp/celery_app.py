@@ -6,10 +6,19 @@ import math
 from typing import Any
 
 from celery import Celery
-from kombu import Queue
+from kombu import Exchange, Queue
 
-from cp.protocol import CP_QUEUE
+from cp.protocol import CP_CHECK_DAEMON_HEALTH, CP_PURGE_OLD_RECORDS, CP_QUEUE, CP_SEND_PROBES
 from cp.settings import Settings
+
+# Beat-driven housekeeping (health checks, probes, retention) has its own queue, consumed by every
+# control-plane worker beside mycelial.cp, so it never waits behind a backlog of daemon messages.
+# Daemons never publish here. kombu's Redis transport BRPOPs both keys and moves the queue it just
+# took a message from to the end of the list (round-robin), so a waiting control task is served
+# after at most one daemon message.
+CP_CONTROL_QUEUE = "mycelial.cp.control"
+CP_WORKER_QUEUES = (CP_CONTROL_QUEUE, CP_QUEUE)
+HOUSEKEEPING_TASKS = (CP_CHECK_DAEMON_HEALTH, CP_SEND_PROBES, CP_PURGE_OLD_RECORDS)
 
 
 class BrokerNotConfiguredError(RuntimeError):
@@ -71,6 +80,10 @@ def unacked_options(settings: Settings, *, daemon: str | None) -> dict[str, Any]
     }
 
 
+def _direct(name: str) -> Queue:
+    return Queue(name, Exchange(name, type="direct"), routing_key=name)
+
+
 def _celery_config(settings: Settings, *, daemon: str | None) -> dict[str, Any]:
     return {
         "task_serializer": "json",
@@ -81,8 +94,13 @@ def _celery_config(settings: Settings, *, daemon: str | None) -> dict[str, Any]:
         "result_backend": None,
         "task_ignore_result": True,
         "task_default_queue": CP_QUEUE,
-        "task_queues": [Queue(CP_QUEUE)],
-        "task_routes": {"cp.*": {"queue": CP_QUEUE}},
+        # each queue its own exchange and key: a queue left to Celery's defaults would be bound to
+        # mycelial.cp's, and every daemon message would be copied onto the control queue
+        "task_queues": [_direct(CP_QUEUE), _direct(CP_CONTROL_QUEUE)],
+        "task_routes": {
+            **{name: {"queue": CP_CONTROL_QUEUE} for name in HOUSEKEEPING_TASKS},
+            "cp.*": {"queue": CP_QUEUE},
+        },
         "task_create_missing_queues": True,
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
@@ -108,11 +126,13 @@ def _celery_config(settings: Settings, *, daemon: str | None) -> dict[str, Any]:
     }
 
 
-def worker_argv(*, queue: str, hostname: str, pool: str, concurrency: int, loglevel: str) -> list[str]:
-    """Arguments for ``app.worker_main``: one queue, gossip and mingle off."""
+def worker_argv(
+    *, queues: tuple[str, ...], hostname: str, pool: str, concurrency: int, loglevel: str
+) -> list[str]:
+    """Arguments for ``app.worker_main``: the given queues, gossip and mingle off."""
     return [
         "worker",
-        f"--queues={queue}",
+        f"--queues={','.join(queues)}",
         f"--hostname={hostname}",
         f"--pool={pool}",
         f"--concurrency={concurrency}",

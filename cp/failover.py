@@ -133,6 +133,29 @@ def reconcile_heartbeat(
     )
 
 
+def reconcile_heartbeats(
+    session: Session, beats: Collection[Heartbeat], *, now: datetime, grace: float, rng: random.Random
+) -> list[str]:
+    """``reconcile_heartbeat`` for a flush of coalesced heartbeats, one query for all of them first.
+
+    Most daemons run nothing the control plane does not know of: only those with a run it believes
+    running there, or that list jobs of their own, go through the per-daemon reconciliation.
+    """
+    names = {beat.name for beat in beats}
+    if not names:
+        return []
+    believed_running = set(
+        session.exec(
+            select(Run.daemon).where(col(Run.daemon).in_(names), Run.state == RunState.RUNNING).distinct()
+        )
+    )
+    revoke: list[str] = []
+    for beat in beats:
+        if beat.name in believed_running or beat.running_runs:
+            revoke += reconcile_heartbeat(session, beat, now=now, grace=grace, rng=rng)
+    return revoke
+
+
 def _not_to_run(session: Session, task_ids: Collection[str]) -> list[str]:
     """The task ids, of those a daemon runs, that no current attempt of a live run has."""
     if not task_ids:

@@ -1,26 +1,28 @@
-"""Daemon registration, heartbeats and status transitions."""
+"""Declared daemons' hellos, heartbeats, probes and config results, and status transitions."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Protocol
 
+from sqlalchemy import bindparam
+from sqlalchemy import select as sa_select
+from sqlalchemy import update as sa_update
 from sqlmodel import Session, col, select
 
+from cp.heartbeats import ReceivedHeartbeat
 from cp.models import Daemon, DaemonEvent, DaemonStatus
-from cp.protocol import ConfigApplied, DaemonHello, Heartbeat, ProbeReply
+from cp.protocol import ConfigApplied, DaemonHello, ProbeReply
 
 log = logging.getLogger(__name__)
 
 
-def get_or_register(session: Session, name: str) -> Daemon:
-    daemon = session.exec(select(Daemon).where(Daemon.name == name)).first()
-    if daemon is None:
-        daemon = Daemon(name=name, declared=False)
-        session.add(daemon)
-        log.info("daemon %s registered (not declared in the configuration)", name)
-    return daemon
+def declared_daemon(session: Session, name: str) -> Daemon | None:
+    """The daemon the configuration declares under ``name``; None for any other name."""
+    return session.exec(select(Daemon).where(Daemon.name == name, col(Daemon.declared).is_(True))).first()
 
 
 def set_status(session: Session, daemon: Daemon, status: DaemonStatus, *, reason: str, now: datetime) -> bool:
@@ -43,11 +45,12 @@ def set_status(session: Session, daemon: Daemon, status: DaemonStatus, *, reason
     return True
 
 
-def record_hello(session: Session, hello: DaemonHello, *, now: datetime) -> Daemon:
-    daemon = get_or_register(session, hello.name)
-    if not daemon.declared:
-        daemon.labels = hello.labels
-    elif hello.labels != daemon.labels:
+def record_hello(session: Session, hello: DaemonHello, *, now: datetime) -> Daemon | None:
+    """Record a declared daemon's hello; None (and nothing written) for an undeclared name."""
+    daemon = declared_daemon(session, hello.name)
+    if daemon is None:
+        return None
+    if hello.labels != daemon.labels:
         log.warning(
             "daemon %s reports labels %s; the configuration declares %s",
             hello.name,
@@ -63,16 +66,66 @@ def record_hello(session: Session, hello: DaemonHello, *, now: datetime) -> Daem
     return daemon
 
 
-def record_heartbeat(session: Session, beat: Heartbeat, *, now: datetime) -> Daemon:
-    daemon = get_or_register(session, beat.name)
-    daemon.last_heartbeat_at = now
-    daemon.running_runs = len(beat.running_runs)
-    daemon.cpu_percent, daemon.memory_mb = beat.cpu_percent, beat.memory_mb
-    if daemon.status in (DaemonStatus.OFFLINE, DaemonStatus.UNKNOWN):
+@dataclass(frozen=True)
+class HeartbeatBatch:
+    applied: list[ReceivedHeartbeat]  # from declared daemons, now in their rows
+    undeclared: list[ReceivedHeartbeat]  # from names the configuration does not declare
+
+
+def record_heartbeats(session: Session, beats: Sequence[ReceivedHeartbeat]) -> HeartbeatBatch:
+    """Write the newest heartbeat of each declared daemon with one bulk UPDATE (per 500 names)."""
+    newest: dict[str, ReceivedHeartbeat] = {}
+    for received in beats:
+        known = newest.get(received.beat.name)
+        if known is None or received.beat.sent_at >= known.beat.sent_at:
+            newest[received.beat.name] = received
+    rows: dict[str, tuple[int, DaemonStatus]] = {}
+    names = list(newest)
+    for start in range(0, len(names), _CHUNK):
+        chunk = names[start : start + _CHUNK]
+        query = select(Daemon.id, Daemon.name, Daemon.status).where(
+            col(Daemon.declared).is_(True), col(Daemon.name).in_(chunk)
+        )
+        for daemon_id, name, status in session.exec(query):
+            if daemon_id is not None:
+                rows[name] = (daemon_id, DaemonStatus(status))
+    applied = [newest[name] for name in names if name in rows]
+    if applied:
+        update = (
+            sa_update(Daemon)
+            .where(col(Daemon.id) == bindparam("b_id"))
+            .values(
+                last_heartbeat_at=bindparam("b_at"),
+                running_runs=bindparam("b_running"),
+                cpu_percent=bindparam("b_cpu"),
+                memory_mb=bindparam("b_memory"),
+            )
+        )
+        session.connection().execute(
+            update,
+            [
+                {
+                    "b_id": rows[r.beat.name][0],
+                    "b_at": r.received_at,
+                    "b_running": len(r.beat.running_runs),
+                    "b_cpu": r.beat.cpu_percent,
+                    "b_memory": r.beat.memory_mb,
+                }
+                for r in applied
+            ],
+        )
+    returning = [rows[r.beat.name][0] for r in applied if rows[r.beat.name][1] in _BACK_FROM]
+    if returning:
         # back: heartbeats prove the process runs; the probe check decides online vs degraded
-        set_status(session, daemon, DaemonStatus.ONLINE, reason="heartbeat", now=now)
-    session.add(daemon)
-    return daemon
+        back = select(Daemon).where(col(Daemon.id).in_(returning)).execution_options(populate_existing=True)
+        for daemon in session.exec(back):
+            at = newest[daemon.name].received_at
+            set_status(session, daemon, DaemonStatus.ONLINE, reason="heartbeat", now=at)
+    return HeartbeatBatch(applied=applied, undeclared=[newest[name] for name in names if name not in rows])
+
+
+_CHUNK = 500
+_BACK_FROM = frozenset({DaemonStatus.OFFLINE, DaemonStatus.UNKNOWN})
 
 
 @dataclass(frozen=True)
@@ -82,7 +135,31 @@ class HealthLimits:
     backlog_threshold: int  # messages waiting in the daemon's queue
 
 
-def evaluate(daemon: Daemon, *, now: datetime, limits: HealthLimits) -> tuple[DaemonStatus, str]:
+class HealthFacts(Protocol):
+    """What a daemon's status is decided from: a ``Daemon`` row has it, so has ``Facts``."""
+
+    @property
+    def status(self) -> DaemonStatus: ...
+    @property
+    def last_heartbeat_at(self) -> datetime | None: ...
+    @property
+    def last_probe_sent_at(self) -> datetime | None: ...
+    @property
+    def last_probe_reply_at(self) -> datetime | None: ...
+    @property
+    def queue_depth(self) -> int | None: ...
+
+
+@dataclass(frozen=True)
+class Facts:
+    status: DaemonStatus
+    last_heartbeat_at: datetime | None
+    last_probe_sent_at: datetime | None
+    last_probe_reply_at: datetime | None
+    queue_depth: int | None
+
+
+def evaluate(daemon: HealthFacts, *, now: datetime, limits: HealthLimits) -> tuple[DaemonStatus, str]:
     """The status a daemon should have now, with the reason. Pure."""
     if daemon.last_heartbeat_at is None:
         return (
@@ -107,12 +184,32 @@ def evaluate(daemon: Daemon, *, now: datetime, limits: HealthLimits) -> tuple[Da
 
 
 def update_statuses(session: Session, *, now: datetime, limits: HealthLimits) -> list[Daemon]:
-    """Re-evaluate every daemon; return those that went offline in this call."""
+    """Re-evaluate every daemon; return those that went offline in this call.
+
+    Decided from a few columns per daemon; only daemons whose status changes are loaded whole.
+    """
+    table = Daemon.__table__.c  # type: ignore[attr-defined]
+    facts = sa_select(
+        table.id,
+        table.status,
+        table.last_heartbeat_at,
+        table.last_probe_sent_at,
+        table.last_probe_reply_at,
+        table.queue_depth,
+    )
+    changes: dict[int, tuple[DaemonStatus, str]] = {}
+    session.flush()  # pending changes (queue depths) count
+    for daemon_id, *row in session.connection().execute(facts):
+        current = Facts(DaemonStatus(row[0]), *row[1:])
+        status, reason = evaluate(current, now=now, limits=limits)
+        if status != current.status and daemon_id is not None:
+            changes[daemon_id] = (status, reason)
     went_offline = []
-    for daemon in session.exec(select(Daemon)):
-        status, reason = evaluate(daemon, now=now, limits=limits)
-        if set_status(session, daemon, status, reason=reason, now=now) and status is DaemonStatus.OFFLINE:
-            went_offline.append(daemon)
+    if changes:
+        for daemon in session.exec(select(Daemon).where(col(Daemon.id).in_(list(changes)))):
+            status, reason = changes[daemon.id or 0]
+            if set_status(session, daemon, status, reason=reason, now=now) and status is DaemonStatus.OFFLINE:
+                went_offline.append(daemon)
     return went_offline
 
 
@@ -126,16 +223,24 @@ def record_probe_sent(session: Session, daemon: Daemon, *, probe_id: str, now: d
     session.add(daemon)
 
 
-def record_probe_reply(session: Session, reply: ProbeReply, *, now: datetime) -> Daemon:
-    daemon = get_or_register(session, reply.name)
+def record_probe_reply(session: Session, reply: ProbeReply, *, now: datetime) -> Daemon | None:
+    """Note a canary's return; a reply from an undeclared name is ignored (it was never probed)."""
+    daemon = declared_daemon(session, reply.name)
+    if daemon is None:
+        log.info("ignored a probe reply from %s, which the configuration does not declare", reply.name[:80])
+        return None
     daemon.last_probe_reply_at = now
     daemon.last_probe_rtt_ms = round((now - reply.sent_at).total_seconds() * 1000, 1)
     session.add(daemon)
     return daemon
 
 
-def record_config_applied(session: Session, msg: ConfigApplied, *, now: datetime) -> Daemon:
-    daemon = get_or_register(session, msg.name)
+def record_config_applied(session: Session, msg: ConfigApplied, *, now: datetime) -> Daemon | None:
+    """Record a config result; one from an undeclared name is ignored (it was never pushed one)."""
+    daemon = declared_daemon(session, msg.name)
+    if daemon is None:
+        log.info("ignored a config result from %s, which the configuration does not declare", msg.name[:80])
+        return None
     if msg.ok:
         daemon.applied_config_version, daemon.applied_at, daemon.config_error = (
             msg.version,
@@ -159,14 +264,24 @@ def record_config_applied(session: Session, msg: ConfigApplied, *, now: datetime
 def record_rejected_message(
     session: Session, *, task: str, daemon: str | None, reason: str, now: datetime
 ) -> None:
+    """An event for a message taken off the queue unprocessed; an oversized name is not stored."""
+    if daemon is not None and len(daemon) > REJECTED_NAME_MAX:
+        reason, daemon = f"{reason} (sender name of {len(daemon)} characters)", None
+    if len(reason) > REJECTED_REASON_MAX:
+        reason = f"{reason[:REJECTED_REASON_MAX]}…"
     session.add(DaemonEvent(at=now, daemon=daemon, kind="message_rejected", reason=f"{task}: {reason}"))
 
 
+REJECTED_NAME_MAX = 255
+REJECTED_REASON_MAX = 2_000
+
+
 def stale_config_daemons(session: Session, *, now: datetime, repush_after: float) -> list[Daemon]:
-    """Online daemons whose applied config lags the desired one and were not pushed recently."""
+    """Online declared daemons whose applied config lags the desired one and were not pushed recently."""
     cutoff = now - timedelta(seconds=repush_after)
     out = []
-    for daemon in session.exec(select(Daemon).where(col(Daemon.status) == DaemonStatus.ONLINE)):
+    online = select(Daemon).where(col(Daemon.status) == DaemonStatus.ONLINE, col(Daemon.declared).is_(True))
+    for daemon in session.exec(online):
         if daemon.desired_config_version is None:
             continue
         if daemon.applied_config_version == daemon.desired_config_version:

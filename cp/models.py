@@ -251,3 +251,20 @@ class LogRecord(SQLModel, table=True):
     logger: str
     run_key: str | None = Field(default=None, index=True)
     message: str = Field(sa_column=Column(Text, nullable=False))
+
+
+class UndeclaredDaemon(SQLModel, table=True):
+    """A name that said hello or sent heartbeats without being declared in the configuration.
+
+    Kept apart from ``Daemon`` so that nothing which schedules, places, probes or fails over can
+    ever use it; the number of rows is bounded (``undeclared_daemons_max``).
+    """
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(unique=True, index=True)
+    first_seen_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+    # updated at most once per ``undeclared_record_interval``: this is not a heartbeat
+    last_seen_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False, index=True))
+    last_event_at: datetime | None = _ts()
+    hostname: str | None = None
+    software_version: str | None = None

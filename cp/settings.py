@@ -47,6 +47,14 @@ class Settings(BaseSettings):
     # covers the daemon's cancel latency and clock skew, so the daemon always stops the job first
     timeout_grace: float = Field(default=30.0, ge=0)
     retention_days: float = Field(default=30.0, gt=0)
+    # heartbeats are kept in memory, newest per daemon, and written in one UPDATE this often
+    heartbeat_flush_interval: float = Field(default=0.5, gt=0)
+    # distinct daemons whose heartbeats wait for one flush; more are dropped (and logged)
+    heartbeat_pending_max: int = Field(default=100_000, ge=1)
+    # an undeclared name is recorded (an event, its last-seen time) at most this often
+    undeclared_record_interval: float = Field(default=600.0, gt=0)
+    # undeclared names kept, in SQL and in each worker's memory; the least recently seen go first
+    undeclared_daemons_max: int = Field(default=1_000, ge=1)
 
     # configuration files are untrusted input; limits and their reasons in docs/configuration.md.
     # 4 MiB holds about 10,000 pipelines and parses in a few seconds:

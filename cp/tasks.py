@@ -4,22 +4,27 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
+import time
 import uuid
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any, TypeVar
 
-from celery import Celery
+from celery import Celery, Task
+from celery.signals import worker_process_shutdown, worker_shutdown
 from pydantic import BaseModel
-from sqlalchemy.exc import OperationalError
-from sqlmodel import select
+from sqlalchemy.exc import SQLAlchemyError
+from sqlmodel import col, select
 
 from cp.config_store import current_push
+from cp.db_errors import describe, is_transient
 from cp.dispatch import probe_message
-from cp.failover import fail_over, fail_runs_of_earlier_process, reconcile_heartbeat
+from cp.failover import fail_over, fail_runs_of_earlier_process, reconcile_heartbeats
 from cp.health import (
     HealthLimits,
     record_config_applied,
-    record_heartbeat,
+    record_heartbeats,
     record_hello,
     record_probe_reply,
     record_probe_sent,
@@ -27,6 +32,7 @@ from cp.health import (
     stale_config_daemons,
     update_statuses,
 )
+from cp.heartbeats import Flusher, HeartbeatCoalescer, ReceivedHeartbeat
 from cp.models import Daemon, DaemonStatus, utcnow
 from cp.protocol import (
     CP_CHECK_DAEMON_HEALTH,
@@ -49,67 +55,189 @@ from cp.queue_depth import queue_depths
 from cp.retention import purge_old_records
 from cp.runs import record_run_event
 from cp.runtime import ControlPlane
+from cp.undeclared import RecentNames, record_undeclared
 
 log = logging.getLogger(__name__)
 _rng = random.Random()
 M = TypeVar("M", bound=BaseModel)
+MAX_RETRIES = 8  # of a task whose database was unavailable
+RETRY_BACKOFF_MAX = 30  # seconds between two attempts, at most
+QUEUE_DEPTH_EVERY = 5.0  # seconds between two readings of every daemon queue's depth
 
 
 def register_cp_tasks(app: Celery, cp: ControlPlane) -> None:
     """Register every ``cp.*`` task on ``app``."""
+    settings = cp.settings
+    undeclared_recently = RecentNames(
+        capacity=settings.undeclared_daemons_max, interval=settings.undeclared_record_interval
+    )
 
-    def contract_task(name: str, model: type[M]) -> Callable[[Callable[[M], None]], None]:
-        """A task that takes one payload, validates it, and rejects bad ones without crashing."""
+    def reject(name: str, *, sender: object, reason: str) -> None:
+        """Log once and record a message taken off the queue unprocessed; never raises."""
+        log.error("rejected %s message: %s", name, reason)
+        try:
+            with cp.session() as session:
+                record_rejected_message(
+                    session,
+                    task=name,
+                    daemon=sender if isinstance(sender, str) else None,
+                    reason=reason,
+                    now=utcnow(),
+                )
+        except SQLAlchemyError as exc:
+            log.error("could not record the rejected %s message: %s", name, describe(exc))
+
+    def contract_task(
+        name: str, model: type[M], *, acks_late: bool = True, send_events: bool = True
+    ) -> Callable[[Callable[[M], None]], None]:
+        """A task that takes one payload, validates it, and rejects bad ones without crashing.
+
+        A database error is retried only when the database could not do the work now (see
+        cp/db_errors.py); one caused by the message itself is rejected once, never retried.
+        """
 
         def decorate(handler: Callable[[M], None]) -> None:
-            def task(*args: Any, **kwargs: Any) -> None:
+            def task(self: Task, *args: Any, **kwargs: Any) -> None:  # type: ignore[type-arg]
                 payload = args[0] if len(args) == 1 and not kwargs else {"args": args, "kwargs": kwargs}
                 try:
                     message = parse(model, payload)
                 except MessageError as exc:
                     sender = payload.get("name") if isinstance(payload, dict) else None
-                    log.error("rejected %s message: %s", name, exc)
-                    with cp.session() as session:
-                        record_rejected_message(
-                            session,
-                            task=name,
-                            daemon=sender if isinstance(sender, str) else None,
-                            reason=str(exc),
-                            now=utcnow(),
-                        )
+                    reject(name, sender=sender, reason=str(exc))
                     return
-                handler(message)
+                try:
+                    handler(message)
+                except SQLAlchemyError as exc:
+                    if not is_transient(exc):
+                        sender = getattr(message, "name", None) or getattr(message, "daemon", None)
+                        reject(name, sender=sender, reason=f"data error: {describe(exc)}")
+                        return
+                    # exponential backoff with full jitter, so workers do not come back in step
+                    countdown = _rng.uniform(0, min(RETRY_BACKOFF_MAX, 2.0**self.request.retries))
+                    retry = self.retry  # celery leaves it untyped
+                    raise retry(exc=exc, countdown=countdown, max_retries=MAX_RETRIES) from exc
 
-            app.task(
-                name=name,
-                ignore_result=True,
-                # a locked or briefly unreachable database is retried, not dropped
-                autoretry_for=(OperationalError,),
-                retry_backoff=True,
-                retry_backoff_max=30,
-                max_retries=8,
-            )(task)
+            app.task(name=name, bind=True, ignore_result=True, acks_late=acks_late, send_events=send_events)(
+                task
+            )
 
         return decorate
+
+    running: dict[str, threading.Lock] = {
+        name: threading.Lock() for name in (CP_SEND_PROBES, CP_CHECK_DAEMON_HEALTH)
+    }
+
+    depths_due = [0.0]  # monotonic time of the next queue-depth reading in this process
+
+    def alone(name: str, step: Callable[[], None]) -> None:
+        """Run ``step`` unless the previous run of ``name`` in this process is still going.
+
+        Overlapping runs would only wait for each other's database lock, holding worker threads
+        that heartbeats and the next check need; the next beat tick does the work instead.
+        """
+        lock = running[name]
+        if not lock.acquire(blocking=False):
+            log.info("%s skipped: the previous one is still running", name)
+            return
+        try:
+            step()
+        finally:
+            lock.release()
+
+    coalescer = HeartbeatCoalescer(max_daemons=settings.heartbeat_pending_max)
+
+    def write_heartbeats(batch: list[ReceivedHeartbeat]) -> None:
+        now = utcnow()
+        with cp.session() as session:
+            written = record_heartbeats(session, batch)
+            # each daemon's newest heartbeat squares the runs it reports with those recorded
+            revoke = reconcile_heartbeats(
+                session, [r.beat for r in written.applied], now=now, grace=settings.reconcile_grace, rng=_rng
+            )
+            noted = [r.beat.name for r in written.undeclared if undeclared_recently.due(r.beat.name, now=now)]
+            for name in noted:
+                record_undeclared(
+                    session,
+                    name=name,
+                    now=now,
+                    interval=settings.undeclared_record_interval,
+                    keep=settings.undeclared_daemons_max,
+                    via="heartbeat",
+                )
+        undeclared_recently.remember(noted, now=now)
+        if revoke:
+            cp.app.control.revoke(revoke)
+
+    def flush_heartbeats() -> None:
+        batch, dropped = coalescer.take()
+        if dropped:
+            limit = settings.heartbeat_pending_max
+            log.warning("dropped %s heartbeats: over %s daemons waiting", dropped, limit)
+        if not batch:
+            return
+        try:
+            write_heartbeats(batch)
+            return
+        except SQLAlchemyError as exc:
+            if is_transient(exc):
+                log.warning("%s heartbeats kept for the next flush: %s", len(batch), describe(exc))
+                coalescer.give_back(batch)
+                return
+        # one heartbeat's data made the batch fail: write them one by one, so only it is lost
+        for received in batch:
+            try:
+                write_heartbeats([received])
+            except SQLAlchemyError as exc:
+                if is_transient(exc):
+                    coalescer.give_back([received])
+                else:
+                    reject(CP_HEARTBEAT, sender=received.beat.name, reason=f"data error: {describe(exc)}")
+
+    flusher = Flusher(flush_heartbeats, interval=settings.heartbeat_flush_interval)
+    worker_shutdown.connect(lambda **_: flusher.stop(), weak=False)
+    worker_process_shutdown.connect(lambda **_: flusher.stop(), weak=False)
+
+    def note_undeclared(hello: DaemonHello, *, now: datetime) -> None:
+        if not undeclared_recently.due(hello.name, now=now):
+            return
+        with cp.session() as session:
+            record_undeclared(
+                session,
+                name=hello.name,
+                now=now,
+                interval=settings.undeclared_record_interval,
+                keep=settings.undeclared_daemons_max,
+                via="hello",
+                hostname=hello.hostname,
+                software_version=hello.software_version,
+            )
+        undeclared_recently.remember([hello.name], now=now)
 
     @contract_task(CP_DAEMON_HELLO, DaemonHello)
     def daemon_hello(hello: DaemonHello) -> None:
         now = utcnow()
         with cp.session() as session:
             daemon = record_hello(session, hello, now=now)
-            revoke = []
-            if hello.started_at is not None:
-                revoke = fail_runs_of_earlier_process(
-                    session,
-                    daemon=hello.name,
-                    started_at=hello.started_at,
-                    orphaned_task_ids=hello.orphaned_task_ids,
-                    now=now,
-                    rng=_rng,
-                )
-            push = None
-            if daemon.desired_config_version != hello.applied_config_version:
-                push = current_push(session, daemon)
+            if daemon is None:
+                undeclared = True
+            else:
+                undeclared = False
+                revoke = []
+                if hello.started_at is not None:
+                    revoke = fail_runs_of_earlier_process(
+                        session,
+                        daemon=hello.name,
+                        started_at=hello.started_at,
+                        orphaned_task_ids=hello.orphaned_task_ids,
+                        now=now,
+                        rng=_rng,
+                    )
+                push = None
+                if daemon.desired_config_version != hello.applied_config_version:
+                    push = current_push(session, daemon)
+        if undeclared:
+            note_undeclared(hello, now=now)
+            return
         if revoke:
             cp.app.control.revoke(revoke)
         if push is not None:
@@ -121,13 +249,11 @@ def register_cp_tasks(app: Celery, cp: ControlPlane) -> None:
             )
             cp.push_configs([push])
 
-    @contract_task(CP_HEARTBEAT, Heartbeat)
+    # acknowledged on receipt and kept in memory until the next flush (cp/heartbeats.py)
+    @contract_task(CP_HEARTBEAT, Heartbeat, acks_late=False, send_events=False)
     def heartbeat(beat: Heartbeat) -> None:
-        with cp.session() as session:
-            record_heartbeat(session, beat, now=utcnow())
-            revoke = reconcile_heartbeat(session, beat, now=utcnow(), grace=cp.settings.reconcile_grace)
-        if revoke:
-            cp.app.control.revoke(revoke)
+        coalescer.offer(ReceivedHeartbeat(beat=beat, received_at=utcnow()))
+        flusher.ensure_running()
 
     @contract_task(CP_RUN_EVENT, RunEvent)
     def run_event(event: RunEvent) -> None:
@@ -139,24 +265,28 @@ def register_cp_tasks(app: Celery, cp: ControlPlane) -> None:
         with cp.session() as session:
             record_config_applied(session, msg, now=utcnow())
 
-    @app.task(name=CP_PURGE_OLD_RECORDS, ignore_result=True)
+    @app.task(name=CP_PURGE_OLD_RECORDS, ignore_result=True, send_events=False)
     def purge_old_records_task() -> None:
         with cp.session() as session:
             deleted = purge_old_records(session, now=utcnow(), keep_days=cp.settings.retention_days)
         log.info("retention: deleted %s", deleted)
 
-    @contract_task(CP_PROBE_REPLY, ProbeReply)
+    @contract_task(CP_PROBE_REPLY, ProbeReply, send_events=False)
     def probe_reply(reply: ProbeReply) -> None:
         with cp.session() as session:
             record_probe_reply(session, reply, now=utcnow())
 
-    @app.task(name=CP_SEND_PROBES, ignore_result=True)
+    @app.task(name=CP_SEND_PROBES, ignore_result=True, send_events=False)
     def send_probes() -> None:
-        """A canary through each daemon's own queue: only a consuming daemon answers it."""
+        alone(CP_SEND_PROBES, _send_probes)
+
+    def _send_probes() -> None:
+        """A canary through each declared daemon's own queue: only a consuming daemon answers it."""
         now = utcnow()
         probe_id = uuid.uuid4().hex[:12]
         with cp.session() as session:
-            daemons = [d for d in session.exec(select(Daemon)) if d.status is not DaemonStatus.OFFLINE]
+            query = select(Daemon).where(col(Daemon.declared).is_(True))
+            daemons = [d for d in session.exec(query) if d.status is not DaemonStatus.OFFLINE]
             for daemon in daemons:
                 record_probe_sent(session, daemon, probe_id=probe_id, now=now)
             names = [d.name for d in daemons]
@@ -165,23 +295,31 @@ def register_cp_tasks(app: Celery, cp: ControlPlane) -> None:
                 probe_message(name, probe_id=probe_id, sent_at=now, expires=cp.settings.probe_interval)
             )
 
-    @app.task(name=CP_CHECK_DAEMON_HEALTH, ignore_result=True)
+    @app.task(name=CP_CHECK_DAEMON_HEALTH, ignore_result=True, send_events=False)
     def check_daemon_health() -> None:
+        alone(CP_CHECK_DAEMON_HEALTH, _check_daemon_health)
+
+    def _check_daemon_health() -> None:
         """Queue depths, statuses, failover of offline daemons' runs, re-push of lagging configs."""
         now = utcnow()
-        settings = cp.settings
         limits = HealthLimits(
             offline_after=settings.offline_after,
             probe_timeout=settings.probe_timeout,
             backlog_threshold=settings.backlog_threshold,
         )
+        depths: dict[str, int] | None = None
+        if time.monotonic() >= depths_due[0]:
+            # the backlog rule needs no fresher figures, and reading every queue costs the most
+            depths_due[0] = time.monotonic() + QUEUE_DEPTH_EVERY
+            with cp.session() as session:
+                names = list(session.exec(select(Daemon.name)))
+            depths = queue_depths(cp.app, names)
         with cp.session() as session:
-            daemons = list(session.exec(select(Daemon)))
-        depths = queue_depths(cp.app, [d.name for d in daemons])
-        with cp.session() as session:
-            for daemon in session.exec(select(Daemon)):
-                daemon.queue_depth = depths.get(daemon.name)
-                session.add(daemon)
+            if depths is not None:
+                for daemon in session.exec(select(Daemon)):
+                    if daemon.queue_depth != depths.get(daemon.name):
+                        daemon.queue_depth = depths.get(daemon.name)
+                        session.add(daemon)
             update_statuses(session, now=now, limits=limits)
             revoke = fail_over(session, now=now, lost_after=settings.lost_after, rng=_rng)
             pushes = [

@@ -12,7 +12,7 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.functions import FunctionElement
 from sqlmodel import Session, col, select
 
-from cp.models import ConfigVersion, Daemon, Pipeline, Run
+from cp.models import ConfigVersion, Daemon, Pipeline, Run, UndeclaredDaemon
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -26,13 +26,15 @@ def daemon_rows(session: Session, *, now: datetime) -> list[dict[str, Any]]:
         rows.append(
             {
                 "name": d.name,
-                "status": str(d.status),
+                # a row kept after its daemon left the configuration is used by nothing
+                "status": str(d.status) if d.declared else UNDECLARED_STATUS,
                 "status_since": _iso(d.status_since),
                 "status_reason": d.status_reason,
                 "declared": d.declared,
                 "labels": d.labels,
                 "last_heartbeat_at": _iso(d.last_heartbeat_at),
                 "last_heartbeat_age_s": round(age, 1) if age is not None else None,
+                "last_seen_at": _iso(d.last_heartbeat_at),
                 "last_probe_rtt_ms": d.last_probe_rtt_ms,
                 "last_probe_reply_at": _iso(d.last_probe_reply_at),
                 "queue_depth": d.queue_depth,
@@ -46,7 +48,39 @@ def daemon_rows(session: Session, *, now: datetime) -> list[dict[str, Any]]:
                 "hostname": d.hostname,
             }
         )
+    known = {row["name"] for row in rows}
+    for u in session.exec(select(UndeclaredDaemon).order_by(col(UndeclaredDaemon.name))):
+        if u.name not in known:
+            rows.append(undeclared_row(u))
     return rows
+
+
+UNDECLARED_STATUS = "undeclared"
+
+
+def undeclared_row(u: UndeclaredDaemon) -> dict[str, Any]:
+    """A name heard from without being declared: shown, never scheduled, pushed to or probed."""
+    return {
+        "name": u.name,
+        "status": UNDECLARED_STATUS,
+        "status_since": _iso(u.first_seen_at),
+        "status_reason": "not declared in the configuration: ignored",
+        "declared": False,
+        "labels": {},
+        "last_heartbeat_at": None,
+        "last_heartbeat_age_s": None,
+        "last_seen_at": _iso(u.last_seen_at),
+        "last_probe_rtt_ms": None,
+        "last_probe_reply_at": None,
+        "queue_depth": None,
+        "running_runs": 0,
+        "desired_config_version": None,
+        "applied_config_version": None,
+        "config_in_sync": True,
+        "config_error": None,
+        "software_version": u.software_version,
+        "hostname": u.hostname,
+    }
 
 
 def pipeline_rows(session: Session) -> list[dict[str, Any]]:

@@ -202,6 +202,26 @@ class Stack:
     def daemon(self, name: str) -> dict[str, Any] | None:
         return next((d for d in self.json("daemons")["daemons"] if d["name"] == name), None)
 
+    def wait_heard_from(self, *names: str, timeout: float = 60) -> None:
+        """Wait until each daemon has spoken: listed as undeclared, or online once declared."""
+        for name in names:
+            wait_for(
+                lambda n=name: (d := self.daemon(n)) is not None and d["status"] in ("undeclared", "online"),
+                timeout=timeout,
+                what=f"{name} heard from",
+                stack=self,
+            )  # type: ignore[misc]
+
+    def wait_online(self, *names: str, timeout: float = 60) -> None:
+        """Wait until each (declared) daemon is online."""
+        for name in names:
+            wait_for(
+                lambda n=name: (d := self.daemon(n)) is not None and d["status"] == "online",
+                timeout=timeout,
+                what=f"{name} online",
+                stack=self,
+            )  # type: ignore[misc]
+
 
 def wait_for(condition: Callable[[], Any], *, timeout: float, what: str, stack: Stack | None = None) -> Any:
     deadline = time.monotonic() + timeout

@@ -80,13 +80,9 @@ def test_a_daemon_killed_mid_run_neither_loses_nor_duplicates_rows(
 
     stack.start("worker", "worker")
     daemon = stack.start("daemon", "daemon", "--name", "edge-k")
-    wait_for(
-        lambda: (d := stack.daemon("edge-k")) and d["status"] == "online",
-        timeout=60,
-        what="daemon",
-        stack=stack,
-    )
+    stack.wait_heard_from("edge-k")  # undeclared until the configuration is applied
     stack.cli("apply", "-f", str(config), check=True)
+    stack.wait_online("edge-k")
     killed_run = json.loads(stack.cli("run", "events", "--json", check=True).stdout)["run_key"]
 
     deadline = time.monotonic() + 60
@@ -134,13 +130,9 @@ def test_progress_shows_while_running_and_cancel_stops_between_batches_leaving_t
     config = CONFIG.format(source=source, destination=destination, mode="    mode: replace")
     stack.start("worker", "worker")
     stack.start("daemon", "daemon", "--name", "edge-k")
-    wait_for(
-        lambda: (d := stack.daemon("edge-k")) and d["status"] == "online",
-        timeout=60,
-        what="daemon",
-        stack=stack,
-    )
+    stack.wait_heard_from("edge-k")  # undeclared until the configuration is applied
     stack.cli("apply", "-f", str(stack.write_config(config)), check=True)
+    stack.wait_online("edge-k")
     assert stack.cli("run", "events", "--wait", "--timeout", "120").returncode == 0
     before = digest(destination)
 

@@ -81,13 +81,7 @@ def start(stack: Stack, *names: str) -> None:
     stack.start("beat", "beat")
     for name in names:
         stack.start(name, "daemon", "--name", name, "--labels", "site=berlin")
-    for name in names:
-        wait_for(
-            lambda n=name: (d := stack.daemon(n)) and d["status"] == "online",
-            timeout=60,
-            what=name,
-            stack=stack,
-        )  # type: ignore[misc]
+    stack.wait_heard_from(*names)  # undeclared until the test applies its configuration
 
 
 def setup(make_stack, make_database_url, batch: int = 500, **settings: str) -> tuple[Stack, str, Path]:  # type: ignore[no-untyped-def]
@@ -105,6 +99,7 @@ def test_a_killed_daemons_run_is_retried_on_another_daemon_and_the_data_lands_ex
     stack, database_url, config = setup(make_stack, make_database_url)
     start(stack, "edge-a", "edge-b")
     stack.cli("apply", "-f", str(config), check=True)
+    stack.wait_online("edge-a", "edge-b")
     stack.cli("run", "events", check=True)
     [run] = runs(database_url, "events")
     victim = run.daemon
@@ -148,6 +143,7 @@ def test_a_stopped_daemon_goes_degraded_then_offline_and_its_queued_runs_move(
     )
     start(stack, "edge-a", "edge-b")
     stack.cli("apply", "-f", str(config), check=True)
+    stack.wait_online("edge-a", "edge-b")
     stopped = stack.procs["edge-a"]
     stopped.send_signal(signal.SIGSTOP)  # alive, but consuming nothing
     try:
@@ -180,6 +176,7 @@ def test_a_daemon_restarted_under_the_same_name_picks_up_its_config_and_its_queu
     stack, database_url, config = setup(make_stack, make_database_url, offline_after_missed="60")
     start(stack, "edge-a")
     stack.cli("apply", "-f", str(config), check=True)
+    stack.wait_online("edge-a")
     stack.stop("edge-a")  # a clean stop; the control plane has not noticed yet
     stack.cli("run", "pinned", check=True)  # its job waits in edge-a's queue
     # the job (and the canary probes sent meanwhile) pile up in the stopped daemon's queue

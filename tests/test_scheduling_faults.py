@@ -83,9 +83,7 @@ def run_by_key(database_url: str, run_key: str) -> Run | None:
 
 def start_daemon(stack: Stack, name: str = "edge-f") -> subprocess.Popen[bytes]:
     proc = stack.start("daemon", "daemon", "--name", name)
-    wait_for(
-        lambda: (d := stack.daemon(name)) and d["status"] == "online", timeout=60, what="daemon", stack=stack
-    )
+    stack.wait_heard_from(name)  # undeclared until the test applies its configuration
     return proc
 
 
@@ -103,6 +101,7 @@ def test_two_beats_dispatch_each_fire_of_a_per_second_schedule_exactly_once(
         extra="    schedule: '* * * * * *'\n    overlap: allow\n    max_active_runs: 10",
     )
     stack.cli("apply", "-f", str(config(stack, every_second)), check=True)
+    stack.wait_online("edge-f")
     stack.start("beat-a", "beat")
     stack.start("beat-b", "beat")
 
@@ -185,6 +184,7 @@ def test_after_a_redis_outage_fires_follow_the_catch_up_policy_and_every_worker_
     every_second = PIPELINE.format(name="ticker", table="items", extra="    schedule: '* * * * * *'")
     manual = PIPELINE.format(name="manual", table="items", extra="")
     stack.cli("apply", "-f", str(config(stack, every_second, manual)), check=True)
+    stack.wait_online("edge-f")
     stack.start("beat", "beat")
     wait_for(
         lambda: any(r.state is RunState.SUCCEEDED for r in runs_of(database_url, "ticker")),
@@ -236,6 +236,7 @@ def test_a_killed_control_plane_worker_loses_no_run_event(make_stack, make_datab
     allow = "    overlap: allow\n    max_active_runs: 3"
     pipelines = [PIPELINE.format(name=f"p{n}", table=f"items{n}", extra=allow) for n in range(3)]
     stack.cli("apply", "-f", str(config(stack, *pipelines)), check=True)
+    stack.wait_online("edge-f")
 
     started = [
         subprocess.Popen(stack.cli_argv("run", f"p{n % 3}"), env=stack.env, stdout=subprocess.DEVNULL)
@@ -273,6 +274,7 @@ def test_a_job_that_keeps_killing_its_daemon_is_stopped_by_its_attempts_and_by_t
         name="poison", table="items", extra="    batch_size: 20\n    retries: {max_attempts: 1}"
     )
     stack.cli("apply", "-f", str(config(stack, slow)), check=True)
+    stack.wait_online("edge-f")
 
     # the job "kills" its daemon, which restarts at once: its hello ends the run's only attempt
     first = json.loads(stack.cli("run", "poison", "--json", check=True).stdout)["run_key"]
@@ -334,6 +336,7 @@ def test_a_job_an_earlier_daemon_process_took_is_retried_as_soon_as_the_daemon_s
     daemon = start_daemon(stack)
     held = PIPELINE.format(name="held", table="items", extra="")
     stack.cli("apply", "-f", str(config(stack, held)), check=True)
+    stack.wait_online("edge-f")
     daemon.send_signal(signal.SIGKILL)
     daemon.wait()
     stack.procs.pop("daemon")

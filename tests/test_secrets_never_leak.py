@@ -84,8 +84,9 @@ def test_a_secret_reference_is_resolved_on_the_daemon_and_shown_nowhere(
         stack.start("worker", "worker")
         stack.start("daemon", "daemon", "--name", "edge-s")
         stack.start("flower", "flower", "--port", str(port))
-        wait_for(lambda: (d := stack.daemon("edge-s")) and d["status"] == "online", timeout=60, what="daemon")
+        stack.wait_heard_from("edge-s")  # undeclared until the configuration is applied
         applied = stack.cli("apply", "-f", str(stack.write_config(CONFIG.format(schema=schema))), check=True)
+        stack.wait_online("edge-s")
 
         ok = stack.cli("run", "reachable", "--wait", "--timeout", "60")
         assert ok.returncode == 0, ok.stderr + stack.logs()

@@ -62,12 +62,7 @@ def table_rows(path: Path, table: str) -> list[tuple[object, ...]]:
 def start_daemon_stack(stack: Stack, daemon: str) -> None:
     stack.start("worker", "worker", "--concurrency", "2")
     stack.start("daemon", "daemon", "--name", daemon, "--labels", "site=berlin")
-    wait_for(
-        lambda: (d := stack.daemon(daemon)) and d["status"] == "online",
-        timeout=60,
-        what=f"daemon {daemon} online",
-        stack=stack,
-    )
+    stack.wait_heard_from(daemon)  # undeclared until the test applies its configuration
 
 
 def config_text(stack: Stack, daemon: str, extra: str = "") -> str:
@@ -93,6 +88,7 @@ def test_apply_then_run_moves_rows_and_a_failing_run_exits_1(make_stack, databas
     assert applied.returncode == 0, applied.stderr
     assert "+ pipeline orders" in applied.stdout
     assert "pushed version 1 to daemon edge-1" in applied.stdout
+    stack.wait_online("edge-1")
 
     def config_acknowledged() -> bool:
         d = stack.daemon("edge-1")
@@ -147,6 +143,7 @@ def test_a_stopped_daemon_shows_offline_and_a_restarted_one_gets_its_config(
     start_daemon_stack(stack, "edge-2")
     stack.start("beat", "beat")
     stack.cli("apply", "-f", str(stack.write_config(config_text(stack, "edge-2"))), check=True)
+    stack.wait_online("edge-2")
 
     stack.stop("daemon", kill=True)
     offline = wait_for(
@@ -188,6 +185,7 @@ def test_a_per_second_schedule_is_fired_by_beat_once_per_fire_time(make_stack, d
         str(stack.write_config(config_text(stack, "edge-3", extra=every_two_seconds))),
         check=True,
     )
+    stack.wait_online("edge-3")
 
     def scheduled_successes() -> list[dict[str, object]]:
         runs = stack.json("runs", "--pipeline", "ticking")["runs"]
@@ -209,6 +207,7 @@ def test_malformed_messages_are_rejected_and_workers_keep_working(make_stack, da
     make_source(stack.home / "shop.db", rows=3)
     start_daemon_stack(stack, "edge-4")
     stack.cli("apply", "-f", str(stack.write_config(config_text(stack, "edge-4"))), check=True)
+    stack.wait_online("edge-4")
 
     app = make_celery(Settings(home=stack.home), url=stack.env["MYCELIAL_BROKER_URL"])
     app.send_task(

@@ -10,10 +10,10 @@ from pathlib import Path
 
 from beat_schedule import beat_schedule
 from cp.beat import make_scheduler_class
-from cp.celery_app import make_celery, worker_argv
+from cp.celery_app import CP_WORKER_QUEUES, make_celery, worker_argv
 from cp.cli.output import EXIT_BAD_INPUT, CliError
 from cp.cli.restart import start_worker
-from cp.protocol import CP_QUEUE, daemon_queue
+from cp.protocol import daemon_queue
 from cp.runtime import ControlPlane
 from cp.settings import Settings
 from cp.tasks import register_cp_tasks
@@ -37,7 +37,7 @@ def run_worker(settings: Settings, *, pool: str, concurrency: int, loglevel: str
     cp = control_plane(settings)
     _ = cp.engine  # fail now, not on the first message, if the database is unreachable
     argv = worker_argv(
-        queue=CP_QUEUE, hostname="cp@%h", pool=pool, concurrency=concurrency, loglevel=loglevel
+        queues=CP_WORKER_QUEUES, hostname="cp@%h", pool=pool, concurrency=concurrency, loglevel=loglevel
     )
     start_worker(cp.app, argv, what="the control-plane worker")
 
@@ -86,7 +86,7 @@ def run_daemon(
     register_daemon_tasks(app, daemon)
     app.steps["worker"].add(lifecycle_step(daemon))
     argv = worker_argv(
-        queue=daemon_queue(name),
+        queues=(daemon_queue(name),),
         hostname=f"daemon@{name}",
         pool=pool,
         concurrency=concurrency,

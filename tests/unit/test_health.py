@@ -10,11 +10,12 @@ from sqlmodel import Session, col, select
 from cp.health import (
     HealthLimits,
     record_config_applied,
-    record_heartbeat,
+    record_heartbeats,
     record_hello,
     record_rejected_message,
     update_statuses,
 )
+from cp.heartbeats import ReceivedHeartbeat
 from cp.models import Daemon, DaemonEvent, DaemonStatus
 from cp.protocol import ConfigApplied, DaemonHello, Heartbeat
 
@@ -35,18 +36,77 @@ def hello(name: str = "edge-1", **fields: object) -> DaemonHello:
     return DaemonHello(name=name, software_version="0.1.0", **fields)  # type: ignore[arg-type]
 
 
-def test_hello_from_an_undeclared_daemon_registers_it_online_with_its_labels(
-    session: Session, get_daemon: Callable[[str], Daemon]
+def record_heartbeat(session: Session, beat: Heartbeat, *, now: datetime) -> None:
+    record_heartbeats(session, [ReceivedHeartbeat(beat=beat, received_at=now)])
+
+
+def daemons(session: Session) -> list[Daemon]:
+    return list(session.exec(select(Daemon)))
+
+
+def test_hello_from_a_declared_daemon_records_it_online(
+    session: Session, add_daemon: Callable[..., Daemon], get_daemon: Callable[[str], Daemon]
 ) -> None:
+    add_daemon("edge-1", labels={"site": "lab"}, status=DaemonStatus.UNKNOWN)
+
     record_hello(session, hello(labels={"site": "lab"}, hostname="box", applied_config_version=3), now=NOW)
     session.commit()
 
     daemon = get_daemon("edge-1")
-    assert (daemon.declared, daemon.status, daemon.labels) == (False, DaemonStatus.ONLINE, {"site": "lab"})
+    assert (daemon.declared, daemon.status, daemon.labels) == (True, DaemonStatus.ONLINE, {"site": "lab"})
     assert (daemon.software_version, daemon.hostname, daemon.applied_config_version) == ("0.1.0", "box", 3)
     assert (daemon.last_heartbeat_at, daemon.status_since) == (NOW, NOW)
     [event] = events(session)
     assert (event.daemon, event.from_status, event.to_status) == ("edge-1", "unknown", "online")
+
+
+def test_hello_from_an_undeclared_name_creates_no_daemon_row(session: Session) -> None:
+    assert record_hello(session, hello("stranger", labels={"site": "lab"}), now=NOW) is None
+    session.commit()
+
+    assert (daemons(session), events(session)) == ([], [])
+
+
+def test_a_hello_or_heartbeat_from_a_daemon_removed_from_the_configuration_is_not_applied(
+    session: Session, add_daemon: Callable[..., Daemon], get_daemon: Callable[[str], Daemon]
+) -> None:
+    add_daemon("edge-gone", status=DaemonStatus.OFFLINE, declared=False)
+
+    assert record_hello(session, hello("edge-gone"), now=NOW) is None
+    batch = record_heartbeats(session, [ReceivedHeartbeat(Heartbeat(name="edge-gone", sent_at=NOW), NOW)])
+    session.commit()
+
+    assert [r.beat.name for r in batch.undeclared] == ["edge-gone"]
+    assert (get_daemon("edge-gone").status, get_daemon("edge-gone").last_heartbeat_at) == (
+        DaemonStatus.OFFLINE,
+        None,
+    )
+
+
+def test_heartbeats_of_many_daemons_are_written_together_keeping_each_daemons_newest(
+    session: Session, add_daemon: Callable[..., Daemon], get_daemon: Callable[[str], Daemon]
+) -> None:
+    add_daemon("edge-1", status=DaemonStatus.ONLINE)
+    add_daemon("edge-2", status=DaemonStatus.UNKNOWN)
+    older = Heartbeat(name="edge-1", sent_at=NOW, running_runs=["a@1"], cpu_percent=1.0)
+    newer = Heartbeat(name="edge-1", sent_at=NOW + timedelta(seconds=5), cpu_percent=2.0)
+    other = Heartbeat(name="edge-2", sent_at=NOW, running_runs=["b@1", "c@1"])
+    later = NOW + timedelta(seconds=6)
+
+    batch = record_heartbeats(
+        session,
+        [ReceivedHeartbeat(newer, later), ReceivedHeartbeat(older, later), ReceivedHeartbeat(other, NOW)],
+    )
+    session.commit()
+
+    assert sorted(r.beat.name for r in batch.applied) == ["edge-1", "edge-2"]
+    assert batch.undeclared == []
+    one, two = get_daemon("edge-1"), get_daemon("edge-2")
+    assert (one.last_heartbeat_at, one.running_runs, one.cpu_percent) == (later, 0, 2.0)
+    assert (two.last_heartbeat_at, two.running_runs, two.status) == (NOW, 2, DaemonStatus.ONLINE)
+    assert [(e.daemon, e.from_status, e.to_status) for e in events(session)] == [
+        ("edge-2", "unknown", "online")
+    ]
 
 
 def test_hello_from_a_declared_daemon_keeps_the_declared_labels(
