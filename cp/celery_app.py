@@ -7,6 +7,8 @@ from typing import Any
 from celery import Celery
 from kombu import Queue
 
+from cp.messaging.guard import Guard
+from cp.messaging.install import guarded_celery
 from cp.protocol import CP_QUEUE
 from cp.settings import Settings
 
@@ -29,8 +31,10 @@ def broker_url(settings: Settings) -> str:
 
 
 def make_celery(settings: Settings, *, name: str = "mycelial", url: str | None = None) -> Celery:
-    """A Celery app with no tasks registered; roles add theirs (cp.tasks, workers.tasks)."""
-    app = Celery(name, broker=url or broker_url(settings), set_as_current=False)
+    """A Celery app with no tasks registered; roles add theirs (cp.tasks, workers.tasks).
+
+    Its consumers are guarded (cp/messaging/): no message can stop them."""
+    app = guarded_celery(name, broker=url or broker_url(settings), guard=Guard(settings))
     app.conf.update(_celery_config(settings))
     return app
 

@@ -19,8 +19,8 @@ from croniter import CroniterBadDateError, croniter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from cp.connectors import CONNECTOR_KINDS, SOURCE_ONLY_KINDS
+from cp.protocol import NAME_PATTERN
 
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
 SECRET_REF = re.compile(r"\$\{(env|file):([^}]+)\}")
 ANY_REF = re.compile(r"\$\{[^}]*\}")
 

@@ -27,12 +27,15 @@ from cp.health import (
     stale_config_daemons,
     update_statuses,
 )
+from cp.messaging.cp_events import database_sink, event_reason
+from cp.messaging.install import guard_of
 from cp.models import Daemon, DaemonStatus, utcnow
 from cp.protocol import (
     CP_CHECK_DAEMON_HEALTH,
     CP_CONFIG_APPLIED,
     CP_DAEMON_HELLO,
     CP_HEARTBEAT,
+    CP_MESSAGE_REJECTED,
     CP_PROBE_REPLY,
     CP_PURGE_OLD_RECORDS,
     CP_RUN_EVENT,
@@ -41,6 +44,7 @@ from cp.protocol import (
     DaemonHello,
     Heartbeat,
     MessageError,
+    MessageRejected,
     ProbeReply,
     RunEvent,
     parse,
@@ -57,6 +61,7 @@ M = TypeVar("M", bound=BaseModel)
 
 def register_cp_tasks(app: Celery, cp: ControlPlane) -> None:
     """Register every ``cp.*`` task on ``app``."""
+    guard_of(app).record_with(database_sink(cp))
 
     def contract_task(name: str, model: type[M]) -> Callable[[Callable[[M], None]], None]:
         """A task that takes one payload, validates it, and rejects bad ones without crashing."""
@@ -135,6 +140,14 @@ def register_cp_tasks(app: Celery, cp: ControlPlane) -> None:
     def config_applied(msg: ConfigApplied) -> None:
         with cp.session() as session:
             record_config_applied(session, msg, now=utcnow())
+
+    @contract_task(CP_MESSAGE_REJECTED, MessageRejected)
+    def message_rejected(report: MessageRejected) -> None:
+        reason = event_reason(queue=report.queue, reason=report.reason, suppressed=report.suppressed)
+        with cp.session() as session:
+            record_rejected_message(
+                session, task=report.task or "<no task>", daemon=report.name, reason=reason, now=utcnow()
+            )
 
     @app.task(name=CP_PURGE_OLD_RECORDS, ignore_result=True)
     def purge_old_records_task() -> None:

@@ -9,6 +9,7 @@ from typing import Any
 from celery import Celery, bootsteps
 from celery.worker import state as worker_state
 
+from cp.messaging.install import guard_of
 from cp.models import utcnow
 from cp.protocol import (
     CP_CONFIG_APPLIED,
@@ -24,15 +25,19 @@ from cp.protocol import (
     ProbeReply,
     RunEvent,
     RunJob,
+    clip,
     parse,
 )
 from workers.jobs import Outcome, Report, execute
+from workers.rejections import report_to_control_plane
 from workers.runtime import DaemonRuntime
 
 log = logging.getLogger(__name__)
 
 
 def register_daemon_tasks(app: Celery, daemon: DaemonRuntime) -> None:
+    guard_of(app).record_with(report_to_control_plane(daemon))
+
     @app.task(name=DAEMON_APPLY_CONFIG, ignore_result=True)
     def apply_config(*args: Any, **kwargs: Any) -> None:
         try:
@@ -51,7 +56,7 @@ def register_daemon_tasks(app: Celery, daemon: DaemonRuntime) -> None:
             )
         daemon.send(
             CP_CONFIG_APPLIED,
-            ConfigApplied(name=daemon.name, version=config.version, ok=error is None, error=error),
+            ConfigApplied(name=daemon.name, version=config.version, ok=error is None, error=clip(error)),
             argsrepr=f"daemon={daemon.name} version={config.version}",
         )
 
@@ -118,7 +123,7 @@ def _sender(daemon: DaemonRuntime, job: RunJob) -> Callable[[Outcome], None]:
             at=utcnow(),
             rows_read=outcome.rows_read,
             rows_written=outcome.rows_written,
-            error=outcome.error,
+            error=clip(outcome.error),
             retryable=outcome.retryable,
             attempt=job.attempt,
         )
