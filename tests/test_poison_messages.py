@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,40 +18,23 @@ import pytest
 
 from tests.conftest import Broker, Stack, wait_for
 from tests.poison import (
+    DAEMON,
     Canary,
+    assert_both_queues_still_consume,
     body_bytes,
     envelope,
     headers_for,
     heartbeat_payload,
     push,
+    start_guarded_stack,
     task_message,
 )
 
 pytestmark = pytest.mark.integration
 
-DAEMON = "edge-guard"
 CP = "mycelial.cp"
 DQ = f"mycelial.daemon.{DAEMON}"
 TASK = {CP: "cp.heartbeat", DQ: "daemon.probe"}
-
-
-def start_guarded_stack(home: Path, broker_url: str) -> tuple[Stack, Canary]:
-    """A control-plane worker and one daemon on a SQLite database, both consuming."""
-    database_url = f"sqlite:///{home / 'cp.db'}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MYCELIAL_")}
-    env.update(
-        MYCELIAL_HOME=str(home),
-        MYCELIAL_BROKER_URL=broker_url,
-        MYCELIAL_DATABASE_URL=database_url,
-        MYCELIAL_HEARTBEAT_INTERVAL="1",
-        PYTHONUNBUFFERED="1",
-    )
-    stack = Stack(home=home, env=env)
-    stack.start("worker", "worker", "--concurrency", "2")
-    stack.start("daemon", "daemon", "--name", DAEMON)
-    canary = Canary(broker_url=broker_url, database_url=database_url, daemon=DAEMON)
-    wait_for(lambda: stack.daemon(DAEMON), timeout=90, what="the daemon's hello recorded", stack=stack)
-    return stack, canary
 
 
 @pytest.fixture(scope="module")
@@ -60,16 +42,6 @@ def guarded(broker: Broker, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     stack, canary = start_guarded_stack(tmp_path_factory.mktemp("guarded"), broker.fresh_url())
     yield stack, canary
     stack.stop_all()
-
-
-def assert_both_queues_still_consume(stack: Stack, canary: Canary) -> None:
-    sent = canary.send_to_cp()
-    wait_for(lambda: canary.answered_since(sent), timeout=30, what="a probe reply on the cp", stack=stack)
-    sent = canary.send_to_daemon()
-    wait_for(lambda: canary.answered_since(sent), timeout=30, what="the daemon's probe reply", stack=stack)
-    for name, proc in stack.procs.items():
-        assert proc.poll() is None, f"{name} exited\n{stack.logs()}"
-    assert "unrecoverable error" not in stack.logs(), stack.logs()
 
 
 def without_id(queue: str) -> dict[str, Any]:
@@ -126,8 +98,8 @@ def test_a_forged_chain_is_refused_and_the_task_it_names_never_runs(guarded: tup
     message = envelope(CP, headers=headers_for("cp.heartbeat"), body=body)
     push(canary.client, CP, message)
     assert_both_queues_still_consume(stack, canary)
-    assert "no canvas" in canary.dead_letters(CP)[0]["reason"]
     assert stack.daemon("forged-by-chain") is None
+    assert "no canvas" in canary.dead_letters(CP)[0]["reason"]
 
 
 def test_celery_built_in_tasks_are_not_accepted_from_the_broker(guarded: tuple[Stack, Canary]) -> None:
