@@ -126,6 +126,7 @@ def test_a_rejection_is_recorded_by_the_cp_and_reported_by_the_daemon(broker: Br
         pickle = "application/x-python-serialize"
         pickled = envelope(DQ, headers=headers_for("daemon.probe"), content_type=pickle)
         push(canary.client, DQ, pickled)
+        push(canary.client, DQ, task_message(DQ, "daemon.probe", {"v": 1, "probe_id": "no time"}))
 
         def both_recorded() -> list[tuple[Any, ...]]:
             with sqlite3.connect(stack.home / "cp.db") as conn:
@@ -134,7 +135,11 @@ def test_a_rejection_is_recorded_by_the_cp_and_reported_by_the_daemon(broker: Br
                 ).fetchall()
             cp_side = [e for e in found if e[0] is None and "queue mycelial.cp: body must be" in e[1]]
             daemon_side = [e for e in found if e[0] == DAEMON and f"queue {DQ}: content type must be" in e[1]]
-            return found if cp_side and daemon_side else []
+            # a well-formed message whose payload breaks its contract is reported too
+            contract = [
+                e for e in found if e[0] == DAEMON and "daemon.probe: queue" in e[1] and "Probe:" in e[1]
+            ]
+            return found if cp_side and daemon_side and contract else []
 
         wait_for(both_recorded, timeout=30, what="rejection events from both sides", stack=stack)
         assert_both_queues_still_consume(stack, canary)

@@ -9,6 +9,7 @@ from typing import Any
 from celery import Celery, bootsteps
 from celery.worker import state as worker_state
 
+from cp.messaging.envelope_check import Rejection
 from cp.messaging.install import guard_of
 from cp.models import utcnow
 from cp.protocol import (
@@ -26,6 +27,7 @@ from cp.protocol import (
     RunEvent,
     RunJob,
     clip,
+    daemon_queue,
     parse,
 )
 from workers.jobs import Outcome, Report, execute
@@ -36,14 +38,19 @@ log = logging.getLogger(__name__)
 
 
 def register_daemon_tasks(app: Celery, daemon: DaemonRuntime) -> None:
-    guard_of(app).record_with(report_to_control_plane(daemon))
+    guard = guard_of(app)
+    guard.record_with(report_to_control_plane(daemon))
+
+    def rejected(task: str, exc: MessageError, task_id: str | None) -> None:
+        log.error("rejected %s message: %s", task, exc)
+        guard.record(Rejection(queue=daemon_queue(daemon.name), reason=str(exc), task=task, task_id=task_id))
 
     @app.task(name=DAEMON_APPLY_CONFIG, ignore_result=True)
     def apply_config(*args: Any, **kwargs: Any) -> None:
         try:
             config = parse(ApplyConfig, _single_payload(args, kwargs))
         except MessageError as exc:
-            log.error("rejected %s message: %s", DAEMON_APPLY_CONFIG, exc)
+            rejected(DAEMON_APPLY_CONFIG, exc, apply_config.request.id)
             return
         error = _store_config(daemon, config)
         if error:
@@ -65,7 +72,7 @@ def register_daemon_tasks(app: Celery, daemon: DaemonRuntime) -> None:
         try:
             canary = parse(Probe, _single_payload(args, kwargs))
         except MessageError as exc:
-            log.error("rejected %s message: %s", DAEMON_PROBE, exc)
+            rejected(DAEMON_PROBE, exc, probe.request.id)
             return
         daemon.send(
             CP_PROBE_REPLY,
@@ -78,7 +85,7 @@ def register_daemon_tasks(app: Celery, daemon: DaemonRuntime) -> None:
         try:
             job = parse(RunJob, _single_payload(args, kwargs))
         except MessageError as exc:
-            log.error("rejected %s message: %s", DAEMON_RUN_JOB, exc)
+            rejected(DAEMON_RUN_JOB, exc, run_job.request.id)
             return
         task_id = run_job.request.id or job.run_key
         if not daemon.claim(task_id):

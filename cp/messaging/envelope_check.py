@@ -62,8 +62,8 @@ def check_raw(
         return None, f"message of {len(raw)} bytes is over the limit of {limits.max_bytes}"
     try:
         text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
-        envelope = json.loads(text)
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        envelope = kombu_loads(text)  # as kombu decodes it, type hooks included
+    except Exception as exc:  # kombu's decoder may raise anything on hostile input
         return None, f"not a JSON message: {_short(exc)}"
     problem = check_envelope(envelope, queue=queue)
     return (None, problem) if problem else (envelope, None)

@@ -32,6 +32,11 @@ class Guard:
         """Record every (rate-limited) rejection through ``sink`` from now on."""
         self._recorder = RejectionRecorder(sink, per_second=self._per_second)
 
+    def record(self, rejection: Rejection) -> None:
+        """Record an event for a message refused after the guard let it through (its payload)."""
+        if self._recorder is not None:
+            self._recorder.offer(rejection)
+
     def reject(self, rejection: Rejection, *, redis: RedisScope | None, exc_info: bool = False) -> None:
         """Log it once, keep it in its queue's dead-letter list, record an event; never raises."""
         try:
@@ -49,7 +54,6 @@ class Guard:
                         store(client, rejection, keep=self.keep, now=utcnow())
                 except Exception as exc:  # the broker may be going away; the log line stays
                     log.warning("could not dead-letter a message of %s: %s", rejection.queue, exc)
-            if self._recorder is not None:
-                self._recorder.offer(rejection)
+            self.record(rejection)
         except Exception:
             log.exception("rejecting a message on %s failed", rejection.queue)

@@ -45,6 +45,7 @@ def test_a_well_formed_envelope_is_admitted() -> None:
         pytest.param(b"[" * 50_001 + b"]" * 50_001, "over the limit", id="deep-nesting-too-big"),
         pytest.param(b"[" * 40_000 + b"]" * 40_000, "not a JSON message", id="deep-nesting"),
         pytest.param(b"5", "envelope must be an object, got int", id="a-number"),
+        pytest.param(b'{"__type__": "datetime", "__value__": "x"}', "not a JSON message", id="type-hook"),
         pytest.param(b"{}", "properties must be an object", id="empty-object"),
         pytest.param(raw(with_props(delivery_tag=5)), "delivery_tag must be a string", id="tag-not-str"),
         pytest.param(raw(with_props(delivery_info=[])), "delivery_info must be an object", id="info-list"),

@@ -115,7 +115,7 @@ def guarded_handler(monkeypatch: pytest.MonkeyPatch, inner: Any) -> Any:
     def heartbeat(payload: Any) -> None:
         pass
 
-    app.task(name="cp.heartbeat")(heartbeat)
+    app.task(name="cp.heartbeat", shared=False)(heartbeat)
     monkeypatch.setattr(Consumer, "create_task_handler", lambda self, promise=None: inner)
     consumer = object.__new__(app.conf.worker_consumer)
     consumer.app = app
