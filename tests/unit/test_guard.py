@@ -197,3 +197,31 @@ def test_the_consumer_module_is_the_one_celery_uses() -> None:
     app = make_celery(Settings(), url="redis://127.0.0.1:1/0")
     assert issubclass(app.conf.worker_consumer, Consumer)
     assert app.conf.worker_consumer.__module__ == guarded_consumer.__name__
+
+
+def test_a_cp_worker_records_a_rejection_as_an_event_row_naming_queue_reason_and_the_unrecorded(
+    tmp_path: Any,
+) -> None:
+    from sqlmodel import Session, select
+
+    from cp.messaging.cp_events import database_sink
+    from cp.models import DaemonEvent
+    from cp.runtime import ControlPlane
+
+    cp = ControlPlane(Settings(database_url=f"sqlite:///{tmp_path / 'cp.db'}"))
+    sink = database_sink(cp)
+    sink(Rejection(queue="mycelial.cp", reason="body must be [args, kwargs, embed]", task="cp.heartbeat"), 0)
+    sink(Rejection(queue="mycelial.cp", reason="not a JSON message: x"), 12)
+    with Session(cp.engine) as session:
+        events = [
+            (e.daemon, e.kind, e.reason) for e in session.exec(select(DaemonEvent).order_by(DaemonEvent.id))
+        ]
+    assert events == [
+        (None, "message_rejected", "cp.heartbeat: queue mycelial.cp: body must be [args, kwargs, embed]"),
+        (
+            None,
+            "message_rejected",
+            "<no task>: queue mycelial.cp: not a JSON message: x"
+            " (12 more rejected before this one, not recorded one by one)",
+        ),
+    ]
