@@ -185,7 +185,8 @@ def catalogue(queue: str, task: str) -> list[tuple[str, Any]]:
         return result
 
     good_body = body_bytes([{"v": 1}])
-    forged = {"task": "cp.daemon_hello", "args": [{"v": 1, "name": "forged", "software_version": "0"}]}
+    hello = {"v": 1, "name": "forged", "software_version": "0"}
+    forged = {"task": "cp.daemon_hello", "args": [hello], "kwargs": {}, "options": {}, "immutable": True}
     items: list[tuple[str, Any]] = [
         ("not json", "this is not json {"),
         ("binary", b"\xff\xfe\x00garbage"),

@@ -92,7 +92,8 @@ def test_a_malformed_message_is_dead_lettered_and_the_next_valid_one_is_consumed
 def test_a_forged_chain_is_refused_and_the_task_it_names_never_runs(guarded: tuple[Stack, Canary]) -> None:
     stack, canary = guarded
     hello = {"v": 1, "name": "forged-by-chain", "software_version": "0"}
-    chained = {"task": "cp.daemon_hello", "args": [hello], "kwargs": {}, "options": {}, "subtask_type": None}
+    # immutable: Celery would call it with exactly these args, not the heartbeat's result prepended
+    chained = {"task": "cp.daemon_hello", "args": [hello], "kwargs": {}, "options": {}, "immutable": True}
     embed = {"callbacks": [chained], "errbacks": None, "chain": [chained], "chord": None}
     body = body_bytes([heartbeat_payload(DAEMON)], {}, embed)
     message = envelope(CP, headers=headers_for("cp.heartbeat"), body=body)

@@ -97,7 +97,7 @@ def guarded(broker: Broker, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     stack.stop_all()
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_no_generated_message_stops_either_consumer(
     guarded: tuple[Stack, Canary], data: st.DataObject

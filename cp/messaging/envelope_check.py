@@ -102,6 +102,9 @@ def check_envelope(envelope: object, *, queue: str) -> str | None:
         return "envelope: body is not valid base64"
     if not isinstance(envelope.get("headers"), dict):
         return "envelope: headers must be an object"
+    # kombu would decompress the body while building the Message, before any check (a bomb)
+    if "compression" in envelope["headers"]:
+        return "compressed messages are not accepted"
     if envelope.get("content-type") != CONTENT_TYPE:
         return f"content type must be {CONTENT_TYPE!r}, got {_short(envelope.get('content-type'))!r}"
     if envelope.get("content-encoding") != CONTENT_ENCODING:

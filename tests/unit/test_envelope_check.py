@@ -58,6 +58,11 @@ def test_a_well_formed_envelope_is_admitted() -> None:
         pytest.param(raw(with_props(priority="high")), "priority must be an integer", id="priority"),
         pytest.param(raw(good() | {"body": "%%%"}), "body is not valid base64", id="bad-base64"),
         pytest.param(raw(good() | {"headers": ["task"]}), "headers must be an object", id="headers-list"),
+        pytest.param(
+            raw(good() | {"headers": {**headers_for("cp.heartbeat"), "compression": "application/x-gzip"}}),
+            "compressed messages are not accepted",
+            id="compressed-before-kombu-decompresses",
+        ),
         pytest.param(raw(good() | {"content-type": "application/x-yaml"}), "content type must be", id="yaml"),
         pytest.param(raw(good() | {"content-encoding": "binary"}), "content encoding must be", id="binary"),
     ],
