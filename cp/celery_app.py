@@ -8,6 +8,8 @@ from typing import Any
 from celery import Celery
 from kombu import Exchange, Queue
 
+from cp.messaging.guard import Guard
+from cp.messaging.install import guarded_celery
 from cp.protocol import CP_CHECK_DAEMON_HEALTH, CP_PURGE_OLD_RECORDS, CP_QUEUE, CP_SEND_PROBES
 from cp.settings import Settings
 
@@ -44,9 +46,10 @@ def make_celery(
     """A Celery app with no tasks registered; roles add theirs (cp.tasks, workers.tasks).
 
     ``daemon`` names the daemon whose queue the app consumes; without it the app is the control
-    plane's (its workers, and every publisher-only process: CLI, beat, Flower).
+    plane's (its workers, and every publisher-only process: CLI, beat, Flower). Its consumers are
+    guarded (cp/messaging/): no message can stop them.
     """
-    app = Celery(name, broker=url or broker_url(settings), set_as_current=False)
+    app = guarded_celery(name, broker=url or broker_url(settings), guard=Guard(settings))
     app.conf.update(_celery_config(settings, daemon=daemon))
     return app
 

@@ -26,8 +26,8 @@ from cp.config.reading import decode_utf8, read_bounded
 from cp.config.safe_yaml import load_yaml
 from cp.config.tables import ConnectorRef, PipelineTables, table_problems
 from cp.connectors import CONNECTOR_KINDS, REFERENCE_HELP, SOURCE_ONLY_KINDS, literal_password_problem
+from cp.protocol import NAME_PATTERN
 
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
 SECRET_REF = re.compile(r"\$\{(env|file):([^}]+)\}")
 ANY_REF = re.compile(r"\$\{[^}]*\}")
 PLAIN_KEY = re.compile(r"[A-Za-z0-9_-]{1,64}")

@@ -2,9 +2,26 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+
+from cp.settings import (
+    MAX_COLUMNS,
+    MAX_CURSOR_CHARS,
+    MAX_ERROR_CHARS,
+    MAX_ID_CHARS,
+    MAX_LABEL_VALUE_CHARS,
+    MAX_LABELS,
+    MAX_LOG_BATCH_RECORDS,
+    MAX_LOG_MESSAGE_CHARS,
+    MAX_NAME_CHARS,
+    MAX_OPTIONS,
+    MAX_PIPELINES,
+    MAX_QUERY_CHARS,
+    MAX_RUN_KEYS,
+    MAX_TEXT_CHARS,
+)
 
 CP_QUEUE = "mycelial.cp"
 DAEMON_QUEUE_PREFIX = "mycelial.daemon."
@@ -24,6 +41,38 @@ DAEMON_APPLY_CONFIG = "daemon.apply_config"
 DAEMON_RUN_JOB = "daemon.run_job"
 
 
+CP_MESSAGE_REJECTED = "cp.message_rejected"
+
+# daemon, connector and pipeline names, in config files and in messages alike
+NAME_PATTERN = rf"^[A-Za-z0-9][A-Za-z0-9_.-]{{0,{MAX_NAME_CHARS - 1}}}$"
+# task ids, run keys, probe ids: printable ASCII, no spaces
+ID_PATTERN = rf"^[!-~]{{1,{MAX_ID_CHARS}}}$"
+
+Name = Annotated[str, Field(min_length=1, pattern=NAME_PATTERN)]
+Id = Annotated[str, Field(pattern=ID_PATTERN)]
+Text = Annotated[str, Field(max_length=MAX_TEXT_CHARS)]
+ErrorText = Annotated[str, Field(max_length=MAX_ERROR_CHARS)]
+Cursor = Annotated[str, Field(max_length=MAX_CURSOR_CHARS)]
+Labels = Annotated[
+    dict[
+        Annotated[str, Field(min_length=1, max_length=MAX_TEXT_CHARS)],
+        Annotated[str, Field(max_length=MAX_LABEL_VALUE_CHARS)],
+    ],
+    Field(max_length=MAX_LABELS),
+]
+RunKeys = Annotated[list[Id], Field(max_length=MAX_RUN_KEYS)]
+Count = Annotated[int, Field(ge=0, le=2**63 - 1)]
+Version = Annotated[int, Field(ge=0, le=2**63 - 1)]
+
+
+def clip(text: str | None, limit: int = MAX_ERROR_CHARS) -> str | None:
+    """Text cut to ``limit`` characters (marked), so a sender never builds an over-limit message."""
+    if text is None or len(text) <= limit:
+        return text
+    marker = " [...]"
+    return text[: limit - len(marker)] + marker
+
+
 def daemon_queue(name: str) -> str:
     return f"{DAEMON_QUEUE_PREFIX}{name}"
 
@@ -38,104 +87,117 @@ class Message(BaseModel):
 
 
 class DaemonHello(Message):
-    name: str = Field(min_length=1)
-    labels: dict[str, str] = Field(default_factory=dict)
-    software_version: str
-    hostname: str = ""
-    applied_config_version: int | None = None
+    name: Name
+    labels: Labels = Field(default_factory=dict)
+    software_version: Text
+    hostname: Text = ""
+    applied_config_version: Version | None = None
     # when this process started: runs the daemon began before then died with an earlier process
     started_at: AwareDatetime | None = None
     # jobs an earlier process took from the daemon's queue and never finished (workers/orphans.py)
-    orphaned_task_ids: list[str] = Field(default_factory=list)
+    orphaned_task_ids: RunKeys = Field(default_factory=list)
 
 
 class Heartbeat(Message):
-    name: str = Field(min_length=1)
+    name: Name
     sent_at: AwareDatetime
-    running_runs: list[str] = Field(default_factory=list)
-    cpu_percent: float | None = None
-    memory_mb: float | None = None
+    running_runs: RunKeys = Field(default_factory=list)
+    cpu_percent: float | None = Field(default=None, ge=0, le=1e6, allow_inf_nan=False)
+    memory_mb: float | None = Field(default=None, ge=0, le=1e12, allow_inf_nan=False)
 
 
 RunEventState = Literal["started", "progress", "succeeded", "failed", "timed_out", "cancelled"]
 
 
 class RunEvent(Message):
-    run_key: str = Field(min_length=1)
-    daemon: str = Field(min_length=1)
+    run_key: Id
+    daemon: Name
     state: RunEventState
     at: AwareDatetime
-    rows_read: int = Field(default=0, ge=0)
-    rows_written: int = Field(default=0, ge=0)
-    cursor: str | None = None
-    error: str | None = None
+    rows_read: Count = 0
+    rows_written: Count = 0
+    cursor: Cursor | None = None
+    error: ErrorText | None = None
     retryable: bool = False
-    attempt: int | None = Field(default=None, ge=1)
+    attempt: int | None = Field(default=None, ge=1, le=1_000_000)
     # increases with every event the daemon sends for this attempt, across redeliveries of its job:
     # the control plane ignores an event older than the newest it applied (docs/protocol.md)
     seq: int | None = Field(default=None, ge=1, le=2**63 - 1)
 
 
 class ConfigApplied(Message):
-    name: str = Field(min_length=1)
-    version: int
+    name: Name
+    version: Version
     ok: bool
-    error: str | None = None
+    error: ErrorText | None = None
 
 
 class LogEntry(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-    seq: str
+    seq: Id
     ts: AwareDatetime
-    level: str
-    logger: str
-    run_key: str | None = None
-    message: str
+    level: Text
+    logger: Text
+    run_key: Id | None = None
+    message: Annotated[str, Field(max_length=MAX_LOG_MESSAGE_CHARS)]
 
 
 class LogBatch(Message):
-    name: str = Field(min_length=1)
-    records: list[LogEntry]
+    name: Name
+    records: Annotated[list[LogEntry], Field(max_length=MAX_LOG_BATCH_RECORDS)]
 
 
 class Probe(Message):
-    probe_id: str = Field(min_length=1)
+    probe_id: Id
     sent_at: AwareDatetime
 
 
 class ProbeReply(Message):
-    name: str = Field(min_length=1)
-    probe_id: str = Field(min_length=1)
+    name: Name
+    probe_id: Id
     sent_at: AwareDatetime
+
+
+class MessageRejected(Message):
+    """A daemon's report of messages it took off its queue unprocessed (cp/messaging/)."""
+
+    name: Name
+    queue: Text
+    reason: ErrorText
+    task: Text | None = None
+    task_id: Text | None = None
+    at: AwareDatetime
+    # rejections not reported one by one since the last report (the daemon rate-limits them)
+    suppressed: Count = 0
 
 
 class ConnectorSpec(BaseModel):
     """A connector as a daemon sees it: options may hold secret references, never secrets."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    name: str
-    kind: str
-    options: dict[str, Any] = Field(default_factory=dict)
+    name: Name
+    kind: Text
+    options: Annotated[dict[Text, Any], Field(max_length=MAX_OPTIONS)] = Field(default_factory=dict)
 
 
 class PipelineSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-    name: str
+    name: Name
     source: ConnectorSpec
-    source_table: str | None = None
-    source_query: str | None = None
+    source_table: Text | None = None
+    source_query: Annotated[str, Field(max_length=MAX_QUERY_CHARS)] | None = None
     destination: ConnectorSpec
-    destination_table: str
+    destination_table: Text
     mode: Literal["replace", "append", "incremental", "upsert"] = "replace"
-    batch_size: int = 10_000
-    cursor_column: str | None = None
-    key_columns: list[str] = Field(default_factory=list)
+    batch_size: int = Field(default=10_000, ge=1, le=1_000_000)
+    cursor_column: Text | None = None
+    key_columns: Annotated[list[Text], Field(max_length=MAX_COLUMNS)] = Field(default_factory=list)
     schema_drift: Literal["add", "fail"] = "add"
 
 
 class ApplyConfig(Message):
-    version: int
-    checksum: str
+    version: Version
+    checksum: Text
     state: DesiredState
 
 
@@ -143,18 +205,18 @@ class DesiredState(BaseModel):
     """A daemon's full desired state: everything it should know, not a diff."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    daemon: str
-    labels: dict[str, str] = Field(default_factory=dict)
-    pipelines: list[PipelineSpec] = Field(default_factory=list)
+    daemon: Name
+    labels: Labels = Field(default_factory=dict)
+    pipelines: Annotated[list[PipelineSpec], Field(max_length=MAX_PIPELINES)] = Field(default_factory=list)
 
 
 class RunJob(Message):
-    run_key: str = Field(min_length=1)
-    attempt: int = Field(ge=1)
+    run_key: Id
+    attempt: int = Field(ge=1, le=1_000_000)
     pipeline: PipelineSpec
-    cursor: str | None = None
+    cursor: Cursor | None = None
     # the pipeline's timeout: the daemon stops the attempt this many seconds after it starts it
-    timeout_seconds: float | None = Field(default=None, gt=0)
+    timeout_seconds: float | None = Field(default=None, gt=0, le=7 * 86_400)
 
 
 ApplyConfig.model_rebuild()
@@ -169,10 +231,13 @@ def parse(model: type[M], payload: object) -> M:
     try:
         return model.model_validate(payload)
     except ValidationError as exc:
+        # a location can hold a dict key from the message itself: keep every part short
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}" for err in exc.errors()
+            f"{'.'.join(clip(str(p), 40) or '' for p in err['loc']) or '<root>'}: {err['msg']}"
+            for err in exc.errors()[:10]
         )
-        raise MessageError(f"{model.__name__}: {problems}") from None
+        more = f" (and {exc.error_count() - 10} more)" if exc.error_count() > 10 else ""
+        raise MessageError(clip(f"{model.__name__}: {problems}{more}", 2_000)) from None
 
 
 def dump(message: BaseModel) -> dict[str, Any]:

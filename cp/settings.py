@@ -8,6 +8,26 @@ from pathlib import Path
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# --- message limits (docs/protocol.md#limits) ----------------------------------------------
+# Fixed, not per process: both ends of a queue must agree on what a valid message is.
+MAX_NAME_CHARS = 63  # daemon, pipeline and connector names (cp.protocol.NAME_PATTERN)
+MAX_ID_CHARS = 200  # task ids, run keys, probe ids: printable ASCII without spaces
+MAX_TEXT_CHARS = 255  # short free text: versions, host names, log levels, table and column names
+MAX_ERROR_CHARS = 8_000  # error text in run events and config results (senders clip to it)
+MAX_LOG_MESSAGE_CHARS = 8_000  # one shipped log record's message
+MAX_LOG_BATCH_RECORDS = 1_000  # records in one cp.logs batch
+MAX_LABELS = 64  # labels of a daemon or a pipeline selector
+MAX_LABEL_VALUE_CHARS = 1_024
+MAX_RUN_KEYS = 1_000  # running_runs in a heartbeat, orphaned_task_ids in a hello
+MAX_CURSOR_CHARS = 65_536  # an incremental cursor position
+MAX_QUERY_CHARS = 1_000_000  # a pipeline's source query
+MAX_PIPELINES = 10_000  # pipelines in one daemon's desired state
+MAX_COLUMNS = 1_000  # key columns of a pipeline
+MAX_OPTIONS = 256  # options of a connector spec
+# Celery headers a message may carry (checked by cp.messaging before Celery reads them)
+MAX_HEADER_TEXT_CHARS = 1_024  # argsrepr, kwargsrepr, origin, shadow
+MAX_RETRIES_HEADER = 1_000
+
 
 class SettingsError(ValueError):
     """Raised when the environment holds an invalid setting."""
@@ -64,6 +84,17 @@ class Settings(BaseSettings):
     config_max_text: int = Field(default=8 * 1024 * 1024, ge=1)
     # nesting depth; a real file needs 6, and deeper input would exhaust the parser's stack:
     config_max_depth: int = Field(default=32, ge=4, le=200)
+
+    # a raw broker message longer than this is dead-lettered before it is decoded
+    message_max_bytes: int = Field(default=8 * 2**20, ge=64 * 2**10)
+    # messages whose eta is further ahead than this are refused (ours only retry within seconds)
+    message_max_eta: float = Field(default=3600.0, gt=0)
+    # newest rejected messages kept per queue in the Redis list mycelial.dead.<queue>
+    dead_letter_keep: int = Field(default=1_000, ge=0)
+    # characters of a rejected message kept in its dead-letter entry
+    dead_letter_copy_chars: int = Field(default=4_096, ge=0)
+    # rejection events recorded per second (burst: ten times that); the rest are counted
+    rejection_events_per_second: float = Field(default=1.0, gt=0)
 
     flower_address: str = "127.0.0.1"
     flower_port: int = Field(default=5555, ge=1, le=65535)

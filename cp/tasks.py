@@ -33,12 +33,15 @@ from cp.health import (
     update_statuses,
 )
 from cp.heartbeats import Flusher, HeartbeatCoalescer, ReceivedHeartbeat
+from cp.messaging.cp_events import database_sink, event_reason
+from cp.messaging.install import guard_of
 from cp.models import Daemon, DaemonStatus, utcnow
 from cp.protocol import (
     CP_CHECK_DAEMON_HEALTH,
     CP_CONFIG_APPLIED,
     CP_DAEMON_HELLO,
     CP_HEARTBEAT,
+    CP_MESSAGE_REJECTED,
     CP_PROBE_REPLY,
     CP_PURGE_OLD_RECORDS,
     CP_RUN_EVENT,
@@ -47,6 +50,7 @@ from cp.protocol import (
     DaemonHello,
     Heartbeat,
     MessageError,
+    MessageRejected,
     ProbeReply,
     RunEvent,
     parse,
@@ -71,6 +75,7 @@ def register_cp_tasks(app: Celery, cp: ControlPlane) -> None:
     undeclared_recently = RecentNames(
         capacity=settings.undeclared_daemons_max, interval=settings.undeclared_record_interval
     )
+    guard_of(app).record_with(database_sink(cp))
 
     def reject(name: str, *, sender: object, reason: str) -> None:
         """Log once and record a message taken off the queue unprocessed; never raises."""
@@ -264,6 +269,14 @@ def register_cp_tasks(app: Celery, cp: ControlPlane) -> None:
     def config_applied(msg: ConfigApplied) -> None:
         with cp.session() as session:
             record_config_applied(session, msg, now=utcnow())
+
+    @contract_task(CP_MESSAGE_REJECTED, MessageRejected, send_events=False)
+    def message_rejected(report: MessageRejected) -> None:
+        reason = event_reason(queue=report.queue, reason=report.reason, suppressed=report.suppressed)
+        with cp.session() as session:
+            record_rejected_message(
+                session, task=report.task or "<no task>", daemon=report.name, reason=reason, now=utcnow()
+            )
 
     @app.task(name=CP_PURGE_OLD_RECORDS, ignore_result=True, send_events=False)
     def purge_old_records_task() -> None:

@@ -11,6 +11,8 @@ from celery import Celery, bootsteps
 from celery.signals import after_setup_logger, after_setup_task_logger
 from celery.worker import state as worker_state
 
+from cp.messaging.envelope_check import Rejection
+from cp.messaging.install import guard_of
 from cp.models import utcnow
 from cp.protocol import (
     CP_CONFIG_APPLIED,
@@ -26,9 +28,12 @@ from cp.protocol import (
     ProbeReply,
     RunEvent,
     RunJob,
+    clip,
+    daemon_queue,
     parse,
 )
 from workers.jobs import Outcome, Report, execute
+from workers.rejections import report_to_control_plane
 from workers.runtime import DaemonRuntime
 from workers.secrets import install_log_scrubbing
 
@@ -40,19 +45,25 @@ def register_daemon_tasks(app: Celery, daemon: DaemonRuntime) -> None:
     install_log_scrubbing()
     after_setup_logger.connect(install_log_scrubbing, weak=False)
     after_setup_task_logger.connect(install_log_scrubbing, weak=False)
+    guard = guard_of(app)
+    guard.record_with(report_to_control_plane(daemon))
+
+    def rejected(task: str, exc: MessageError, task_id: str | None) -> None:
+        log.error("rejected %s message: %s", task, exc)
+        guard.record(Rejection(queue=daemon_queue(daemon.name), reason=str(exc), task=task, task_id=task_id))
 
     @app.task(name=DAEMON_APPLY_CONFIG, ignore_result=True)
     def apply_config(*args: Any, **kwargs: Any) -> None:
         try:
             config = parse(ApplyConfig, _single_payload(args, kwargs))
         except MessageError as exc:
-            log.error("rejected %s message: %s", DAEMON_APPLY_CONFIG, exc)
+            rejected(DAEMON_APPLY_CONFIG, exc, apply_config.request.id)
             return
         version, error = _store_config(daemon, config)
         daemon.send(
             CP_CONFIG_APPLIED,
             # the version reported only moves forward: an older push reports the newer one kept
-            ConfigApplied(name=daemon.name, version=version, ok=error is None, error=error),
+            ConfigApplied(name=daemon.name, version=version, ok=error is None, error=clip(error)),
             argsrepr=f"daemon={daemon.name} version={version}",
         )
 
@@ -61,7 +72,7 @@ def register_daemon_tasks(app: Celery, daemon: DaemonRuntime) -> None:
         try:
             canary = parse(Probe, _single_payload(args, kwargs))
         except MessageError as exc:
-            log.error("rejected %s message: %s", DAEMON_PROBE, exc)
+            rejected(DAEMON_PROBE, exc, probe.request.id)
             return
         daemon.send(
             CP_PROBE_REPLY,
@@ -74,7 +85,7 @@ def register_daemon_tasks(app: Celery, daemon: DaemonRuntime) -> None:
         try:
             job = parse(RunJob, _single_payload(args, kwargs))
         except MessageError as exc:
-            log.error("rejected %s message: %s", DAEMON_RUN_JOB, exc)
+            rejected(DAEMON_RUN_JOB, exc, run_job.request.id)
             return
         task_id = run_job.request.id or job.run_key
         if not daemon.claim(task_id):
@@ -140,7 +151,7 @@ def _sender(daemon: DaemonRuntime, job: RunJob, *, delivery: int) -> Callable[[O
             at=utcnow(),
             rows_read=outcome.rows_read,
             rows_written=outcome.rows_written,
-            error=outcome.error,
+            error=clip(outcome.error),
             retryable=outcome.retryable,
             attempt=job.attempt,
             seq=next(seqs),

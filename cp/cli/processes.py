@@ -13,7 +13,7 @@ from cp.beat import make_scheduler_class
 from cp.celery_app import CP_WORKER_QUEUES, make_celery, worker_argv
 from cp.cli.output import EXIT_BAD_INPUT, CliError
 from cp.cli.restart import start_worker
-from cp.protocol import daemon_queue
+from cp.protocol import NAME_PATTERN, daemon_queue
 from cp.runtime import ControlPlane
 from cp.settings import Settings
 from cp.tasks import register_cp_tasks
@@ -21,7 +21,7 @@ from workers.orphans import orphaned_jobs
 from workers.runtime import DaemonRuntime
 from workers.tasks import lifecycle_step, register_daemon_tasks
 
-DAEMON_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+DAEMON_NAME = re.compile(NAME_PATTERN)
 FLOWER_USER = "admin"
 
 

@@ -1,0 +1,59 @@
+"""What a guarded consumer does with a message it will not process: log, dead-letter, record."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from typing import Any
+
+from cp.messaging.dead_letters import store
+from cp.messaging.envelope_check import MessageLimits, Rejection
+from cp.messaging.recorder import RejectionRecorder, Sink
+from cp.models import utcnow
+from cp.settings import Settings
+
+log = logging.getLogger(__name__)
+
+RedisScope = Callable[[], AbstractContextManager[Any]]
+
+
+class Guard:
+    """One per Celery app: the limits its consumers apply and where their rejections go."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.limits = MessageLimits.from_settings(settings)
+        self.keep = settings.dead_letter_keep
+        self.copy_chars = settings.dead_letter_copy_chars
+        self._per_second = settings.rejection_events_per_second
+        self._recorder: RejectionRecorder | None = None
+
+    def record_with(self, sink: Sink) -> None:
+        """Record every (rate-limited) rejection through ``sink`` from now on."""
+        self._recorder = RejectionRecorder(sink, per_second=self._per_second)
+
+    def record(self, rejection: Rejection) -> None:
+        """Record an event for a message refused after the guard let it through (its payload)."""
+        if self._recorder is not None:
+            self._recorder.offer(rejection)
+
+    def reject(self, rejection: Rejection, *, redis: RedisScope | None, exc_info: bool = False) -> None:
+        """Log it once, keep it in its queue's dead-letter list, record an event; never raises."""
+        try:
+            log.error(
+                "rejected a message on %s (task %s, id %s): %s",
+                rejection.queue,
+                rejection.task or "?",
+                rejection.task_id or "?",
+                rejection.reason,
+                exc_info=exc_info,
+            )
+            if redis is not None and self.keep > 0:
+                try:
+                    with redis() as client:
+                        store(client, rejection, keep=self.keep, now=utcnow())
+                except Exception as exc:  # the broker may be going away; the log line stays
+                    log.warning("could not dead-letter a message of %s: %s", rejection.queue, exc)
+            self.record(rejection)
+        except Exception:
+            log.exception("rejecting a message on %s failed", rejection.queue)

@@ -1,0 +1,84 @@
+"""A Celery Consumer whose task handler checks each message first and never lets one raise.
+
+Celery's ``on_task_received`` reads ``message.headers['task']`` as a dict key and unpacks the body
+before any task code runs (DESIGN section 12): a list as task name, a missing id or a body that is
+not ``[args, kwargs, embed]`` escapes into the event loop and stops the worker, and the message is
+restored and stops the next one too. Here such a message is acked and dead-lettered instead, and
+any other exception while Celery handles one message is treated the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery.worker.consumer import Consumer
+from vine import promise
+
+from cp.messaging.envelope_check import Rejection, check_task, message_copy
+from cp.messaging.guard import Guard
+from cp.models import utcnow
+
+log = logging.getLogger(__name__)
+_Consumer: Any = Consumer
+
+
+def guarded_consumer_class(guard: Guard) -> type[Any]:
+    """A Consumer subclass bound to ``guard`` (Celery's ``worker_consumer`` setting takes a class)."""
+
+    class GuardedConsumer(_Consumer):  # type: ignore[misc]
+        guard: Guard
+
+        def create_task_handler(self, promise: Any = promise) -> Any:
+            handle = super().create_task_handler(promise)
+            registered = self.app.tasks
+            connection_errors = tuple(self.connection_errors)
+
+            def on_task_received(message: Any) -> None:
+                try:
+                    reason = check_task(
+                        headers=message.headers,
+                        body=message.body,
+                        content_type=message.content_type,
+                        content_encoding=message.content_encoding,
+                        registered=registered,
+                        limits=guard.limits,
+                        now=utcnow(),
+                    )
+                except Exception as exc:  # the check itself must not stop the loop either
+                    reason = f"message could not be checked: {type(exc).__name__}: {exc}"
+                if reason is None:
+                    try:
+                        handle(message)
+                        return
+                    except connection_errors:
+                        raise  # the consumer reconnects; the message is redelivered
+                    except Exception as exc:
+                        _reject(guard, message, f"unexpected error: {type(exc).__name__}: {exc}", True)
+                        return
+                _reject(guard, message, reason, False)
+
+            return on_task_received
+
+    GuardedConsumer.guard = guard
+    return GuardedConsumer
+
+
+def _reject(guard: Guard, message: Any, reason: str, exc_info: bool) -> None:
+    headers = message.headers if isinstance(message.headers, dict) else {}
+    task, task_id = headers.get("task"), headers.get("id")
+    info = message.delivery_info if isinstance(message.delivery_info, dict) else {}
+    rejection = Rejection(
+        queue=str(info.get("routing_key") or "?")[:255],
+        reason=reason[:2_000],
+        task=task[:255] if isinstance(task, str) else None,
+        task_id=task_id[:255] if isinstance(task_id, str) else None,
+        copy=message_copy({"headers": message.headers, "body": message.body}, limit=guard.copy_chars),
+    )
+    channel = message.channel
+    guard.reject(rejection, redis=getattr(channel, "conn_or_acquire", None), exc_info=exc_info)
+    try:
+        if not message.acknowledged:
+            message.ack()
+    except Exception as exc:  # a lost connection: the message comes back and is rejected again
+        log.warning("could not acknowledge a rejected message on %s: %s", rejection.queue, exc)
