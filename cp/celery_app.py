@@ -7,6 +7,7 @@ from typing import Any
 from celery import Celery
 from kombu import Queue
 
+from cp.broker_reconnect import consumer_settings
 from cp.protocol import CP_QUEUE
 from cp.settings import Settings
 
@@ -56,6 +57,7 @@ def _celery_config(settings: Settings) -> dict[str, Any]:
         "broker_connection_retry_on_startup": True,
         # edge daemons outlive broker outages of any length: reconnect forever
         "broker_connection_max_retries": None,
+        **consumer_settings(),
         "broker_transport_options": {
             # Redis redelivers a message unacked for this long (its worker died): above any job
             "visibility_timeout": settings.visibility_timeout,

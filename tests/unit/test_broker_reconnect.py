@@ -1,0 +1,66 @@
+"""A consumer whose lost broker connection cannot be closed cleanly still reconnects
+(cp/broker_reconnect.py); with Celery's own consumer the same failure stops the worker."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from celery import Celery
+from celery.worker.consumer import Consumer
+
+from cp.broker_reconnect import ReconnectingConsumer, consumer_settings
+
+
+class BrokenConnection:
+    """What kombu 5.7 leaves after ``collect()``: closing the channel rebuilds a pool from a
+    transport client that is already ``None``."""
+
+    connection_errors: tuple[type[Exception], ...] = (ConnectionError,)  # only these are ignored
+    channel_errors: tuple[type[Exception], ...] = ()
+
+    def __init__(self) -> None:
+        self.close_calls = 0
+
+    def collect(self, socket_timeout: float | None = None) -> None:
+        pass
+
+    def close(self) -> None:
+        self.close_calls += 1
+        raise AttributeError("'NoneType' object has no attribute 'hostname'")
+
+
+def consumer(cls: type[Any], connection: BrokenConnection) -> Any:
+    app = Celery("reconnect-test", broker="memory://", set_as_current=False)
+    app.conf.update(consumer_settings(), worker_enable_prefetch_count_reduction=False)
+    made = cls.__new__(cls)  # only the parts the connection-error path reads
+    made.app, made.connection = app, connection
+    return made
+
+
+def test_a_lost_connection_whose_close_fails_is_let_go_and_the_consumer_goes_on_to_reconnect(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    connection = BrokenConnection()
+    guarded = consumer(ReconnectingConsumer, connection)
+    guarded.on_connection_error_after_connected(ConnectionError("Connection closed by server."))
+    assert connection.close_calls == 1
+    assert guarded.connection is None  # Celery's loop connects afresh from here
+    assert "closing it failed" in caplog.text and "hostname" in caplog.text
+
+
+def test_celerys_own_consumer_lets_the_same_failure_escape_and_that_stops_its_worker() -> None:
+    # the defect the guard is for; should Celery fix it, this test says the guard can go
+    plain = consumer(Consumer, BrokenConnection())
+    with pytest.raises(AttributeError, match="hostname"):
+        plain.on_connection_error_after_connected(ConnectionError("Connection closed by server."))
+
+
+def test_the_app_settings_name_the_guarded_consumer_and_keep_running_jobs() -> None:
+    settings = consumer_settings()
+    app = Celery("reconnect-test", broker="memory://", set_as_current=False)
+    app.conf.update(settings)
+    from celery.utils.imports import symbol_by_name
+
+    assert symbol_by_name(app.conf.worker_consumer) is ReconnectingConsumer
+    assert app.conf.worker_cancel_long_running_tasks_on_connection_loss is False
