@@ -9,6 +9,12 @@ consumer and Celery stops the worker with "Unrecoverable error" (celery#4652, #9
 kin of it). Everything that matters has happened by then: the consumer has let go of the old
 connection, and its running tasks keep running. So a failure in that clean-up is logged and the
 consumer goes on to reconnect, like after any connection error.
+
+The same detached transport would stop the worker later too: a task that was running when the
+connection broke is acknowledged, when it ends, on a channel of the old connection, in the event
+loop, where the AttributeError is just as fatal. So the old transport gets its client back once
+the consumer is done with it; the late ack then reaches the broker (or fails as a connection error,
+which Celery only logs).
 """
 
 from __future__ import annotations
@@ -18,29 +24,43 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
+from celery import bootsteps
 from celery.exceptions import CPendingDeprecationWarning
 from celery.worker.consumer import Consumer
 
 log = logging.getLogger(__name__)
 
-# Celery warns on every reconnect that it will cancel running late-ack tasks by default one day; the
-# app says explicitly that it does not want that (worker_cancel_long_running_tasks_on_connection_loss)
-warnings.filterwarnings(
-    "ignore",
-    message=r"(?s).*worker_cancel_long_running_tasks_on_connection_loss",
-    category=CPendingDeprecationWarning,
-)
+
+def _ignore_cancel_warning() -> None:
+    """Celery warns on every reconnect that one day it will cancel running late-ack tasks by default;
+    the app says explicitly that it does not want that (``consumer_settings``)."""
+    warnings.filterwarnings(
+        "ignore",
+        message=r"(?s).*worker_cancel_long_running_tasks_on_connection_loss",
+        category=CPendingDeprecationWarning,
+    )
 
 
 class ReconnectingConsumer(Consumer):
     """Celery's consumer, whose clean-up of a lost connection cannot stop the worker."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _ignore_cancel_warning()  # after Celery's logging set-up turned its warnings on
+
     def on_connection_error_after_connected(self, exc: Exception) -> None:
         connection = self.connection
+        transport = getattr(connection, "_transport", None)
         if connection is not None:
             # Celery calls ``connection.close`` in there, shielded from connection errors only
             connection.close = _quiet(connection.close, lost=exc)  # type: ignore[method-assign]
-        super().on_connection_error_after_connected(exc)
+        try:
+            super().on_connection_error_after_connected(exc)
+        finally:
+            if transport is not None and transport.client is None:
+                # a job that was running when the connection broke acks its message on a channel
+                # of that connection when it ends: the channel must still know the broker's address
+                transport.client = connection
 
 
 def _quiet(close: Callable[[], object], *, lost: Exception) -> Callable[[], None]:
@@ -62,3 +82,16 @@ def consumer_settings() -> dict[str, Any]:
         # a running job keeps moving data while the broker is away: its destination is not the broker
         "worker_cancel_long_running_tasks_on_connection_loss": False,
     }
+
+
+def consuming_step(on_consuming: Callable[[], None]) -> type[bootsteps.StartStopStep]:
+    """A consumer bootstep that calls ``on_consuming`` each time the consumer (re)starts consuming:
+    Celery starts the consumer's steps again after every reconnect."""
+
+    class NoteConsuming(bootsteps.StartStopStep):
+        requires = ("celery.worker.consumer.tasks:Tasks",)
+
+        def start(self, parent: Any) -> None:
+            on_consuming()
+
+    return NoteConsuming

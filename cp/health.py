@@ -82,15 +82,21 @@ class HealthLimits:
     backlog_threshold: int  # messages waiting in the daemon's queue
 
 
-def evaluate(daemon: Daemon, *, now: datetime, limits: HealthLimits) -> tuple[DaemonStatus, str]:
-    """The status a daemon should have now, with the reason. Pure."""
+def evaluate(
+    daemon: Daemon, *, now: datetime, limits: HealthLimits, listening_since: datetime | None = None
+) -> tuple[DaemonStatus, str]:
+    """The status a daemon should have now, with the reason. Pure. ``listening_since``: when the
+    control plane began consuming (after a broker outage, say); no heartbeat could arrive before."""
     if daemon.last_heartbeat_at is None:
         return (
             (daemon.status, "never heard from")
             if daemon.status is DaemonStatus.UNKNOWN
             else (DaemonStatus.OFFLINE, "no heartbeat ever")
         )
-    silent = (now - daemon.last_heartbeat_at).total_seconds()
+    heard = daemon.last_heartbeat_at
+    if listening_since is not None and listening_since > heard:
+        heard = listening_since  # a daemon cannot be heard while nobody listens
+    silent = (now - heard).total_seconds()
     if silent > limits.offline_after:
         return DaemonStatus.OFFLINE, f"no heartbeat for {silent:.0f}s"
     sent, replied = daemon.last_probe_sent_at, daemon.last_probe_reply_at
@@ -106,11 +112,13 @@ def evaluate(daemon: Daemon, *, now: datetime, limits: HealthLimits) -> tuple[Da
     return DaemonStatus.ONLINE, "heartbeats and probes answered"
 
 
-def update_statuses(session: Session, *, now: datetime, limits: HealthLimits) -> list[Daemon]:
+def update_statuses(
+    session: Session, *, now: datetime, limits: HealthLimits, listening_since: datetime | None = None
+) -> list[Daemon]:
     """Re-evaluate every daemon; return those that went offline in this call."""
     went_offline = []
     for daemon in session.exec(select(Daemon)):
-        status, reason = evaluate(daemon, now=now, limits=limits)
+        status, reason = evaluate(daemon, now=now, limits=limits, listening_since=listening_since)
         if set_status(session, daemon, status, reason=reason, now=now) and status is DaemonStatus.OFFLINE:
             went_offline.append(daemon)
     return went_offline

@@ -179,7 +179,7 @@ def register_cp_tasks(app: Celery, cp: ControlPlane) -> None:
             for daemon in session.exec(select(Daemon)):
                 daemon.queue_depth = depths.get(daemon.name)
                 session.add(daemon)
-            update_statuses(session, now=now, limits=limits)
+            update_statuses(session, now=now, limits=limits, listening_since=cp.consuming_since)
             revoke = fail_over(session, now=now, lost_after=settings.lost_after, rng=_rng)
             pushes = [
                 push

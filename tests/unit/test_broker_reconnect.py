@@ -12,6 +12,11 @@ from celery.worker.consumer import Consumer
 from cp.broker_reconnect import ReconnectingConsumer, consumer_settings
 
 
+class Transport:
+    def __init__(self, *, client: object) -> None:
+        self.client: object | None = client
+
+
 class BrokenConnection:
     """What kombu 5.7 leaves after ``collect()``: closing the channel rebuilds a pool from a
     transport client that is already ``None``."""
@@ -21,9 +26,10 @@ class BrokenConnection:
 
     def __init__(self) -> None:
         self.close_calls = 0
+        self._transport = Transport(client=self)
 
     def collect(self, socket_timeout: float | None = None) -> None:
-        pass
+        self._transport.client = None  # as kombu's Connection._do_close_transport does
 
     def close(self) -> None:
         self.close_calls += 1
@@ -46,6 +52,8 @@ def test_a_lost_connection_whose_close_fails_is_let_go_and_the_consumer_goes_on_
     guarded.on_connection_error_after_connected(ConnectionError("Connection closed by server."))
     assert connection.close_calls == 1
     assert guarded.connection is None  # Celery's loop connects afresh from here
+    # a job still running acks its message on the old connection's channel when it ends
+    assert connection._transport.client is connection
     assert "closing it failed" in caplog.text and "hostname" in caplog.text
 
 
