@@ -30,7 +30,7 @@ pipelines:
     destination: {{connector: warehouse, table: events}}
     daemon: edge-o
     mode: append
-    batch_size: 40
+    batch_size: 30
   - name: after
     source: {{connector: shop, table: events}}
     destination: {{connector: warehouse, table: after_outage}}
