@@ -185,13 +185,13 @@ def _rss_mb() -> float:
 
 def envelope(task: str, payload: dict[str, Any], *, argsrepr: str) -> Envelope:
     """How the outbox treats a message: only the newest heartbeat, probe reply and progress of a
-    run matter; a run's start and end, hello and config results must arrive."""
+    run matter; a run's start and end, hellos and config results must arrive."""
     if task == CP_HEARTBEAT:
         return Envelope(task, payload, argsrepr, key=CP_HEARTBEAT, droppable=True)
     if task == CP_PROBE_REPLY:
         return Envelope(task, payload, argsrepr, key=CP_PROBE_REPLY, droppable=True)
     if task == CP_RUN_EVENT and payload.get("state") == "progress":
         return Envelope(task, payload, argsrepr, key=f"progress {payload.get('run_key')}", droppable=True)
-    if task == CP_DAEMON_HELLO:
-        return Envelope(task, payload, argsrepr, key=CP_DAEMON_HELLO)
+    # a hello is not coalesced: one an earlier process spooled goes first, with that process's
+    # run events, and this process's hello after them, so those runs end before it is judged
     return Envelope(task, payload, argsrepr)

@@ -208,7 +208,7 @@ def test_a_message_the_broker_refuses_for_what_it_is_is_dropped_and_does_not_blo
         (CP_RUN_EVENT, {"run_key": "r1", "state": "started"}, None, False),
         (CP_RUN_EVENT, {"run_key": "r1", "state": "succeeded"}, None, False),
         (CP_RUN_EVENT, {"run_key": "r1", "state": "cancelled"}, None, False),
-        (CP_DAEMON_HELLO, {"name": "edge-1"}, CP_DAEMON_HELLO, False),
+        (CP_DAEMON_HELLO, {"name": "edge-1"}, None, False),
         (CP_CONFIG_APPLIED, {"version": 3}, None, False),
     ],
 )
