@@ -135,11 +135,14 @@ class DaemonRuntime:
         """The process is about to exit or exec: let running jobs end (they move data whether or
         not the broker is there) if asked, then send what the outbox holds or spool it."""
         if wait_for_jobs:
-            announced = False
+            announced, beat_at = False, time.monotonic()
             while running := self.running():
                 if not announced:
                     log.warning("waiting for running jobs to finish first: %s", ", ".join(running))
                     announced = True
+                if time.monotonic() - beat_at >= self.settings.heartbeat_interval:
+                    self.heartbeat()  # the worker stopped beating; the jobs still run here
+                    beat_at = time.monotonic()
                 time.sleep(poll)
         self.outbox.close(timeout=self.settings.outbox_close_timeout)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from cp.celery_app import make_celery
 from cp.models import utcnow
-from cp.protocol import CP_RUN_EVENT, RunEvent
+from cp.protocol import CP_HEARTBEAT, CP_RUN_EVENT, RunEvent
 from cp.settings import Settings
 from workers.runtime import DaemonRuntime
 
@@ -17,7 +17,9 @@ NOBODY_LISTENS = "redis://127.0.0.1:1/0"  # connection refused at once: a broker
 
 
 def runtime(tmp_path: Path) -> DaemonRuntime:
-    settings = Settings(home=tmp_path, broker_url=NOBODY_LISTENS, outbox_close_timeout=0.2)
+    settings = Settings(
+        home=tmp_path, broker_url=NOBODY_LISTENS, outbox_close_timeout=0.2, heartbeat_interval=0.05
+    )
     app = make_celery(settings, name="daemon-edge-1")
     return DaemonRuntime(settings, app, name="edge-1", labels={})
 
@@ -49,5 +51,8 @@ def test_finishing_for_a_restart_waits_until_the_running_jobs_are_done(tmp_path:
     )
     waiter.start()
     assert not finished.wait(0.5)  # the job still runs: no exec yet
+    # and the control plane keeps hearing from the daemon meanwhile, so the run is not taken for lost
+    beats = [m for m in daemon.outbox.pending() if m.task == CP_HEARTBEAT]
+    assert len(beats) == 1 and beats[0].payload["running_runs"] == ["r1"]
     daemon.release("r1")
     assert finished.wait(10)
