@@ -6,8 +6,11 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+import celery.contrib.testing.tasks  # noqa: F401  # start_worker needs its ping task
 import pytest
 from celery import Celery
+from celery.contrib.testing.worker import start_worker
+from celery.utils.imports import symbol_by_name
 from celery.worker.consumer import Consumer
 
 from cp.broker_reconnect import ReconnectingConsumer, consumer_settings, consuming_step
@@ -69,16 +72,11 @@ def test_the_app_settings_name_the_guarded_consumer_and_keep_running_jobs() -> N
     settings = consumer_settings()
     app = Celery("reconnect-test", broker="memory://", set_as_current=False)
     app.conf.update(settings)
-    from celery.utils.imports import symbol_by_name
-
     assert symbol_by_name(app.conf.worker_consumer) is ReconnectingConsumer
     assert app.conf.worker_cancel_long_running_tasks_on_connection_loss is False
 
 
 def test_a_control_plane_worker_notes_when_its_consumer_begins_consuming() -> None:
-    import celery.contrib.testing.tasks  # noqa: F401  # start_worker needs its ping task
-    from celery.contrib.testing.worker import start_worker
-
     app = Celery("consuming-test", broker="memory://", set_as_current=False)
     app.conf.update(consumer_settings(), task_default_queue="consuming-test")
     began = threading.Event()
