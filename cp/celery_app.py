@@ -8,6 +8,7 @@ from typing import Any
 from celery import Celery
 from kombu import Exchange, Queue
 
+from cp.broker_reconnect import consumer_settings
 from cp.messaging.guard import Guard
 from cp.messaging.install import guarded_celery
 from cp.protocol import CP_CHECK_DAEMON_HEALTH, CP_PURGE_OLD_RECORDS, CP_QUEUE, CP_SEND_PROBES
@@ -113,6 +114,7 @@ def _celery_config(settings: Settings, *, daemon: str | None) -> dict[str, Any]:
         "broker_connection_retry_on_startup": True,
         # edge daemons outlive broker outages of any length: reconnect forever
         "broker_connection_max_retries": None,
+        **consumer_settings(),
         "broker_transport_options": {
             # a message unacked past the visibility timeout (its consumer died) is handed out again
             **unacked_options(settings, daemon=daemon),

@@ -159,15 +159,21 @@ class Facts:
     queue_depth: int | None
 
 
-def evaluate(daemon: HealthFacts, *, now: datetime, limits: HealthLimits) -> tuple[DaemonStatus, str]:
-    """The status a daemon should have now, with the reason. Pure."""
+def evaluate(
+    daemon: HealthFacts, *, now: datetime, limits: HealthLimits, listening_since: datetime | None = None
+) -> tuple[DaemonStatus, str]:
+    """The status a daemon should have now, with the reason. Pure. ``listening_since``: when the
+    control plane began consuming (after a broker outage, say); no heartbeat could arrive before."""
     if daemon.last_heartbeat_at is None:
         return (
             (daemon.status, "never heard from")
             if daemon.status is DaemonStatus.UNKNOWN
             else (DaemonStatus.OFFLINE, "no heartbeat ever")
         )
-    silent = (now - daemon.last_heartbeat_at).total_seconds()
+    heard = daemon.last_heartbeat_at
+    if listening_since is not None and listening_since > heard:
+        heard = listening_since  # a daemon cannot be heard while nobody listens
+    silent = (now - heard).total_seconds()
     if silent > limits.offline_after:
         return DaemonStatus.OFFLINE, f"no heartbeat for {silent:.0f}s"
     sent, replied = daemon.last_probe_sent_at, daemon.last_probe_reply_at
@@ -183,7 +189,9 @@ def evaluate(daemon: HealthFacts, *, now: datetime, limits: HealthLimits) -> tup
     return DaemonStatus.ONLINE, "heartbeats and probes answered"
 
 
-def update_statuses(session: Session, *, now: datetime, limits: HealthLimits) -> list[Daemon]:
+def update_statuses(
+    session: Session, *, now: datetime, limits: HealthLimits, listening_since: datetime | None = None
+) -> list[Daemon]:
     """Re-evaluate every daemon; return those that went offline in this call.
 
     Decided from a few columns per daemon; only daemons whose status changes are loaded whole.
@@ -201,7 +209,7 @@ def update_statuses(session: Session, *, now: datetime, limits: HealthLimits) ->
     session.flush()  # pending changes (queue depths) count
     for daemon_id, *row in session.connection().execute(facts):
         current = Facts(DaemonStatus(row[0]), *row[1:])
-        status, reason = evaluate(current, now=now, limits=limits)
+        status, reason = evaluate(current, now=now, limits=limits, listening_since=listening_since)
         if status != current.status and daemon_id is not None:
             changes[daemon_id] = (status, reason)
     went_offline = []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from functools import cached_property
 
 from celery import Celery
@@ -31,6 +32,9 @@ class ControlPlane:
         self.settings = settings
         self._app = app
         self._dispatcher = dispatcher
+        # when this worker last began consuming (started, or reconnected after a broker outage):
+        # heartbeats could not reach it before, so no daemon is silent for longer than this
+        self.consuming_since: datetime | None = None
 
     @cached_property
     def app(self) -> Celery:

@@ -96,6 +96,14 @@ class Settings(BaseSettings):
     # rejection events recorded per second (burst: ten times that); the rest are counted
     rejection_events_per_second: float = Field(default=1.0, gt=0)
 
+    # a daemon's messages to the control plane wait in its outbox while the broker is away
+    # (workers/outbox.py): at most this many heartbeats, progress events and probe replies ...
+    outbox_max_pending: int = Field(default=1000, ge=10)
+    # ... retried with backoff up to this many seconds apart, and sent for up to this long when
+    # the daemon stops before the rest is spooled to disk
+    outbox_retry_max: float = Field(default=2.0, gt=0)
+    outbox_close_timeout: float = Field(default=5.0, ge=0)
+
     flower_address: str = "127.0.0.1"
     flower_port: int = Field(default=5555, ge=1, le=65535)
 

@@ -122,9 +122,14 @@ def register_cp_tasks(app: Celery, cp: ControlPlane) -> None:
                     retry = self.retry  # celery leaves it untyped
                     raise retry(exc=exc, countdown=countdown, max_retries=MAX_RETRIES) from exc
 
-            app.task(name=name, bind=True, ignore_result=True, acks_late=acks_late, send_events=send_events)(
-                task
-            )
+            app.task(
+                name=name,
+                bind=True,
+                shared=False,
+                ignore_result=True,
+                acks_late=acks_late,
+                send_events=send_events,
+            )(task)
 
         return decorate
 
@@ -278,7 +283,7 @@ def register_cp_tasks(app: Celery, cp: ControlPlane) -> None:
                 session, task=report.task or "<no task>", daemon=report.name, reason=reason, now=utcnow()
             )
 
-    @app.task(name=CP_PURGE_OLD_RECORDS, ignore_result=True, send_events=False)
+    @app.task(name=CP_PURGE_OLD_RECORDS, shared=False, ignore_result=True, send_events=False)
     def purge_old_records_task() -> None:
         with cp.session() as session:
             deleted = purge_old_records(session, now=utcnow(), keep_days=cp.settings.retention_days)
@@ -289,7 +294,7 @@ def register_cp_tasks(app: Celery, cp: ControlPlane) -> None:
         with cp.session() as session:
             record_probe_reply(session, reply, now=utcnow())
 
-    @app.task(name=CP_SEND_PROBES, ignore_result=True, send_events=False)
+    @app.task(name=CP_SEND_PROBES, shared=False, ignore_result=True, send_events=False)
     def send_probes() -> None:
         alone(CP_SEND_PROBES, _send_probes)
 
@@ -308,7 +313,7 @@ def register_cp_tasks(app: Celery, cp: ControlPlane) -> None:
                 probe_message(name, probe_id=probe_id, sent_at=now, expires=cp.settings.probe_interval)
             )
 
-    @app.task(name=CP_CHECK_DAEMON_HEALTH, ignore_result=True, send_events=False)
+    @app.task(name=CP_CHECK_DAEMON_HEALTH, shared=False, ignore_result=True, send_events=False)
     def check_daemon_health() -> None:
         alone(CP_CHECK_DAEMON_HEALTH, _check_daemon_health)
 
@@ -333,7 +338,7 @@ def register_cp_tasks(app: Celery, cp: ControlPlane) -> None:
                     if daemon.queue_depth != depths.get(daemon.name):
                         daemon.queue_depth = depths.get(daemon.name)
                         session.add(daemon)
-            update_statuses(session, now=now, limits=limits)
+            update_statuses(session, now=now, limits=limits, listening_since=cp.consuming_since)
             revoke = fail_over(session, now=now, lost_after=settings.lost_after, rng=_rng)
             pushes = [
                 push

@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from celery import Celery
 from pydantic import BaseModel
@@ -19,7 +20,9 @@ from cp.models import utcnow
 from cp.protocol import (
     CP_DAEMON_HELLO,
     CP_HEARTBEAT,
+    CP_PROBE_REPLY,
     CP_QUEUE,
+    CP_RUN_EVENT,
     DaemonHello,
     Heartbeat,
     dump,
@@ -27,6 +30,7 @@ from cp.protocol import (
 from cp.settings import Settings
 from workers.deliveries import DeliveryLog
 from workers.local_state import LocalState
+from workers.outbox import Envelope, Outbox
 
 log = logging.getLogger(__name__)
 
@@ -56,9 +60,28 @@ class DaemonRuntime:
         self._stop = threading.Event()
         self._heartbeat_thread: threading.Thread | None = None
         self._cpu_mark = (time.monotonic(), _cpu_seconds())
+        self.outbox = Outbox(
+            self._publish,
+            max_pending=settings.outbox_max_pending,
+            spool=settings.home / "daemons" / name / "outbox.jsonl",
+            retry_max=settings.outbox_retry_max,
+            name=f"daemon {name} outbox",
+        )
 
     def send(self, task: str, message: BaseModel, *, argsrepr: str) -> None:
-        self.app.send_task(task, args=[dump(message)], queue=CP_QUEUE, argsrepr=argsrepr, kwargsrepr="{}")
+        """Queue a message for the control plane; it goes out when the broker can take it."""
+        self.outbox.put(envelope(task, dump(message), argsrepr=argsrepr))
+
+    def _publish(self, message: Envelope) -> None:
+        # no retry here: the outbox retries, so a caller never waits for the broker
+        self.app.send_task(
+            message.task,
+            args=[message.payload],
+            queue=CP_QUEUE,
+            argsrepr=message.argsrepr,
+            kwargsrepr="{}",
+            retry=False,
+        )
 
     # --- running-job bookkeeping: a redelivered message must not run a job twice at once
 
@@ -81,6 +104,7 @@ class DaemonRuntime:
     # --- lifecycle
 
     def start(self) -> None:
+        self.outbox.start()
         applied = self.state.load()
         self.send(
             CP_DAEMON_HELLO,
@@ -102,9 +126,25 @@ class DaemonRuntime:
         self._heartbeat_thread.start()
 
     def stop(self) -> None:
+        """The worker stops: no more heartbeats. Jobs may still be finishing (see ``finish``)."""
         self._stop.set()
         if self._heartbeat_thread is not None:
             self._heartbeat_thread.join(timeout=5)
+
+    def finish(self, *, wait_for_jobs: bool, poll: float = 0.2) -> None:
+        """The process is about to exit or exec: let running jobs end (they move data whether or
+        not the broker is there) if asked, then send what the outbox holds or spool it."""
+        if wait_for_jobs:
+            announced, beat_at = False, time.monotonic()
+            while running := self.running():
+                if not announced:
+                    log.warning("waiting for running jobs to finish first: %s", ", ".join(running))
+                    announced = True
+                if time.monotonic() - beat_at >= self.settings.heartbeat_interval:
+                    self.heartbeat()  # the worker stopped beating; the jobs still run here
+                    beat_at = time.monotonic()
+                time.sleep(poll)
+        self.outbox.close(timeout=self.settings.outbox_close_timeout)
 
     def heartbeat(self) -> None:
         self.send(
@@ -144,3 +184,17 @@ def _rss_mb() -> float:
         return round(pages * os.sysconf("SC_PAGE_SIZE") / 2**20, 1)
     except (OSError, ValueError, IndexError):
         return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def envelope(task: str, payload: dict[str, Any], *, argsrepr: str) -> Envelope:
+    """How the outbox treats a message: only the newest heartbeat, probe reply and progress of a
+    run matter; a run's start and end, hellos and config results must arrive."""
+    if task == CP_HEARTBEAT:
+        return Envelope(task, payload, argsrepr, key=CP_HEARTBEAT, droppable=True)
+    if task == CP_PROBE_REPLY:
+        return Envelope(task, payload, argsrepr, key=CP_PROBE_REPLY, droppable=True)
+    if task == CP_RUN_EVENT and payload.get("state") == "progress":
+        return Envelope(task, payload, argsrepr, key=f"progress {payload.get('run_key')}", droppable=True)
+    # a hello is not coalesced: one an earlier process spooled goes first, with that process's
+    # run events, and this process's hello after them, so those runs end before it is judged
+    return Envelope(task, payload, argsrepr)

@@ -52,7 +52,7 @@ def register_daemon_tasks(app: Celery, daemon: DaemonRuntime) -> None:
         log.error("rejected %s message: %s", task, exc)
         guard.record(Rejection(queue=daemon_queue(daemon.name), reason=str(exc), task=task, task_id=task_id))
 
-    @app.task(name=DAEMON_APPLY_CONFIG, ignore_result=True)
+    @app.task(name=DAEMON_APPLY_CONFIG, shared=False, ignore_result=True)
     def apply_config(*args: Any, **kwargs: Any) -> None:
         try:
             config = parse(ApplyConfig, _single_payload(args, kwargs))
@@ -67,7 +67,7 @@ def register_daemon_tasks(app: Celery, daemon: DaemonRuntime) -> None:
             argsrepr=f"daemon={daemon.name} version={version}",
         )
 
-    @app.task(name=DAEMON_PROBE, ignore_result=True)
+    @app.task(name=DAEMON_PROBE, shared=False, ignore_result=True)
     def probe(*args: Any, **kwargs: Any) -> None:
         try:
             canary = parse(Probe, _single_payload(args, kwargs))
@@ -80,7 +80,7 @@ def register_daemon_tasks(app: Celery, daemon: DaemonRuntime) -> None:
             argsrepr=f"daemon={daemon.name} probe={canary.probe_id}",
         )
 
-    @app.task(name=DAEMON_RUN_JOB, ignore_result=True)
+    @app.task(name=DAEMON_RUN_JOB, shared=False, ignore_result=True)
     def run_job(*args: Any, **kwargs: Any) -> None:
         try:
             job = parse(RunJob, _single_payload(args, kwargs))

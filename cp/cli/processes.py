@@ -10,9 +10,11 @@ from pathlib import Path
 
 from beat_schedule import beat_schedule
 from cp.beat import make_scheduler_class
+from cp.broker_reconnect import consuming_step
 from cp.celery_app import CP_WORKER_QUEUES, make_celery, worker_argv
 from cp.cli.output import EXIT_BAD_INPUT, CliError
 from cp.cli.restart import start_worker
+from cp.models import utcnow
 from cp.protocol import NAME_PATTERN, daemon_queue
 from cp.runtime import ControlPlane
 from cp.settings import Settings
@@ -36,6 +38,7 @@ def control_plane(settings: Settings) -> ControlPlane:
 def run_worker(settings: Settings, *, pool: str, concurrency: int, loglevel: str) -> None:
     cp = control_plane(settings)
     _ = cp.engine  # fail now, not on the first message, if the database is unreachable
+    cp.app.steps["consumer"].add(consuming_step(lambda: setattr(cp, "consuming_since", utcnow())))
     argv = worker_argv(
         queues=CP_WORKER_QUEUES, hostname="cp@%h", pool=pool, concurrency=concurrency, loglevel=loglevel
     )
@@ -92,7 +95,9 @@ def run_daemon(
         concurrency=concurrency,
         loglevel=loglevel,
     )
-    start_worker(app, argv, what=f"daemon {name}")
+    start_worker(
+        app, argv, what=f"daemon {name}", finish=lambda restarting: daemon.finish(wait_for_jobs=restarting)
+    )
 
 
 def flower_credentials(home: Path) -> tuple[str, str]:

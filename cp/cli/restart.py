@@ -9,6 +9,10 @@ broken connection. A shutdown (exit 0) or a bad command line (other codes) is no
 the delay doubles with each restart in a row (1 s up to 30 s) so a worker that cannot run does not
 spin. Celery gives exit code 1 for a cold shutdown by signal too; those are told apart by its
 ``worker_shutting_down`` signal, which only a signal-initiated shutdown sends.
+
+A restart never costs a running job: its data does not travel through the broker, so before the
+process replaces itself ``finish(restarting=True)`` lets the jobs end (a daemon waits for them and
+sends or spools their last events); on any other exit ``finish(restarting=False)`` runs too.
 """
 
 from __future__ import annotations
@@ -36,9 +40,11 @@ def restart_delay(restarts: int) -> float:
     return min(MAX_DELAY, 2.0**restarts)
 
 
-def start_worker(app: Celery, argv: list[str], *, what: str) -> None:
+def start_worker(
+    app: Celery, argv: list[str], *, what: str, finish: Callable[[bool], None] | None = None
+) -> None:
     """``celery worker`` with ``argv``, started again in place if it stops on an unrecoverable error;
-    exits with the worker's exit code otherwise."""
+    exits with the worker's exit code otherwise. ``finish(restarting)`` runs once the worker stopped."""
     workers: list[Any] = []  # the WorkController, whose exitcode ``app.start`` does not pass on
     asked_to_stop = threading.Event()  # a signal (SIGTERM, SIGINT, SIGQUIT) began the shutdown
 
@@ -55,7 +61,7 @@ def start_worker(app: Celery, argv: list[str], *, what: str) -> None:
         app.start(argv)
         return workers[-1].exitcode if workers else None
 
-    run_restarting(run, asked_to_stop=asked_to_stop.is_set, what=what)
+    run_restarting(run, asked_to_stop=asked_to_stop.is_set, what=what, finish=finish)
 
 
 def run_restarting(
@@ -63,6 +69,7 @@ def run_restarting(
     *,
     asked_to_stop: Callable[[], bool],
     what: str,
+    finish: Callable[[bool], None] | None = None,
     argv: Sequence[str] | None = None,
     execv: Callable[[str, list[str]], object] = os.execv,
     sleep: Callable[[float], None] = time.sleep,
@@ -72,7 +79,10 @@ def run_restarting(
     failed unrecoverably without being asked to stop, else exit with its code."""
     started = clock()
     code = run() or 0
-    if code != UNRECOVERABLE or asked_to_stop():
+    restarting = code == UNRECOVERABLE and not asked_to_stop()
+    if finish is not None:
+        finish(restarting)
+    if not restarting:
         raise SystemExit(code)
     restarts = 0 if clock() - started >= STEADY_AFTER else int(os.environ.get(RESTARTS_VAR, "0"))
     delay = restart_delay(restarts)

@@ -12,15 +12,15 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from celery.worker.consumer import Consumer
 from vine import promise
 
+from cp.broker_reconnect import ReconnectingConsumer
 from cp.messaging.envelope_check import Rejection, check_task, message_copy
 from cp.messaging.guard import Guard
 from cp.models import utcnow
 
 log = logging.getLogger(__name__)
-_Consumer: Any = Consumer
+_Consumer: Any = ReconnectingConsumer  # it also rides through broker outages
 
 
 def guarded_consumer_class(guard: Guard) -> type[Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -27,13 +28,20 @@ class Exec:
         self.slept.append(seconds)
 
 
-def run(code: int | None, *, asked_to_stop: bool = False, ran_for: float = 1.0) -> Exec:
+def run(
+    code: int | None,
+    *,
+    asked_to_stop: bool = False,
+    ran_for: float = 1.0,
+    finish: Callable[[bool], None] | None = None,
+) -> Exec:
     fake = Exec()
     times = iter([0.0, ran_for])
     run_restarting(
         lambda: code,
         asked_to_stop=lambda: asked_to_stop,
         what="daemon edge-1",
+        finish=finish,
         argv=["/venv/bin/mycelial", "daemon", "--name", "edge-1"],
         execv=fake.execv,
         sleep=fake.sleep,
@@ -76,6 +84,32 @@ def test_other_exits_go_through_with_their_code(
     with pytest.raises(SystemExit) as exited:
         run(code, asked_to_stop=asked_to_stop)
     assert exited.value.code == exit_code
+
+
+def test_a_restart_first_lets_the_process_finish_its_running_jobs_and_then_execs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv(RESTARTS_VAR, raising=False)
+    order: list[str] = []
+    fake = Exec()
+    run_restarting(
+        lambda: UNRECOVERABLE,
+        asked_to_stop=lambda: False,
+        what="daemon edge-1",
+        finish=lambda restarting: order.append(f"finish restarting={restarting}"),
+        argv=["/venv/bin/mycelial", "daemon"],
+        execv=lambda path, argv: order.append("exec"),
+        sleep=fake.sleep,
+    )
+    assert order == ["finish restarting=True", "exec"]
+
+
+@pytest.mark.parametrize(("code", "asked_to_stop"), [(0, False), (UNRECOVERABLE, True), (2, False)])
+def test_an_exit_finishes_without_waiting_for_a_restart(code: int, asked_to_stop: bool) -> None:
+    finished: list[bool] = []
+    with pytest.raises(SystemExit):
+        run(code, asked_to_stop=asked_to_stop, finish=finished.append)
+    assert finished == [False]
 
 
 WORKER = r"""
