@@ -136,7 +136,12 @@ def reconcile_running(
 
 def _clear_unlisted(session: Session, *, daemon: str, listed: Collection[str]) -> None:
     """The runs a heartbeat lists again are no longer missing; writes nothing when none was."""
-    again = (col(Run.daemon) == daemon, col(Run.task_id).in_(listed), col(Run.unlisted_since).is_not(None))
+    again = (
+        col(Run.state) == RunState.RUNNING,  # indexed; only running runs are ever noted
+        col(Run.daemon) == daemon,
+        col(Run.task_id).in_(listed),
+        col(Run.unlisted_since).is_not(None),
+    )
     if session.exec(select(Run.id).where(*again)).first() is None:
         return
     session.exec(update(Run).where(*again).values(unlisted_since=None))

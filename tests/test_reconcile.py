@@ -30,10 +30,11 @@ def change(database_url: str, edit: Callable[[Session], None]) -> None:
         engine.dispose()
 
 
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
 def test_heartbeats_lose_a_run_the_daemon_has_not_run_for_the_grace_and_stop_a_job_whose_run_has_ended(
-    make_stack: Callable[..., Stack], make_database_url: Callable[[str], str]
+    kind: str, make_stack: Callable[..., Stack], make_database_url: Callable[[str], str]
 ) -> None:
-    database_url = make_database_url("sqlite")
+    database_url = make_database_url(kind)
     stack = make_stack(database_url, reconcile_grace="2")
     make_source(stack.home / "shop.db", rows=100_000)
     stack.start("worker", "worker")
