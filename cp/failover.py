@@ -14,7 +14,7 @@ from collections.abc import Collection
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import or_, update
+from sqlalchemy import and_, or_
 from sqlmodel import Session, col, select
 
 from cp.models import Daemon, DaemonStatus, Pipeline, Run, RunState
@@ -106,45 +106,33 @@ def reconcile_running(
     (the daemon stops such a job between batches).
     """
     listed = set(running_task_ids)
-    missed_by = now - timedelta(seconds=grace)
-    missing = (
-        Run.daemon == daemon,
-        Run.state == RunState.RUNNING,
+    mine = (col(Run.daemon) == daemon, col(Run.state) == RunState.RUNNING)
+    missing = and_(
+        *mine,
         col(Run.started_at) < sent_at - timedelta(seconds=grace),
         col(Run.task_id).not_in(listed) if listed else col(Run.task_id).is_not(None),
-        # not yet noted, or noted at least the grace ago: one noted since waits, unlocked
-        or_(col(Run.unlisted_since).is_(None), col(Run.unlisted_since) <= missed_by),
+        # not noted yet, or noted at least the grace ago: one noted since waits, unlocked
+        or_(col(Run.unlisted_since).is_(None), col(Run.unlisted_since) <= now - timedelta(seconds=grace)),
     )
+    # listed again after a heartbeat missed it
+    changing = or_(missing, and_(*mine, col(Run.task_id).in_(listed), col(Run.unlisted_since).is_not(None)))
     revoke: list[str] = []
-    # found without a lock, so a heartbeat with nothing missing (the usual one) locks no run
-    if session.exec(select(Run.id).where(*missing)).first() is not None:
-        for run in _locked(session, *missing):
-            if run.unlisted_since is None:
+    # found without a lock, so a heartbeat with nothing missing (the usual one) locks and writes no run
+    if session.exec(select(Run.id).where(changing)).first() is not None:
+        for run in _locked(session, changing):  # one id-ordered pass: no deadlock with other lockers
+            if run.task_id in listed:
+                run.unlisted_since = None
+            elif run.unlisted_since is None:
                 log.info(
                     "run %s not listed by daemon %s; lost if still missing in %ss", run.run_key, daemon, grace
                 )
                 run.unlisted_since = now
-                session.add(run)
-                continue
-            if run.task_id:
-                revoke.append(run.task_id)
-            _lose(session, run, because=f"daemon {daemon} no longer reported the job", now=now, rng=rng)
-    if listed:
-        _clear_unlisted(session, daemon=daemon, listed=listed)
+            else:
+                if run.task_id:
+                    revoke.append(run.task_id)
+                _lose(session, run, because=f"daemon {daemon} no longer reported the job", now=now, rng=rng)
+            session.add(run)
     return revoke + _not_to_run(session, listed)
-
-
-def _clear_unlisted(session: Session, *, daemon: str, listed: Collection[str]) -> None:
-    """The runs a heartbeat lists again are no longer missing; writes nothing when none was."""
-    again = (
-        col(Run.state) == RunState.RUNNING,  # indexed; only running runs are ever noted
-        col(Run.daemon) == daemon,
-        col(Run.task_id).in_(listed),
-        col(Run.unlisted_since).is_not(None),
-    )
-    if session.exec(select(Run.id).where(*again)).first() is None:
-        return
-    session.exec(update(Run).where(*again).values(unlisted_since=None))
 
 
 def reconcile_heartbeat(
