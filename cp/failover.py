@@ -14,6 +14,7 @@ from collections.abc import Collection
 from datetime import datetime, timedelta
 from typing import Any
 
+from sqlalchemy import and_, or_
 from sqlmodel import Session, col, select
 
 from cp.models import Daemon, DaemonStatus, Pipeline, Run, RunState
@@ -96,25 +97,41 @@ def reconcile_running(
 
     A run believed ``running`` there whose task id the daemon does not list, and that started more
     than ``grace`` before the heartbeat was sent (both on the daemon's clock, so a job that started
-    after the heartbeat is not missing), is ``lost`` and retried under its policy. Returns the task
-    ids to revoke: those, and each job the daemon runs whose run is finished, cancelled, superseded
-    by a later attempt or unknown (the daemon stops such a job between batches).
+    after the heartbeat is not missing), is missing. The first heartbeat that misses it only notes
+    when (``unlisted_since``, control-plane clock); one handled at least ``grace`` later that still
+    misses it makes it ``lost``, retried under its policy. A single heartbeat is never enough: a job
+    that just ended has left the list while its last event may still be on its way. A heartbeat
+    that lists the run again clears the note. Returns the task ids to revoke: those lost, and each
+    job the daemon runs whose run is finished, cancelled, superseded by a later attempt or unknown
+    (the daemon stops such a job between batches).
     """
     listed = set(running_task_ids)
-    started_before = sent_at - timedelta(seconds=grace)
-    unlisted = (
-        Run.daemon == daemon,
-        Run.state == RunState.RUNNING,
-        col(Run.started_at) < started_before,
+    mine = (col(Run.daemon) == daemon, col(Run.state) == RunState.RUNNING)
+    missing = and_(
+        *mine,
+        col(Run.started_at) < sent_at - timedelta(seconds=grace),
         col(Run.task_id).not_in(listed) if listed else col(Run.task_id).is_not(None),
+        # not noted yet, or noted at least the grace ago: one noted since waits, unlocked
+        or_(col(Run.unlisted_since).is_(None), col(Run.unlisted_since) <= now - timedelta(seconds=grace)),
     )
+    # listed again after a heartbeat missed it
+    changing = or_(missing, and_(*mine, col(Run.task_id).in_(listed), col(Run.unlisted_since).is_not(None)))
     revoke: list[str] = []
-    # found without a lock, so a heartbeat with nothing missing (the usual one) locks no run
-    if session.exec(select(Run.id).where(*unlisted)).first() is not None:
-        for run in _locked(session, *unlisted):
-            if run.task_id:
-                revoke.append(run.task_id)
-            _lose(session, run, because=f"daemon {daemon} no longer reported the job", now=now, rng=rng)
+    # found without a lock, so a heartbeat with nothing missing (the usual one) locks and writes no run
+    if session.exec(select(Run.id).where(changing)).first() is not None:
+        for run in _locked(session, changing):  # one id-ordered pass: no deadlock with other lockers
+            if run.task_id in listed:
+                run.unlisted_since = None
+            elif run.unlisted_since is None:
+                log.info(
+                    "run %s not listed by daemon %s; lost if still missing in %ss", run.run_key, daemon, grace
+                )
+                run.unlisted_since = now
+            else:
+                if run.task_id:
+                    revoke.append(run.task_id)
+                _lose(session, run, because=f"daemon {daemon} no longer reported the job", now=now, rng=rng)
+            session.add(run)
     return revoke + _not_to_run(session, listed)
 
 

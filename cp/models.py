@@ -200,6 +200,8 @@ class Run(SQLModel, table=True):
     queued_at: datetime | None = _ts()
     started_at: datetime | None = _ts()
     finished_at: datetime | None = _ts()
+    # first heartbeat (control-plane clock) that did not list the running attempt (cp/failover.py)
+    unlisted_since: datetime | None = _ts()
     rows_read: int = 0
     rows_written: int = 0
     cursor_before: str | None = None

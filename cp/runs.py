@@ -234,7 +234,7 @@ def fail_or_retry(
     )
     log.info("run %s attempt %d %s; retrying in %.1fs", run.run_key, run.attempt, state, delay)
     run.attempt += 1
-    run.last_event_seq = None
+    run.last_event_seq = run.unlisted_since = None
     run.state = RunState.SCHEDULED
     run.next_attempt_at = at + timedelta(seconds=delay)
     run.daemon = run.task_id = run.published_at = run.started_at = None
@@ -252,7 +252,7 @@ def move_to_another_daemon(session: Session, run: Run, *, reason: str, at: datet
     """
     _close_attempt(session, run, RunState.LOST, error=f"{MOVED}{reason}", at=at)
     run.attempt += 1
-    run.last_event_seq = None
+    run.last_event_seq = run.unlisted_since = None
     run.state = RunState.SCHEDULED
     run.daemon = run.task_id = run.published_at = None
     run.next_attempt_at = None

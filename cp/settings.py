@@ -58,8 +58,9 @@ class Settings(BaseSettings):
     # within about a minute (keep it above the longest cp task, retries' countdowns included)
     cp_visibility_timeout: float = Field(default=60.0, gt=0)
     cp_unacked_restore_interval: float = Field(default=5.0, gt=0)
-    # a run the cp believes running that its daemon's heartbeats do not list is lost after this
-    # long (daemon clock): a job between its start and its first heartbeat is not missing
+    # a run the cp believes running that its daemon's heartbeats do not list is missing once it
+    # started this long before one (daemon clock), and lost once missing this long, seen by two
+    # heartbeats (cp clock): a job that just ended has its last event this long to arrive
     reconcile_grace: float = Field(default=15.0, ge=0)
     schedule_poll_interval: float = Field(default=0.5, gt=0)
     max_deliveries: int = Field(default=3, ge=1)

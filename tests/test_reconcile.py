@@ -1,5 +1,6 @@
 """Reconciliation from heartbeats with real processes: a run the control plane believes running that
-its daemon does not run is lost, and a job a daemon runs for a run that has ended is stopped."""
+its daemon's heartbeats have not listed for the grace is lost, and a job a daemon runs for a run
+that has ended is stopped."""
 
 from __future__ import annotations
 
@@ -29,10 +30,11 @@ def change(database_url: str, edit: Callable[[Session], None]) -> None:
         engine.dispose()
 
 
-def test_heartbeats_lose_a_run_the_daemon_does_not_run_and_stop_a_job_whose_run_has_ended(
-    make_stack: Callable[..., Stack], make_database_url: Callable[[str], str]
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_heartbeats_lose_a_run_the_daemon_has_not_run_for_the_grace_and_stop_a_job_whose_run_has_ended(
+    kind: str, make_stack: Callable[..., Stack], make_database_url: Callable[[str], str]
 ) -> None:
-    database_url = make_database_url("sqlite")
+    database_url = make_database_url(kind)
     stack = make_stack(database_url, reconcile_grace="2")
     make_source(stack.home / "shop.db", rows=100_000)
     stack.start("worker", "worker")
@@ -57,6 +59,9 @@ def test_heartbeats_lose_a_run_the_daemon_does_not_run_and_stop_a_job_whose_run_
     )  # fmt: skip
     assert ghost.state is RunState.LOST
     assert ghost.error == "lost: daemon edge-f no longer reported the job while the run was going"
+    # noted by the first heartbeat that missed it, lost by one at least the grace (2 s) later
+    assert ghost.unlisted_since is not None and ghost.finished_at is not None
+    assert ghost.finished_at - ghost.unlisted_since >= timedelta(seconds=2)
 
     # a real job goes on at the daemon after the control plane ended its run (timed out, say)
     key = json.loads(stack.cli("run", "slow", "--json", check=True).stdout)["run_key"]

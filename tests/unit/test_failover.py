@@ -6,12 +6,14 @@ import random
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
+from sqlalchemy import event
 from sqlmodel import Session, col, select
 
 from cp.failover import fail_over, fail_runs_of_earlier_process, reconcile_running
 from cp.health import HealthLimits, evaluate, record_probe_reply, record_probe_sent, update_statuses
 from cp.models import Daemon, DaemonStatus, Pipeline, Run, RunAttempt, RunState
-from cp.protocol import ProbeReply
+from cp.protocol import ProbeReply, RunEvent
+from cp.runs import record_run_event
 from cp.scheduler import dispatch_ready_runs
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
@@ -186,15 +188,21 @@ def test_runs_whose_jobs_an_earlier_process_held_are_lost_even_if_they_never_sta
 
 
 def reconcile(
-    session: Session, listed: list[str], *, sent_at: datetime = NOW, grace: float = 15
+    session: Session,
+    listed: list[str],
+    *,
+    sent_at: datetime | None = None,
+    now: datetime = NOW,
+    grace: float = 15,
 ) -> list[str]:
+    """One heartbeat handled at ``now``, sent then unless ``sent_at`` says otherwise."""
     revoke = reconcile_running(
         session,
         daemon="edge-1",
         running_task_ids=listed,
-        sent_at=sent_at,
-        now=NOW,
-        grace=15,
+        sent_at=now if sent_at is None else sent_at,
+        now=now,
+        grace=grace,
         rng=random.Random(0),
     )
     session.commit()
@@ -213,7 +221,7 @@ def running_since(
     return run
 
 
-def test_a_run_its_daemon_no_longer_lists_is_lost_and_retried_once_the_grace_period_has_passed(
+def test_a_run_its_daemon_no_longer_lists_is_lost_and_retried_once_missing_for_the_grace_period(
     session: Session, add_pipeline: Callable[..., Pipeline], add_run: Callable[..., Run]
 ) -> None:
     add_pipeline("orders", daemon="edge-1", schedule=None, max_attempts=3)
@@ -223,12 +231,22 @@ def test_a_run_its_daemon_no_longer_lists_is_lost_and_retried_once_the_grace_per
     running_since(session, add_run, "orders@elsewhere", started=ago(60), daemon="edge-2")
     place(session, add_run, "orders@queued", daemon="edge-1", state=RunState.QUEUED, pipeline="orders")
 
+    # the first heartbeat that misses it only notes when; one sighting is never enough
+    assert reconcile(session, ["orders@listed"], now=ago(15)) == []
+    noted = {r.run_key: (r.state, r.unlisted_since) for r in session.exec(select(Run))}
+    assert noted["orders@gone"] == (RunState.RUNNING, ago(15))
+    assert all(since is None for key, (_, since) in noted.items() if key != "orders@gone")
+    # a heartbeat sooner than the grace after it still does not lose it
+    assert reconcile(session, ["orders@listed"], now=ago(1)) == []
+    assert session.exec(select(Run).where(Run.run_key == "orders@gone")).one().state is RunState.RUNNING
+
     revoke = reconcile(session, ["orders@listed"])
 
     assert revoke == ["orders@gone"]
     runs = {r.run_key: r for r in session.exec(select(Run))}
     gone = runs.pop("orders@gone")
     assert (gone.state, gone.attempt, gone.next_attempt_at) == (RunState.SCHEDULED, 2, NOW)
+    assert gone.unlisted_since is None  # the new attempt starts unnoted
     assert {k: r.state for k, r in runs.items()} == {
         "orders@just-started": RunState.RUNNING,
         "orders@listed": RunState.RUNNING,
@@ -240,6 +258,70 @@ def test_a_run_its_daemon_no_longer_lists_is_lost_and_retried_once_the_grace_per
         RunState.LOST,
         "lost: daemon edge-1 no longer reported the job while the run was going",
     )
+
+
+def test_a_long_run_whose_succeeded_event_is_applied_just_after_a_heartbeat_that_no_longer_lists_it_succeeds(
+    session: Session, add_pipeline: Callable[..., Pipeline], add_run: Callable[..., Run]
+) -> None:
+    add_pipeline("orders", daemon="edge-1", schedule=None, max_attempts=3, mode="append")
+    running_since(session, add_run, "orders@long", started=ago(3600))
+
+    # the job ended and left the daemon's list; its succeeded event is applied after the heartbeat
+    assert reconcile(session, [], now=ago(1)) == []
+    succeeded = RunEvent(
+        run_key="orders@long", daemon="edge-1", state="succeeded", at=ago(2), attempt=1, seq=9
+    )
+    assert record_run_event(session, succeeded, now=ago(1), rng=random.Random(0))
+    session.commit()
+    assert reconcile(session, [], now=NOW + timedelta(seconds=30)) == []
+
+    run = session.exec(select(Run)).one()
+    assert (run.state, run.attempt, run.next_attempt_at) == (RunState.SUCCEEDED, 1, None)
+    attempts = session.exec(select(RunAttempt).where(RunAttempt.run_key == "orders@long")).all()
+    assert [(a.attempt, a.state) for a in attempts] == [(1, RunState.SUCCEEDED)]
+
+
+def test_a_run_its_daemon_lists_again_is_no_longer_missing_and_a_later_miss_starts_over(
+    session: Session, add_pipeline: Callable[..., Pipeline], add_run: Callable[..., Run]
+) -> None:
+    add_pipeline("orders", daemon="edge-1", schedule=None)
+    running_since(session, add_run, "orders@back", started=ago(60))
+
+    reconcile(session, [], now=ago(20))
+    reconcile(session, ["orders@back"], now=ago(10))
+    assert session.exec(select(Run)).one().unlisted_since is None
+    assert reconcile(session, []) == []  # 20 s after the first miss, but missing again only since now
+
+    run = session.exec(select(Run)).one()
+    assert (run.state, run.attempt, run.unlisted_since) == (RunState.RUNNING, 1, NOW)
+
+
+def test_a_heartbeat_with_nothing_newly_missing_or_due_writes_no_row(
+    session: Session, add_pipeline: Callable[..., Pipeline], add_run: Callable[..., Run]
+) -> None:
+    add_pipeline("orders", daemon="edge-1", schedule=None)
+    running_since(session, add_run, "orders@listed", started=ago(60))
+    running_since(session, add_run, "orders@noted", started=ago(60))
+    reconcile(session, ["orders@listed"], now=ago(5))
+    statements: list[str] = []
+    engine = session.get_bind()
+
+    def record(conn: object, cursor: object, statement: str, *args: object) -> None:
+        statements.append(statement)
+
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        assert reconcile(session, ["orders@listed"]) == []  # orders@noted is missing, not yet for the grace
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+
+    assert any(s.startswith("SELECT") for s in statements)
+    # neither a write nor a row lock (FOR UPDATE, on PostgreSQL)
+    assert not [s for s in statements if s.upper().startswith(("INSERT", "DELETE")) or "UPDATE" in s.upper()]
+    assert {r.run_key: r.unlisted_since for r in session.exec(select(Run))} == {
+        "orders@listed": None,
+        "orders@noted": ago(5),
+    }
 
 
 def test_a_run_started_after_a_late_heartbeat_was_sent_is_not_missing_from_it(
@@ -259,6 +341,7 @@ def test_a_lost_run_without_attempts_left_ends_lost(
     add_pipeline("orders", daemon="edge-1", schedule=None, max_attempts=1)
     running_since(session, add_run, "orders@gone", started=ago(60))
 
+    reconcile(session, [], now=ago(15))
     reconcile(session, [])
 
     run = session.exec(select(Run)).one()
