@@ -117,9 +117,14 @@ def register_cp_tasks(app: Celery, cp: ControlPlane) -> None:
                     retry = self.retry  # celery leaves it untyped
                     raise retry(exc=exc, countdown=countdown, max_retries=MAX_RETRIES) from exc
 
-            app.task(name=name, bind=True, ignore_result=True, acks_late=acks_late, send_events=send_events)(
-                task
-            )
+            app.task(
+                name=name,
+                bind=True,
+                ignore_result=True,
+                acks_late=acks_late,
+                send_events=send_events,
+                shared=False,  # bound to this control plane: never lent to another app
+            )(task)
 
         return decorate
 
@@ -264,7 +269,7 @@ def register_cp_tasks(app: Celery, cp: ControlPlane) -> None:
         with cp.session() as session:
             record_config_applied(session, msg, now=utcnow())
 
-    @app.task(name=CP_PURGE_OLD_RECORDS, ignore_result=True, send_events=False)
+    @app.task(name=CP_PURGE_OLD_RECORDS, ignore_result=True, send_events=False, shared=False)
     def purge_old_records_task() -> None:
         with cp.session() as session:
             deleted = purge_old_records(session, now=utcnow(), keep_days=cp.settings.retention_days)
@@ -275,7 +280,7 @@ def register_cp_tasks(app: Celery, cp: ControlPlane) -> None:
         with cp.session() as session:
             record_probe_reply(session, reply, now=utcnow())
 
-    @app.task(name=CP_SEND_PROBES, ignore_result=True, send_events=False)
+    @app.task(name=CP_SEND_PROBES, ignore_result=True, send_events=False, shared=False)
     def send_probes() -> None:
         alone(CP_SEND_PROBES, _send_probes)
 
@@ -294,7 +299,7 @@ def register_cp_tasks(app: Celery, cp: ControlPlane) -> None:
                 probe_message(name, probe_id=probe_id, sent_at=now, expires=cp.settings.probe_interval)
             )
 
-    @app.task(name=CP_CHECK_DAEMON_HEALTH, ignore_result=True, send_events=False)
+    @app.task(name=CP_CHECK_DAEMON_HEALTH, ignore_result=True, send_events=False, shared=False)
     def check_daemon_health() -> None:
         alone(CP_CHECK_DAEMON_HEALTH, _check_daemon_health)
 
