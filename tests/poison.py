@@ -156,9 +156,12 @@ def start_guarded_stack(home: Path, broker_url: str) -> tuple[Stack, Canary]:
     )
     stack = Stack(home=home, env=env)
     stack.start("worker", "worker", "--concurrency", "2")
+    # only a declared daemon is probed and has its probe replies recorded (docs/health.md)
+    config = stack.write_config(f"daemons:\n  - name: {DAEMON}\n")
+    stack.cli("apply", "-f", str(config), check=True)
     stack.start("daemon", "daemon", "--name", DAEMON)
     canary = Canary(broker_url=broker_url, database_url=database_url, daemon=DAEMON)
-    wait_for(lambda: stack.daemon(DAEMON), timeout=90, what="the daemon's hello recorded", stack=stack)
+    stack.wait_online(DAEMON, timeout=90)
     return stack, canary
 
 
