@@ -38,15 +38,25 @@ def _forget_resolved_secrets() -> Iterator[None]:
 # --- broker ------------------------------------------------------------------------------
 
 
+def _db_range() -> range:
+    """Redis databases 1-15, split between pytest-xdist workers so two never share one."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    index = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
+    size = max(1, 15 // workers)
+    first = 1 + (index * size) % 15
+    return range(first, min(first + size, 16))
+
+
 @dataclass
 class Broker:
     base_url: str
-    _next_db: int = 1
+    _dbs: range = field(default_factory=_db_range)
+    _used: int = 0
 
     def fresh_url(self) -> str:
         """A URL for an empty Redis database, so stacks never see each other's messages."""
-        db = self._next_db
-        self._next_db = db % 15 + 1
+        db = self._dbs[self._used % len(self._dbs)]
+        self._used += 1
         url = (
             f"{self.base_url.rstrip('/')}/{db}"
             if self.base_url.startswith("redis://")
