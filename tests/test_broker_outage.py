@@ -59,12 +59,12 @@ def start_a_long_run(stack: Stack) -> str:
     config = stack.write_config(CONFIG.format(home=stack.home))
     stack.start("worker", "worker")
     stack.start("beat", "beat")
+    stack.cli("apply", "-f", str(config), check=True)  # declared first: only then online
     stack.start("daemon", "daemon", "--name", "edge-o")
     wait_for(
         lambda: (d := stack.daemon("edge-o")) and d["status"] == "online",
         timeout=60, what="the daemon online", stack=stack,
     )  # fmt: skip
-    stack.cli("apply", "-f", str(config), check=True)
     run_key = json.loads(stack.cli("run", "events", "--json", check=True).stdout)["run_key"]
 
     def partly_loaded() -> bool:

@@ -293,9 +293,10 @@ def test_no_form_of_a_password_shows_anywhere_whatever_the_driver_failure(
     stack.env.update({**PASSWORDS, **RAW, **ENCODED})
     try:
         stack.start("worker", "worker")
+        # declared first: only a declared daemon comes online (docs/health.md, undeclared daemons)
+        stack.cli("apply", "-f", str(stack.write_config(leak_config(connectors))), check=True)
         stack.start("daemon", "daemon", "--name", "edge-s")
         wait_for(lambda: (d := stack.daemon("edge-s")) and d["status"] == "online", timeout=90, what="daemon")
-        stack.cli("apply", "-f", str(stack.write_config(leak_config(connectors))), check=True)
         for name, _ in connectors:
             stack.cli("run", name, check=True)
 

@@ -189,6 +189,7 @@ def test_a_run_whose_destination_table_is_locked_past_its_timeout_lands_its_rows
     )
     stack.start("worker", "worker")
     stack.start("beat", "beat")  # queues the retries after their backoff
+    stack.cli("apply", "-f", str(config), check=True)  # declared first: only then online
     stack.start("daemon", "daemon", "--name", "edge-t")
     wait_for(
         lambda: (d := stack.daemon("edge-t")) and d["status"] == "online",
@@ -196,7 +197,6 @@ def test_a_run_whose_destination_table_is_locked_past_its_timeout_lands_its_rows
         what="daemon",
         stack=stack,
     )
-    stack.cli("apply", "-f", str(config), check=True)
 
     def run_now(key: str) -> dict[str, Any]:
         return next(r for r in stack.json("runs", "--pipeline", "orders")["runs"] if r["run_key"] == key)
@@ -280,6 +280,7 @@ def test_an_attempt_frozen_past_its_timeout_and_ended_by_the_control_plane_commi
     )
     stack.start("worker", "worker")
     stack.start("beat", "beat")
+    stack.cli("apply", "-f", str(config), check=True)  # declared first: only then online
     daemon = stack.start("daemon", "daemon", "--name", "edge-t")
     wait_for(
         lambda: (d := stack.daemon("edge-t")) and d["status"] == "online",
@@ -287,7 +288,6 @@ def test_an_attempt_frozen_past_its_timeout_and_ended_by_the_control_plane_commi
         what="daemon",
         stack=stack,
     )
-    stack.cli("apply", "-f", str(config), check=True)
     key = json.loads(stack.cli("run", "orders", "--json", check=True).stdout)["run_key"]
 
     wait_for(
