@@ -262,6 +262,17 @@ def committed(path: Path) -> tuple[int, dict[str, Any] | None]:
     return int(count), json.loads(row[0]) if row else None
 
 
+def all_threads_stopped(pid: int) -> bool:
+    """Every thread of ``pid`` is in the stopped state (``T`` in /proc)."""
+    states = []
+    for stat in Path(f"/proc/{pid}/task").glob("*/stat"):
+        try:
+            states.append(stat.read_text().rsplit(")", 1)[1].split()[0])
+        except (OSError, IndexError):
+            continue
+    return bool(states) and all(state == "T" for state in states)
+
+
 def test_an_attempt_frozen_past_its_timeout_and_ended_by_the_control_plane_commits_nothing_after(
     make_stack: Callable[..., Stack], make_database_url: Callable[[str], str]
 ) -> None:
@@ -295,6 +306,8 @@ def test_an_attempt_frozen_past_its_timeout_and_ended_by_the_control_plane_commi
     )
     daemon.send_signal(signal.SIGSTOP)
     try:
+        # the signal is delivered asynchronously: count the rows once every thread has stopped
+        wait_for(lambda: all_threads_stopped(daemon.pid), timeout=10, what="the daemon frozen", stack=stack)
         frozen_rows, frozen_state = committed(destination)
         assert frozen_state is not None and not frozen_state["complete"]
         # the control plane ends the attempt once its timeout and the grace have passed
