@@ -94,8 +94,18 @@ def test_malformed_messages_on_both_queues_during_a_run_stop_nothing(
     assert f"succeeded: {ROWS} rows written" in out
     assert rows(destination, "orders_copy") == rows(source, "orders")
 
-    # every message was taken off its queue and kept (up to the dead-letter limit) with a reason
-    letters = [e for q in queues for e in canary.dead_letters(q)]
+    # every message was taken off its queue and kept (up to the dead-letter limit) with a reason;
+    # the run can end while the last round is still being consumed, so wait for the consumers first
+    def all_letters() -> list[dict[str, object]]:
+        return [e for q in queues for e in canary.dead_letters(q)]
+
+    wait_for(
+        lambda: all(canary.client.llen(q) == 0 for q in queues) and len(all_letters()) >= guard_refuses,
+        timeout=60,
+        what=f"{guard_refuses} dead letters",
+        stack=stack,
+    )
+    letters = all_letters()
     assert len(letters) == guard_refuses
     assert all(e["reason"] for e in letters)
     for queue in queues:
