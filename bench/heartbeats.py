@@ -2,9 +2,10 @@
 
 Real processes with default settings: ``mycelial worker`` (threads pool, 4 threads, log level
 info) and ``mycelial beat`` (health check every second, probes every 15 s), on SQLite. The
-configuration declares ``sim-0000`` … ``sim-0999``; the benchmark publishes their heartbeats
-straight onto ``mycelial.cp`` at a steady rate (each daemon beats every 1000/rate seconds) for
-60 s per rate (``--quick``: 15 s) and reports, per rate:
+configuration declares ``sim-0000`` … ``sim-0999``; the benchmark writes their heartbeats the
+way a daemon does (each overwrites its heartbeat key, workers/heartbeat_key.py) at a steady rate
+(each daemon beats every 1000/rate seconds) for 60 s per rate (``--quick``: 15 s) and reports,
+per rate:
 
 - ``worker CPU``: the worker's CPU time over the phase (all its threads and children, from
   /proc), as a fraction of one core; target under 1/3 at 200/s;
@@ -25,6 +26,7 @@ pushed as applied, as a real daemon would. The simulated daemons answer no probe
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import statistics
@@ -44,8 +46,9 @@ from bench.harness import Result, broker, progress
 from bench.raw_messages import RawTaskMessages
 from cp.celery_app import make_celery
 from cp.db import make_engine
+from cp.embedded_redis import redis_client
 from cp.models import Daemon
-from cp.protocol import CP_DAEMON_HELLO, CP_HEARTBEAT, CP_QUEUE
+from cp.protocol import CP_DAEMON_HELLO, CP_QUEUE, HEARTBEAT_KEY_TTL_SECONDS, heartbeat_key
 from cp.settings import Settings
 
 DAEMONS = 1_000
@@ -150,26 +153,27 @@ class Sampler(threading.Thread):
         self.engine.dispose()
 
 
-def publish(messages: RawTaskMessages, *, rate: int, seconds: float) -> None:
+def publish(client: redis.Redis, *, rate: int, seconds: float) -> None:
     """``rate`` heartbeats a second for ``seconds``, spread over the daemons in turn."""
     started = time.monotonic()
     sent, turn, tick = 0, 0, 0
     while tick * TICK < seconds:
         tick += 1
         due = round(rate * TICK * tick)
-        batch = []
+        pipe = client.pipeline(transaction=False)
         for _ in range(due - sent):
             now = datetime.now(UTC)
+            name = daemon_name(turn % DAEMONS)
             payload = {
                 "v": 1,
-                "name": daemon_name(turn % DAEMONS),
+                "name": name,
                 "sent_at": now.isoformat(),
                 "cpu_percent": 1.0,
                 "memory_mb": now.timestamp(),
             }
-            batch.append(messages.build(payload))
+            pipe.set(heartbeat_key(name), json.dumps(payload), ex=HEARTBEAT_KEY_TTL_SECONDS)
             turn += 1
-        messages.push(batch)
+        pipe.execute()
         sent = due
         time.sleep(max(0.0, started + tick * TICK - time.monotonic()))
 
@@ -188,8 +192,8 @@ def run_phases(url: str, *, seconds: float) -> list[Phase]:
         env.update(MYCELIAL_HOME=home, MYCELIAL_BROKER_URL=url, PYTHONUNBUFFERED="1")
         cli = [sys.executable, "-m", "cp.cli"]
         engine_url = f"sqlite:///{home}/mycelial.db"
-        client = redis.Redis.from_url(url)
-        client.delete(CP_QUEUE)
+        client = redis_client(url)
+        client.delete(CP_QUEUE, *(heartbeat_key(daemon_name(i)) for i in range(DAEMONS)))
         config = Path(home) / "daemons.yaml"
         config.write_text(config_text())
         subprocess.run([*cli, "apply", "-f", str(config)], env=env, check=True, capture_output=True)
@@ -202,7 +206,6 @@ def run_phases(url: str, *, seconds: float) -> list[Phase]:
             beat = subprocess.Popen([*cli, "beat"], env=env, stdout=blog, stderr=subprocess.STDOUT)
             try:
                 app = make_celery(Settings(home=Path(home)), url=url)
-                messages = RawTaskMessages(app, client, task=CP_HEARTBEAT, queue=CP_QUEUE)
                 progress("warming up: every daemon says hello, with the config it was pushed applied")
                 hellos = RawTaskMessages(app, client, task=CP_DAEMON_HELLO, queue=CP_QUEUE)
                 hellos.push([hellos.build(hello(i)) for i in range(DAEMONS)])
@@ -216,7 +219,7 @@ def run_phases(url: str, *, seconds: float) -> list[Phase]:
                     cpu_before = cpu_seconds(worker.pid)
                     start = datetime.now()  # noqa: DTZ005  (compared with the worker's local log times)
                     sampler.start()
-                    publish(messages, rate=rate, seconds=seconds)
+                    publish(client, rate=rate, seconds=seconds)
                     end = datetime.now()  # noqa: DTZ005
                     phase.cpu = (cpu_seconds(worker.pid) - cpu_before) / seconds
                     phase.final_length = int(client.llen(CP_QUEUE))

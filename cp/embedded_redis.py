@@ -73,3 +73,19 @@ def _wait_gone(pid: int | None, timeout: float = 5.0) -> None:
     log.warning("embedded Redis (pid %s) did not stop; killing it", pid)
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
+
+
+def redis_client(url: str) -> Any:
+    """A redis-py client for a broker URL, also the ``redis+socket://PATH[?virtual_host=N]`` form
+    kombu uses for the embedded server (redis-py itself knows only ``unix://``)."""
+    import redis
+
+    if url.startswith("redis+socket://"):
+        path, _, query = url[len("redis+socket://") :].partition("?")
+        db = 0
+        for part in query.split("&"):
+            key, _, value = part.partition("=")
+            if key in {"virtual_host", "db"} and value.isdigit():
+                db = int(value)
+        return redis.Redis(unix_socket_path=path, db=db)
+    return redis.Redis.from_url(url)

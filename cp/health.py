@@ -80,16 +80,21 @@ def record_heartbeats(session: Session, beats: Sequence[ReceivedHeartbeat]) -> H
         if known is None or received.beat.sent_at >= known.beat.sent_at:
             newest[received.beat.name] = received
     rows: dict[str, tuple[int, DaemonStatus]] = {}
+    stale: set[str] = set()
     names = list(newest)
     for start in range(0, len(names), _CHUNK):
         chunk = names[start : start + _CHUNK]
-        query = select(Daemon.id, Daemon.name, Daemon.status).where(
+        query = select(Daemon.id, Daemon.name, Daemon.status, Daemon.last_heartbeat_at).where(
             col(Daemon.declared).is_(True), col(Daemon.name).in_(chunk)
         )
-        for daemon_id, name, status in session.exec(query):
+        for daemon_id, name, status, heard_at in session.exec(query):
             if daemon_id is not None:
                 rows[name] = (daemon_id, DaemonStatus(status))
-    applied = [newest[name] for name in names if name in rows]
+                # a heartbeat never moves the row back in time: a heartbeat key read again by a
+                # restarted worker, or one written before the hello that came after it
+                if heard_at is not None and newest[name].received_at <= heard_at:
+                    stale.add(name)
+    applied = [newest[name] for name in names if name in rows and name not in stale]
     if applied:
         update = (
             sa_update(Daemon)

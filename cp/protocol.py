@@ -77,6 +77,19 @@ def daemon_queue(name: str) -> str:
     return f"{DAEMON_QUEUE_PREFIX}{name}"
 
 
+# A daemon's heartbeat is not a task: it overwrites one Redis key of its own (docs/protocol.md),
+# so only the newest exists, a dead daemon leaves at most one, and the key's remaining time to
+# live tells the control plane, by the broker's clock, how long ago it was written.
+HEARTBEAT_KEY_PREFIX = "mycelial.heartbeat."
+HEARTBEAT_KEY_TTL_SECONDS = 120
+# 1,000 running task ids of 200 characters, JSON-quoted, and the rest
+HEARTBEAT_MAX_BYTES = 256 * 2**10
+
+
+def heartbeat_key(name: str) -> str:
+    return f"{HEARTBEAT_KEY_PREFIX}{name}"
+
+
 class MessageError(ValueError):
     """A message that does not match its contract."""
 

@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from celery import Celery, Task
-from celery.signals import worker_process_shutdown, worker_shutdown
+from celery.signals import worker_process_shutdown, worker_ready, worker_shutdown
 from pydantic import BaseModel
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import col, select
@@ -32,9 +32,12 @@ from cp.health import (
     stale_config_daemons,
     update_statuses,
 )
+from cp.heartbeat_intake import HeartbeatIntake
 from cp.heartbeats import Flusher, HeartbeatCoalescer, ReceivedHeartbeat
+from cp.messaging.broker_client import broker_client
 from cp.messaging.cp_events import database_sink, event_reason
 from cp.messaging.install import guard_of
+from cp.messaging.recorder import TokenBucket
 from cp.models import Daemon, DaemonStatus, utcnow
 from cp.protocol import (
     CP_CHECK_DAEMON_HEALTH,
@@ -178,7 +181,33 @@ def register_cp_tasks(app: Celery, cp: ControlPlane) -> None:
         if revoke:
             cp.app.control.revoke(revoke)
 
+    def declared_names() -> list[str]:
+        with cp.session() as session:
+            return list(session.exec(select(Daemon.name)))
+
+    # daemons write their heartbeats to keys of their own (cp/heartbeat_keys.py); the task below
+    # stays for a broker without keys and for daemons of an earlier release
+    intake = HeartbeatIntake(
+        connect=lambda: broker_client(cp.app),
+        declared_names=declared_names,
+        lease_seconds=max(2.0, 4 * settings.heartbeat_flush_interval),
+    )
+
+    per_second = settings.rejection_events_per_second
+    key_rejections = TokenBucket(rate=per_second, burst=max(1.0, 10 * per_second))
+
     def flush_heartbeats() -> None:
+        from_keys, rejected = intake.gather()
+        for received_beat in from_keys:
+            coalescer.offer(received_beat)
+        for bad in rejected:
+            # a daemon rewriting a bad key as fast as it can must not flood the event table
+            if key_rejections.take():
+                reject(CP_HEARTBEAT, sender=bad.name, reason=bad.reason)
+            else:
+                log.warning(
+                    "rejected heartbeat key of %s (over the rate, not recorded): %s", bad.name, bad.reason
+                )
         batch, dropped = coalescer.take()
         if dropped:
             limit = settings.heartbeat_pending_max
@@ -204,7 +233,13 @@ def register_cp_tasks(app: Celery, cp: ControlPlane) -> None:
                     reject(CP_HEARTBEAT, sender=received.beat.name, reason=f"data error: {describe(exc)}")
 
     flusher = Flusher(flush_heartbeats, interval=settings.heartbeat_flush_interval)
-    worker_shutdown.connect(lambda **_: flusher.stop(), weak=False)
+    worker_ready.connect(lambda **_: flusher.ensure_running(), weak=False)
+
+    def stop_heartbeats(**_: object) -> None:
+        flusher.stop()
+        intake.close()
+
+    worker_shutdown.connect(stop_heartbeats, weak=False)
     worker_process_shutdown.connect(lambda **_: flusher.stop(), weak=False)
 
     def note_undeclared(hello: DaemonHello, *, now: datetime) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import redis
 
-from cp.embedded_redis import EmbeddedRedis
+from cp.embedded_redis import EmbeddedRedis, redis_client
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
@@ -69,11 +69,7 @@ class Broker:
 
 
 def _client(url: str) -> redis.Redis:
-    if url.startswith("redis+socket://"):
-        path, _, query = url[len("redis+socket://") :].partition("?")
-        db = int(query.split("=", 1)[1]) if query else 0
-        return redis.Redis(unix_socket_path=path, db=db)
-    return redis.Redis.from_url(url)
+    return redis_client(url)  # type: ignore[no-any-return]
 
 
 @pytest.fixture(scope="session")

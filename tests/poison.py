@@ -12,6 +12,7 @@ from typing import Any
 
 import redis
 
+from cp import embedded_redis
 from tests.conftest import Stack, wait_for
 
 DAEMON = "edge-guard"
@@ -96,7 +97,7 @@ def heartbeat_payload(name: str) -> dict[str, Any]:
 
 
 def client_for(url: str) -> redis.Redis:
-    return redis.Redis.from_url(url)
+    return embedded_redis.redis_client(url)  # type: ignore[no-any-return]
 
 
 class Canary:

@@ -8,12 +8,12 @@ import re
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-import redis
 from sqlmodel import Session, col, select
 
 from bench.raw_messages import RawTaskMessages
 from cp.celery_app import CP_CONTROL_QUEUE, make_celery
 from cp.db import make_engine
+from cp.embedded_redis import redis_client
 from cp.models import Daemon, DaemonEvent, UndeclaredDaemon
 from cp.protocol import CP_CHECK_DAEMON_HEALTH, CP_DAEMON_HELLO, CP_HEARTBEAT, CP_QUEUE
 from cp.settings import Settings, normalize_database_url
@@ -46,7 +46,7 @@ def test_health_checks_run_while_a_backlog_of_daemon_messages_waits(
     stack = make_stack(database_url)
     stack.cli("apply", "-f", str(stack.write_config(DAEMONS)), check=True)
     url = stack.env["MYCELIAL_BROKER_URL"]
-    client = redis.Redis.from_url(url)
+    client = redis_client(url)
     app = make_celery(Settings(home=stack.home), url=url)
     messages = RawTaskMessages(app, client, task=CP_HEARTBEAT, queue=CP_QUEUE)
     for _ in range(BACKLOG // 5_000):

@@ -17,6 +17,7 @@ import pytest
 import redis
 from sqlmodel import Session, col, select
 
+from cp import embedded_redis
 from cp.celery_app import make_celery, unacked_options
 from cp.db import create_schema, make_engine
 from cp.models import Run, RunAttempt, RunState, RunTrigger
@@ -85,7 +86,7 @@ def events_of(key: str, *, final: str, rows: int) -> list[RunEvent]:
 
 
 def redis_client(url: str) -> redis.Redis:
-    return redis.Redis.from_url(url)
+    return embedded_redis.redis_client(url)  # type: ignore[no-any-return]
 
 
 def drained(client: redis.Redis) -> bool:

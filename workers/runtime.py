@@ -16,6 +16,7 @@ from celery import Celery
 from pydantic import BaseModel
 
 import cp
+from cp.messaging.broker_client import broker_client
 from cp.models import utcnow
 from cp.protocol import (
     CP_DAEMON_HELLO,
@@ -29,6 +30,7 @@ from cp.protocol import (
 )
 from cp.settings import Settings
 from workers.deliveries import DeliveryLog
+from workers.heartbeat_key import HeartbeatWriter
 from workers.local_state import LocalState
 from workers.outbox import Envelope, Outbox
 
@@ -67,6 +69,7 @@ class DaemonRuntime:
             retry_max=settings.outbox_retry_max,
             name=f"daemon {name} outbox",
         )
+        self.heartbeats = HeartbeatWriter(lambda: broker_client(app))
 
     def send(self, task: str, message: BaseModel, *, argsrepr: str) -> None:
         """Queue a message for the control plane; it goes out when the broker can take it."""
@@ -145,19 +148,18 @@ class DaemonRuntime:
                     beat_at = time.monotonic()
                 time.sleep(poll)
         self.outbox.close(timeout=self.settings.outbox_close_timeout)
+        self.heartbeats.close()
 
     def heartbeat(self) -> None:
-        self.send(
-            CP_HEARTBEAT,
-            Heartbeat(
-                name=self.name,
-                sent_at=utcnow(),
-                running_runs=self.running(),
-                cpu_percent=self._cpu_percent(),
-                memory_mb=_rss_mb(),
-            ),
-            argsrepr=f"daemon={self.name}",
+        beat = Heartbeat(
+            name=self.name,
+            sent_at=utcnow(),
+            running_runs=self.running(),
+            cpu_percent=self._cpu_percent(),
+            memory_mb=_rss_mb(),
         )
+        if not self.heartbeats.write(beat):  # a broker without keys: the cp.heartbeat task instead
+            self.send(CP_HEARTBEAT, beat, argsrepr=f"daemon={self.name}")
 
     def _heartbeat_loop(self) -> None:
         while not self._stop.wait(self.settings.heartbeat_interval):

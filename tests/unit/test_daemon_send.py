@@ -7,10 +7,13 @@ import json
 import threading
 from pathlib import Path
 
+import fakeredis
+
 from cp.celery_app import make_celery
 from cp.models import utcnow
-from cp.protocol import CP_HEARTBEAT, CP_RUN_EVENT, RunEvent
+from cp.protocol import CP_RUN_EVENT, HEARTBEAT_KEY_TTL_SECONDS, RunEvent, heartbeat_key
 from cp.settings import Settings
+from workers.heartbeat_key import HeartbeatWriter
 from workers.runtime import DaemonRuntime
 
 NOBODY_LISTENS = "redis://127.0.0.1:1/0"  # connection refused at once: a broker that is down
@@ -44,6 +47,8 @@ def test_a_run_event_sent_while_the_broker_is_down_neither_raises_nor_is_lost(tm
 
 def test_finishing_for_a_restart_waits_until_the_running_jobs_are_done(tmp_path: Path) -> None:
     daemon = runtime(tmp_path)
+    broker = fakeredis.FakeRedis()
+    daemon.heartbeats = HeartbeatWriter(lambda: (None, broker))
     assert daemon.claim("r1")
     finished = threading.Event()
     waiter = threading.Thread(
@@ -52,7 +57,8 @@ def test_finishing_for_a_restart_waits_until_the_running_jobs_are_done(tmp_path:
     waiter.start()
     assert not finished.wait(0.5)  # the job still runs: no exec yet
     # and the control plane keeps hearing from the daemon meanwhile, so the run is not taken for lost
-    beats = [m for m in daemon.outbox.pending() if m.task == CP_HEARTBEAT]
-    assert len(beats) == 1 and beats[0].payload["running_runs"] == ["r1"]
+    beat = json.loads(broker.get(heartbeat_key("edge-1")))
+    assert beat["running_runs"] == ["r1"]
+    assert 0 < broker.ttl(heartbeat_key("edge-1")) <= HEARTBEAT_KEY_TTL_SECONDS
     daemon.release("r1")
     assert finished.wait(10)

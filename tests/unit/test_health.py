@@ -137,6 +137,25 @@ def test_a_heartbeat_brings_an_offline_daemon_online_and_records_the_transition(
     ]
 
 
+def test_a_heartbeat_received_before_the_last_one_recorded_changes_nothing(
+    session: Session, add_daemon: Callable[..., Daemon], get_daemon: Callable[[str], Daemon]
+) -> None:
+    # a restarted worker reads a dead daemon's last heartbeat key again: it must not bring it back
+    add_daemon("edge-1", status=DaemonStatus.OFFLINE)
+    session.get(Daemon, get_daemon("edge-1").id).last_heartbeat_at = NOW  # type: ignore[union-attr]
+    session.commit()
+
+    beat = Heartbeat(name="edge-1", sent_at=NOW, running_runs=["a@1"])
+    old = ReceivedHeartbeat(beat, NOW - timedelta(seconds=30))
+    batch = record_heartbeats(session, [old])
+    session.commit()
+
+    assert batch.applied == [] and batch.undeclared == []
+    daemon = get_daemon("edge-1")
+    assert (daemon.status, daemon.last_heartbeat_at, daemon.running_runs) == (DaemonStatus.OFFLINE, NOW, 0)
+    assert events(session) == []
+
+
 def test_a_heartbeat_from_an_online_daemon_records_no_transition(
     session: Session, add_daemon: Callable[..., Daemon]
 ) -> None:
