@@ -70,6 +70,18 @@ def test_a_reader_that_forgot_reads_the_current_keys_again() -> None:
         (json.dumps(beat("edge-1", extra="x")).encode(), TTL_MS, "extra"),
         (json.dumps(beat("edge-1", running_runs=["r"] * 5_000)).encode(), TTL_MS, "running_runs"),
     ],
+    ids=[
+        "too-long",
+        "no-expiry",
+        "long-expiry",
+        "not-utf8",
+        "not-json",
+        "not-object",
+        "other-daemon",
+        "bad-field",
+        "extra-field",
+        "too-many-runs",
+    ],
 )
 def test_a_bad_value_is_rejected_once_and_the_other_daemons_are_still_read(
     value: bytes, ttl_ms: int | None, reason: str
