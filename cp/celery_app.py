@@ -12,6 +12,9 @@ from cp.broker_reconnect import consumer_settings
 from cp.messaging.guard import Guard
 from cp.messaging.install import guarded_celery
 from cp.protocol import CP_CHECK_DAEMON_HEALTH, CP_PURGE_OLD_RECORDS, CP_QUEUE, CP_SEND_PROBES
+from cp.security.cp_keys import ControlPlaneKeys
+from cp.security.envelope import CP_SENDER
+from cp.security.signer import Signer
 from cp.settings import Settings
 
 # Beat-driven housekeeping (health checks, probes, retention) has its own queue, consumed by every
@@ -50,7 +53,13 @@ def make_celery(
     plane's (its workers, and every publisher-only process: CLI, beat, Flower). Its consumers are
     guarded (cp/messaging/): no message can stop them.
     """
-    app = guarded_celery(name, broker=url or broker_url(settings), guard=Guard(settings))
+    guard = Guard(settings)
+    if daemon is None:
+        # every control-plane process signs what it publishes with the control plane's key (made
+        # on first use); a daemon's app gets its own signer once its key is loaded (run_daemon)
+        keys = ControlPlaneKeys(settings.home)
+        guard.signer = Signer(keys.current, by=CP_SENDER, window_s=settings.replay_window)
+    app = guarded_celery(name, broker=url or broker_url(settings), guard=guard)
     app.conf.update(_celery_config(settings, daemon=daemon))
     return app
 

@@ -11,12 +11,16 @@ from celery import Celery
 from cp.config_store import ConfigPush
 from cp.protocol import (
     DAEMON_APPLY_CONFIG,
+    DAEMON_ENROLLED,
     DAEMON_PROBE,
     DAEMON_RUN_JOB,
+    DAEMON_TRUST_KEYS,
     ApplyConfig,
+    DaemonEnrolled,
     PipelineSpec,
     Probe,
     RunJob,
+    TrustKeys,
     daemon_queue,
     dump,
 )
@@ -135,5 +139,25 @@ def probe_message(daemon: str, *, probe_id: str, sent_at: datetime, expires: flo
         queue=daemon_queue(daemon),
         payload=dump(Probe(probe_id=probe_id, sent_at=sent_at)),
         argsrepr=f"daemon={daemon} probe={probe_id}",
+        expires=expires,
+    )
+
+
+def enrolled_message(daemon: str, *, key_id: str, expires: float) -> Outgoing:
+    return Outgoing(
+        task=DAEMON_ENROLLED,
+        queue=daemon_queue(daemon),
+        payload=dump(DaemonEnrolled(name=daemon, key_id=key_id)),
+        argsrepr=f"daemon={daemon} key={key_id}",
+        expires=expires,
+    )
+
+
+def trust_keys_message(daemon: str, *, keys: list[str], generation: int, expires: float) -> Outgoing:
+    return Outgoing(
+        task=DAEMON_TRUST_KEYS,
+        queue=daemon_queue(daemon),
+        payload=dump(TrustKeys(keys=keys, generation=generation)),
+        argsrepr=f"daemon={daemon} keys={len(keys)}",
         expires=expires,
     )

@@ -275,14 +275,20 @@ def record_config_applied(session: Session, msg: ConfigApplied, *, now: datetime
 
 
 def record_rejected_message(
-    session: Session, *, task: str, daemon: str | None, reason: str, now: datetime
+    session: Session,
+    *,
+    task: str,
+    daemon: str | None,
+    reason: str,
+    now: datetime,
+    kind: str = "message_rejected",
 ) -> None:
     """An event for a message taken off the queue unprocessed; an oversized name is not stored."""
     if daemon is not None and len(daemon) > REJECTED_NAME_MAX:
         reason, daemon = f"{reason} (sender name of {len(daemon)} characters)", None
     if len(reason) > REJECTED_REASON_MAX:
         reason = f"{reason[:REJECTED_REASON_MAX]}…"
-    session.add(DaemonEvent(at=now, daemon=daemon, kind="message_rejected", reason=f"{task}: {reason}"))
+    session.add(DaemonEvent(at=now, daemon=daemon, kind=kind, reason=f"{task}: {reason}"))
 
 
 REJECTED_NAME_MAX = 255

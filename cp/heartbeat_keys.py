@@ -9,8 +9,8 @@ the key's time to live, by the broker's clock: a control plane that restarts doe
 old key for a new heartbeat, and a daemon's own clock never decides it.
 
 Every value is hostile until checked: too long, no expiry or a longer one than the protocol's,
-not JSON, not a ``Heartbeat``, or speaking for another daemon than its key's is rejected once
-(until the value changes), like a bad message.
+not JSON, not signed by the daemon's current key (or replayed), not a ``Heartbeat``, or speaking
+for another daemon than its key's is rejected once (until the value changes), like a bad message.
 """
 
 from __future__ import annotations
@@ -56,8 +56,17 @@ class RejectedKey:
     reason: str
 
 
-def decode(name: str, raw: bytes, pttl_ms: int, *, now: datetime) -> ReceivedHeartbeat:
-    """The heartbeat in ``name``'s key, received when the key was written; MessageError if bad."""
+# checks that the envelope of a key's value authenticates its payload for that daemon, raising
+# MessageError (or AuthError, a ValueError too) when not: cp/tasks.py gives the real one
+Verify = Callable[[str, object, object], None]
+
+
+def decode(name: str, raw: bytes, pttl_ms: int, *, now: datetime, verify: Verify) -> ReceivedHeartbeat:
+    """The heartbeat in ``name``'s key, received when the key was written; MessageError if bad.
+
+    The value is ``{"auth": <signed envelope>, "beat": <Heartbeat>}``, signed by the daemon for
+    task ``cp.heartbeat``, task id its nonce, queue the key's name (docs/protocol.md).
+    """
     if len(raw) > HEARTBEAT_MAX_BYTES:
         raise MessageError(f"heartbeat key holds more than {HEARTBEAT_MAX_BYTES} bytes")
     if pttl_ms < 0:
@@ -68,7 +77,13 @@ def decode(name: str, raw: bytes, pttl_ms: int, *, now: datetime) -> ReceivedHea
         payload = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
         raise MessageError(f"heartbeat key is not JSON: {str(exc)[:80]}") from None
-    beat = parse(Heartbeat, payload)
+    if not isinstance(payload, dict) or set(payload) != {"auth", "beat"}:
+        raise MessageError("heartbeat key must hold an object with auth and beat")
+    try:
+        verify(name, payload["auth"], payload["beat"])
+    except ValueError as exc:
+        raise MessageError(f"heartbeat not authenticated: {exc}") from None
+    beat = parse(Heartbeat, payload["beat"])
     if beat.name != name:
         raise MessageError(f"heartbeat in the key of {name} speaks for {beat.name}")
     return ReceivedHeartbeat(beat=beat, received_at=now - timedelta(milliseconds=_TTL_MS - pttl_ms))
@@ -88,8 +103,11 @@ def read_keys(client: Any, names: Sequence[str]) -> list[tuple[bytes | Exception
 class HeartbeatKeyReader:
     """What changed in the daemons' keys since the last ``read``."""
 
-    def __init__(self, read: Callable[[Sequence[str]], list[tuple[bytes | Exception, int]]]) -> None:
+    def __init__(
+        self, read: Callable[[Sequence[str]], list[tuple[bytes | Exception, int]]], *, verify: Verify
+    ) -> None:
         self._read = read
+        self._verify = verify
         self._seen: dict[str, bytes] = {}
 
     def read(
@@ -111,7 +129,7 @@ class HeartbeatKeyReader:
             if self._seen.get(name) == raw:
                 continue
             try:
-                received.append(decode(name, raw, pttl, now=now))
+                received.append(decode(name, raw, pttl, now=now, verify=self._verify))
             except MessageError as exc:
                 rejected.append(RejectedKey(name, str(exc)))
         self._seen = seen

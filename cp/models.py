@@ -270,3 +270,31 @@ class UndeclaredDaemon(SQLModel, table=True):
     last_event_at: datetime | None = _ts()
     hostname: str | None = None
     software_version: str | None = None
+
+
+class DaemonKey(SQLModel, table=True):
+    """The public key a daemon enrolled with (docs/security.md); one row per name.
+
+    Re-enrolling replaces the key; revoking sets ``revoked_at``, and from then on the control
+    plane refuses every message signed by it. The private key never leaves the daemon.
+    """
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(unique=True, index=True)
+    key_id: str
+    public_key: str  # 32 bytes, base64url
+    enrolled_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+    revoked_at: datetime | None = _ts()
+
+
+class EnrollmentToken(SQLModel, table=True):
+    """A single-use enrolment token: only the SHA-256 of its secret is kept."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    token_id: str = Field(unique=True, index=True)
+    name: str = Field(index=True)
+    secret_digest: str  # hex SHA-256 of the token's secret: the key of the enrolment proof
+    created_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+    expires_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+    used_at: datetime | None = _ts()
+    used_by_key: str | None = None

@@ -42,6 +42,9 @@ DAEMON_RUN_JOB = "daemon.run_job"
 
 
 CP_MESSAGE_REJECTED = "cp.message_rejected"
+CP_ENROLL = "cp.enroll"
+DAEMON_ENROLLED = "daemon.enrolled"
+DAEMON_TRUST_KEYS = "daemon.trust_keys"
 
 # daemon, connector and pipeline names, in config files and in messages alike
 NAME_PATTERN = rf"^[A-Za-z0-9][A-Za-z0-9_.-]{{0,{MAX_NAME_CHARS - 1}}}$"
@@ -82,6 +85,7 @@ def daemon_queue(name: str) -> str:
 # live tells the control plane, by the broker's clock, how long ago it was written.
 HEARTBEAT_KEY_PREFIX = "mycelial.heartbeat."
 HEARTBEAT_KEY_TTL_SECONDS = 120
+HEARTBEAT_TASK_ID = "heartbeat"  # what a heartbeat's envelope names as task id (no task exists)
 # 1,000 running task ids of 200 characters, JSON-quoted, and the rest
 HEARTBEAT_MAX_BYTES = 256 * 2**10
 
@@ -182,6 +186,38 @@ class MessageRejected(Message):
     at: AwareDatetime
     # rejections not reported one by one since the last report (the daemon rate-limits them)
     suppressed: Count = 0
+    # malformed, or well-formed but not authenticated (docs/security.md)
+    kind: Literal["message_rejected", "security"] = "message_rejected"
+
+
+PublicKeyText = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{43}$")]  # 32 bytes, base64url
+KeyId = Annotated[str, Field(pattern=r"^[0-9a-f]{16}$")]
+
+
+class DaemonEnroll(Message):
+    """A daemon's first message: its new public key, and proof that it holds the token."""
+
+    name: Name
+    token_id: Annotated[str, Field(pattern=r"^[0-9a-f]{24}$")]
+    public_key: PublicKeyText
+    proof: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{43}$")]  # HMAC-SHA256, base64url
+    software_version: Text = ""
+
+
+class DaemonEnrolled(Message):
+    """The control plane registered the daemon's key: the daemon says hello again."""
+
+    name: Name
+    key_id: KeyId
+
+
+class TrustKeys(Message):
+    """The control-plane keys a daemon accepts from now on (key rotation, docs/security.md)."""
+
+    keys: Annotated[list[PublicKeyText], Field(min_length=1, max_length=4)]
+    # when the control plane made this list (ms since the epoch): a daemon keeps the newest only,
+    # so an old list replayed cannot bring back a retired key
+    generation: Annotated[int, Field(ge=1, le=2**53)]
 
 
 class ConnectorSpec(BaseModel):

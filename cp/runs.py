@@ -16,7 +16,7 @@ from cp.config_store import pipeline_spec
 from cp.db import take_dispatch_turn
 from cp.dispatch import Outgoing, run_job_message
 from cp.event_order import ignore_reason, newest_seq
-from cp.models import ACTIVE_RUN_STATES, Pipeline, Run, RunAttempt, RunState, RunTrigger
+from cp.models import ACTIVE_RUN_STATES, DaemonEvent, Pipeline, Run, RunAttempt, RunState, RunTrigger
 from cp.placement import choose_daemon
 from cp.protocol import RunEvent
 from cp.retry import retry_delay
@@ -297,9 +297,15 @@ def record_run_event(
     if why is not None:
         log.info("run event %s (seq %s) for %s ignored: %s", event.state, event.seq, run.run_key, why)
         return False
-    run.last_event_seq = newest_seq(run.last_event_seq, event)
     if run.daemon != event.daemon:
-        log.warning("run event for %s from %s, but it is placed on %s", run.run_key, event.daemon, run.daemon)
+        # a daemon speaks only for the runs placed on it (docs/security.md)
+        reason = f"{event.daemon} sent {event.state} for run {run.run_key}, which is placed on {run.daemon}"
+        log.error("refused run event: %s", reason)
+        session.add(
+            DaemonEvent(at=now, daemon=event.daemon, kind="security", reason=f"cp.run_event: {reason}")
+        )
+        return False
+    run.last_event_seq = newest_seq(run.last_event_seq, event)
     run.rows_read = max(run.rows_read, event.rows_read)
     run.rows_written = max(run.rows_written, event.rows_written)
     if event.cursor is not None:

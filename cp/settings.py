@@ -97,6 +97,14 @@ class Settings(BaseSettings):
     # rejection events recorded per second (burst: ten times that); the rest are counted
     rejection_events_per_second: float = Field(default=1.0, gt=0)
 
+    # security (docs/security.md): a signed message is valid this long after it was signed
+    # (longer when it carries its own expiry: jobs and config pushes), and is refused after
+    replay_window: float = Field(default=300.0, ge=5, le=86_400)
+    # how long a worker trusts what it read of a daemon's key: a revocation takes effect within it
+    key_cache_seconds: float = Field(default=1.0, ge=0, le=60)
+    # how long an enrolment token printed by `mycelial daemons enroll` stays usable
+    enroll_token_ttl: float = Field(default=3600.0, gt=0, le=30 * 86_400)
+
     # a daemon's messages to the control plane wait in its outbox while the broker is away
     # (workers/outbox.py): at most this many heartbeats, progress events and probe replies ...
     outbox_max_pending: int = Field(default=1000, ge=10)

@@ -8,6 +8,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from contextlib import nullcontext
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -19,7 +20,7 @@ from sqlmodel import col, select
 
 from cp.config_store import current_push
 from cp.db_errors import describe, is_transient
-from cp.dispatch import probe_message
+from cp.dispatch import enrolled_message, probe_message
 from cp.failover import fail_over, fail_runs_of_earlier_process, reconcile_heartbeats
 from cp.health import (
     HealthLimits,
@@ -38,18 +39,21 @@ from cp.messaging.broker_client import broker_client
 from cp.messaging.cp_events import database_sink, event_reason
 from cp.messaging.install import guard_of
 from cp.messaging.recorder import TokenBucket
-from cp.models import Daemon, DaemonStatus, utcnow
+from cp.models import Daemon, DaemonKey, DaemonStatus, utcnow
 from cp.protocol import (
     CP_CHECK_DAEMON_HEALTH,
     CP_CONFIG_APPLIED,
     CP_DAEMON_HELLO,
+    CP_ENROLL,
     CP_HEARTBEAT,
     CP_MESSAGE_REJECTED,
     CP_PROBE_REPLY,
     CP_PURGE_OLD_RECORDS,
+    CP_QUEUE,
     CP_RUN_EVENT,
     CP_SEND_PROBES,
     ConfigApplied,
+    DaemonEnroll,
     DaemonHello,
     Heartbeat,
     MessageError,
@@ -62,6 +66,10 @@ from cp.queue_depth import queue_depths
 from cp.retention import purge_old_records
 from cp.runs import record_run_event
 from cp.runtime import ControlPlane
+from cp.security.cp_auth import ControlPlaneAuthenticator, DaemonKeys, DaemonKeyView, Nonces
+from cp.security.cp_keys import ControlPlaneKeys
+from cp.security.enrolment import EnrolmentRefused, enroll
+from cp.security.keys import public_key_from_text
 from cp.undeclared import RecentNames, record_undeclared
 
 log = logging.getLogger(__name__)
@@ -78,7 +86,28 @@ def register_cp_tasks(app: Celery, cp: ControlPlane) -> None:
     undeclared_recently = RecentNames(
         capacity=settings.undeclared_daemons_max, interval=settings.undeclared_record_interval
     )
-    guard_of(app).record_with(database_sink(cp))
+    guard = guard_of(app)
+    guard.record_with(database_sink(cp))
+    cp_keys = ControlPlaneKeys(settings.home)
+    cp_keys.current()  # made on the first start of a control-plane process, if there is none
+
+    def load_daemon_key(name: str) -> DaemonKeyView | None:
+        with cp.session() as session:
+            row = session.exec(select(DaemonKey).where(DaemonKey.name == name)).first()
+        if row is None:
+            return None
+        return DaemonKeyView(
+            key_id=row.key_id, public=public_key_from_text(row.public_key), revoked=row.revoked_at is not None
+        )
+
+    authenticator = ControlPlaneAuthenticator(
+        daemon_keys=DaemonKeys(load_daemon_key, ttl=settings.key_cache_seconds),
+        cp_keys=cp_keys.trusted,
+        nonces=Nonces(),
+        window_s=settings.replay_window,
+        daemon_queues=frozenset({CP_QUEUE}),
+    )
+    guard.authenticator = authenticator
 
     def reject(name: str, *, sender: object, reason: str) -> None:
         """Log once and record a message taken off the queue unprocessed; never raises."""
@@ -187,10 +216,14 @@ def register_cp_tasks(app: Celery, cp: ControlPlane) -> None:
 
     # daemons write their heartbeats to keys of their own (cp/heartbeat_keys.py); the task below
     # stays for a broker without keys and for daemons of an earlier release
+    def verify_heartbeat(client: Any, name: str, envelope: object, beat: object) -> None:
+        authenticator.verify_heartbeat(name, envelope, beat, redis=lambda: nullcontext(client))
+
     intake = HeartbeatIntake(
         connect=lambda: broker_client(cp.app),
         declared_names=declared_names,
         lease_seconds=max(2.0, 4 * settings.heartbeat_flush_interval),
+        verify=verify_heartbeat,
     )
 
     per_second = settings.rejection_events_per_second
@@ -315,8 +348,32 @@ def register_cp_tasks(app: Celery, cp: ControlPlane) -> None:
         reason = event_reason(queue=report.queue, reason=report.reason, suppressed=report.suppressed)
         with cp.session() as session:
             record_rejected_message(
-                session, task=report.task or "<no task>", daemon=report.name, reason=reason, now=utcnow()
+                session,
+                task=report.task or "<no task>",
+                daemon=report.name,
+                reason=reason,
+                now=utcnow(),
+                kind=report.kind,
             )
+
+    @contract_task(CP_ENROLL, DaemonEnroll)
+    def enroll_daemon(request: DaemonEnroll) -> None:
+        now = utcnow()
+        try:
+            with cp.session() as session:
+                enrolled = enroll(session, request, now=now)
+        except EnrolmentRefused as exc:
+            log.error("refused: %s", exc)
+            with cp.session() as session:
+                record_rejected_message(
+                    session, task=CP_ENROLL, daemon=None, reason=str(exc), now=now, kind="security"
+                )
+            return
+        log.info("daemon %s enrolled with key %s", enrolled.name, enrolled.key_id)
+        # the daemon says hello again: its first hello may have been handled before this
+        cp.dispatcher.send(
+            enrolled_message(enrolled.name, key_id=enrolled.key_id, expires=settings.apply_config_expires)
+        )
 
     @app.task(name=CP_PURGE_OLD_RECORDS, shared=False, ignore_result=True, send_events=False)
     def purge_old_records_task() -> None:

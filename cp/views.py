@@ -12,7 +12,7 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.functions import FunctionElement
 from sqlmodel import Session, col, select
 
-from cp.models import ConfigVersion, Daemon, Pipeline, Run, UndeclaredDaemon
+from cp.models import ConfigVersion, Daemon, DaemonKey, Pipeline, Run, UndeclaredDaemon
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -21,6 +21,7 @@ def _iso(value: datetime | None) -> str | None:
 
 def daemon_rows(session: Session, *, now: datetime) -> list[dict[str, Any]]:
     rows = []
+    keys = {k.name: k for k in session.exec(select(DaemonKey))}
     for d in session.exec(select(Daemon).order_by(col(Daemon.name))):
         age = (now - d.last_heartbeat_at).total_seconds() if d.last_heartbeat_at else None
         rows.append(
@@ -46,6 +47,8 @@ def daemon_rows(session: Session, *, now: datetime) -> list[dict[str, Any]]:
                 "config_error": d.config_error,
                 "software_version": d.software_version,
                 "hostname": d.hostname,
+                "key": key_state(keys.get(d.name)),
+                "key_id": keys[d.name].key_id if d.name in keys else None,
             }
         )
     known = {row["name"] for row in rows}
@@ -56,6 +59,13 @@ def daemon_rows(session: Session, *, now: datetime) -> list[dict[str, Any]]:
 
 
 UNDECLARED_STATUS = "undeclared"
+
+
+def key_state(key: DaemonKey | None) -> str:
+    """``enrolled``, ``revoked`` or ``none`` (its messages are refused until it enrols)."""
+    if key is None:
+        return "none"
+    return "revoked" if key.revoked_at is not None else "enrolled"
 
 
 def undeclared_row(u: UndeclaredDaemon) -> dict[str, Any]:
@@ -80,6 +90,8 @@ def undeclared_row(u: UndeclaredDaemon) -> dict[str, Any]:
         "config_error": None,
         "software_version": u.software_version,
         "hostname": u.hostname,
+        "key": "none",
+        "key_id": None,
     }
 
 

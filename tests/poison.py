@@ -13,6 +13,9 @@ from typing import Any
 import redis
 
 from cp import embedded_redis
+from cp.security.cp_keys import ControlPlaneKeys
+from cp.security.envelope import AUTH_HEADER, CP_SENDER
+from cp.security.signer import Signer, payload_of
 from tests.conftest import Stack, wait_for
 
 DAEMON = "edge-guard"
@@ -52,6 +55,34 @@ def headers_for(task: Any, task_id: Any = None, **extra: Any) -> dict[str, Any]:
     return headers
 
 
+_signer: Signer | None = None
+
+
+def sign_as_control_plane(home: Path | None) -> None:
+    """From now on, hand-made messages carry a valid envelope signed with the control-plane key
+    under ``home`` (None: unsigned), so that they reach the checks after authentication: these
+    tests are about malformed messages, tests/test_forgery.py about unauthenticated ones."""
+    global _signer
+    _signer = None if home is None else Signer(ControlPlaneKeys(home).current, by=CP_SENDER, window_s=300)
+
+
+def _signed(headers: Any, body: bytes, queue: str) -> Any:
+    if _signer is None or not isinstance(headers, dict) or AUTH_HEADER in headers:
+        return headers
+    task, task_id = headers.get("task"), headers.get("id")
+    if not isinstance(task, str) or not isinstance(task_id, str):
+        return headers
+    try:
+        payload = payload_of(json.loads(body))
+    except ValueError:
+        payload = None
+    try:
+        auth = _signer.header(task=task, task_id=task_id, queue=queue, payload=payload)
+    except (TypeError, ValueError):
+        return headers
+    return {**headers, AUTH_HEADER: auth}
+
+
 def envelope(
     queue: str,
     *,
@@ -62,6 +93,7 @@ def envelope(
     **properties: Any,
 ) -> dict[str, Any]:
     """kombu's Redis message: base64 body, content type and encoding, headers and properties."""
+    headers = _signed(headers, body, queue)
     props: dict[str, Any] = {
         "correlation_id": headers.get("id") if isinstance(headers, dict) else None,
         "reply_to": None,
@@ -161,6 +193,7 @@ def start_guarded_stack(home: Path, broker_url: str) -> tuple[Stack, Canary]:
     config = stack.write_config(f"daemons:\n  - name: {DAEMON}\n")
     stack.cli("apply", "-f", str(config), check=True)
     stack.start("daemon", "daemon", "--name", DAEMON)
+    sign_as_control_plane(home)
     canary = Canary(broker_url=broker_url, database_url=database_url, daemon=DAEMON)
     stack.wait_online(DAEMON, timeout=90)
     return stack, canary

@@ -13,7 +13,14 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Stack, wait_for
-from tests.poison import DAEMON, Canary, assert_both_queues_still_consume, catalogue, push
+from tests.poison import (
+    DAEMON,
+    Canary,
+    assert_both_queues_still_consume,
+    catalogue,
+    push,
+    sign_as_control_plane,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -69,6 +76,7 @@ def test_malformed_messages_on_both_queues_during_a_run_stop_nothing(
         what="config version 1 applied",
         stack=stack,
     )
+    sign_as_control_plane(stack.home)  # the well-formed ones reach the tasks' contracts
     canary = Canary(broker_url=stack.env["MYCELIAL_BROKER_URL"], database_url=database_url, daemon=DAEMON)
 
     run = subprocess.Popen(

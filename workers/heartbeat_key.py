@@ -24,8 +24,13 @@ log = logging.getLogger(__name__)
 class HeartbeatWriter:
     """Writes heartbeats to the daemon's key; keeps one connection and remakes it after an error."""
 
-    def __init__(self, connect: Callable[[], tuple[Any, Any] | None]) -> None:
+    def __init__(
+        self,
+        connect: Callable[[], tuple[Any, Any] | None],
+        sign: Callable[[str, dict[str, Any]], dict[str, Any] | None] | None = None,
+    ) -> None:
         self._connect = connect
+        self._sign = sign  # (key, heartbeat) -> envelope; the control plane refuses unsigned ones
         self._connection: Any = None
         self._client: Any = None
         self._unsupported = False
@@ -37,7 +42,9 @@ class HeartbeatWriter:
 
         A broker error is logged once per outage, never raised.
         """
-        value = json.dumps(dump(beat), separators=(",", ":"))
+        key, payload = heartbeat_key(beat.name), dump(beat)
+        envelope = self._sign(key, payload) if self._sign is not None else None
+        value = json.dumps({"auth": envelope, "beat": payload}, separators=(",", ":"))
         with self._lock:
             if self._unsupported:
                 return False
@@ -48,7 +55,7 @@ class HeartbeatWriter:
                         self._unsupported = True
                         return False
                     self._connection, self._client = made
-                self._client.set(heartbeat_key(beat.name), value, ex=HEARTBEAT_KEY_TTL_SECONDS)
+                self._client.set(key, value, ex=HEARTBEAT_KEY_TTL_SECONDS)
             except Exception as exc:  # the broker is away or refused: the next heartbeat tries again
                 self._drop()
                 if not self._failing:

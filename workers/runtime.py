@@ -17,13 +17,17 @@ from pydantic import BaseModel
 
 import cp
 from cp.messaging.broker_client import broker_client
+from cp.messaging.install import guard_of
 from cp.models import utcnow
 from cp.protocol import (
     CP_DAEMON_HELLO,
+    CP_ENROLL,
     CP_HEARTBEAT,
     CP_PROBE_REPLY,
     CP_QUEUE,
     CP_RUN_EVENT,
+    HEARTBEAT_TASK_ID,
+    DaemonEnroll,
     DaemonHello,
     Heartbeat,
     dump,
@@ -46,10 +50,12 @@ class DaemonRuntime:
         name: str,
         labels: dict[str, str],
         orphaned_task_ids: Sequence[str] = (),
+        enroll_request: DaemonEnroll | None = None,
     ) -> None:
         self.settings = settings
         self.started_at = utcnow()  # before any job can start in this process
         self.orphaned_task_ids = list(orphaned_task_ids)  # see workers/orphans.py
+        self.enroll_request = enroll_request  # sent before the hello (workers/identity.py)
         self.app = app
         self.name = name
         self.labels = labels
@@ -69,7 +75,13 @@ class DaemonRuntime:
             retry_max=settings.outbox_retry_max,
             name=f"daemon {name} outbox",
         )
-        self.heartbeats = HeartbeatWriter(lambda: broker_client(app))
+        self.heartbeats = HeartbeatWriter(lambda: broker_client(app), sign=self._sign_heartbeat)
+
+    def _sign_heartbeat(self, key: str, payload: dict[str, Any]) -> dict[str, Any] | None:
+        signer = guard_of(self.app).signer
+        if signer is None:
+            return None
+        return signer.header(task=CP_HEARTBEAT, task_id=HEARTBEAT_TASK_ID, queue=key, payload=payload)
 
     def send(self, task: str, message: BaseModel, *, argsrepr: str) -> None:
         """Queue a message for the control plane; it goes out when the broker can take it."""
@@ -108,6 +120,17 @@ class DaemonRuntime:
 
     def start(self) -> None:
         self.outbox.start()
+        if self.enroll_request is not None:
+            # first, through the same ordered outbox: the key every later message is signed with
+            self.send(CP_ENROLL, self.enroll_request, argsrepr=f"daemon={self.name} enroll")
+        self.say_hello()
+        self._stop.clear()
+        self._heartbeat_thread = threading.Thread(
+            target=self._heartbeat_loop, name="mycelial-heartbeat", daemon=True
+        )
+        self._heartbeat_thread.start()
+
+    def say_hello(self) -> None:
         applied = self.state.load()
         self.send(
             CP_DAEMON_HELLO,
@@ -122,11 +145,6 @@ class DaemonRuntime:
             ),
             argsrepr=f"daemon={self.name}",
         )
-        self._stop.clear()
-        self._heartbeat_thread = threading.Thread(
-            target=self._heartbeat_loop, name="mycelial-heartbeat", daemon=True
-        )
-        self._heartbeat_thread.start()
 
     def stop(self) -> None:
         """The worker stops: no more heartbeats. Jobs may still be finishing (see ``finish``)."""

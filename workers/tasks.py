@@ -19,19 +19,24 @@ from cp.protocol import (
     CP_PROBE_REPLY,
     CP_RUN_EVENT,
     DAEMON_APPLY_CONFIG,
+    DAEMON_ENROLLED,
     DAEMON_PROBE,
     DAEMON_RUN_JOB,
+    DAEMON_TRUST_KEYS,
     ApplyConfig,
     ConfigApplied,
+    DaemonEnrolled,
     MessageError,
     Probe,
     ProbeReply,
     RunEvent,
     RunJob,
+    TrustKeys,
     clip,
     daemon_queue,
     parse,
 )
+from workers.identity import DaemonKeyStore
 from workers.jobs import Outcome, Report, execute
 from workers.rejections import report_to_control_plane
 from workers.runtime import DaemonRuntime
@@ -40,7 +45,7 @@ from workers.secrets import install_log_scrubbing
 log = logging.getLogger(__name__)
 
 
-def register_daemon_tasks(app: Celery, daemon: DaemonRuntime) -> None:
+def register_daemon_tasks(app: Celery, daemon: DaemonRuntime, keys: DaemonKeyStore | None = None) -> None:
     # every handler Celery sets up in this process scrubs secrets from what it writes
     install_log_scrubbing()
     after_setup_logger.connect(install_log_scrubbing, weak=False)
@@ -66,6 +71,31 @@ def register_daemon_tasks(app: Celery, daemon: DaemonRuntime) -> None:
             ConfigApplied(name=daemon.name, version=version, ok=error is None, error=clip(error)),
             argsrepr=f"daemon={daemon.name} version={version}",
         )
+
+    @app.task(name=DAEMON_ENROLLED, shared=False, ignore_result=True)
+    def enrolled(*args: Any, **kwargs: Any) -> None:
+        try:
+            notice = parse(DaemonEnrolled, _single_payload(args, kwargs))
+        except MessageError as exc:
+            rejected(DAEMON_ENROLLED, exc, enrolled.request.id)
+            return
+        log.info("enrolled with the control plane (key %s): saying hello again", notice.key_id)
+        daemon.say_hello()
+
+    @app.task(name=DAEMON_TRUST_KEYS, shared=False, ignore_result=True)
+    def trust_keys(*args: Any, **kwargs: Any) -> None:
+        try:
+            trust = parse(TrustKeys, _single_payload(args, kwargs))
+        except MessageError as exc:
+            rejected(DAEMON_TRUST_KEYS, exc, trust_keys.request.id)
+            return
+        if keys is None:
+            log.warning("no key store: ignoring the control plane's key list")
+            return
+        if keys.trust(trust.keys, generation=trust.generation):
+            log.info("trusting %s control-plane key(s) from now on", len(trust.keys))
+        else:
+            log.info("ignored a control-plane key list older than the one kept")
 
     @app.task(name=DAEMON_PROBE, shared=False, ignore_result=True)
     def probe(*args: Any, **kwargs: Any) -> None:

@@ -12,7 +12,7 @@ import typer
 from sqlmodel import select
 
 from cp.celery_app import BrokerNotConfiguredError
-from cp.cli import processes
+from cp.cli import processes, security_commands
 from cp.cli.output import (
     EXIT_BAD_INPUT,
     EXIT_FAILED,
@@ -116,6 +116,16 @@ def daemon(
     concurrency: Annotated[int, typer.Option(min=1)] = 2,
     pool: Annotated[str, typer.Option(help="Celery pool: threads, prefork or solo.")] = "threads",
     loglevel: LogLevel = "info",
+    enroll_token: Annotated[
+        str | None,
+        typer.Option(
+            "--enroll-token",
+            envvar="MYCELIAL_ENROLL_TOKEN",
+            help="The token `mycelial daemons enroll NAME` printed (first start only; the environment "
+            "variable keeps it out of the process list).",
+            show_envvar=False,
+        ),
+    ] = None,
 ) -> None:
     """Run a daemon: a Celery worker consuming only its own queue."""
     processes.run_daemon(
@@ -125,6 +135,7 @@ def daemon(
         pool=pool,
         concurrency=concurrency,
         loglevel=loglevel,
+        enroll_token=enroll_token,
     )
 
 
@@ -219,9 +230,61 @@ def config_history(json_: JsonOption = False, limit: int = 20) -> None:
 # --- listings ----------------------------------------------------------------------------
 
 
-@app.command()
-def daemons(json_: JsonOption = False) -> None:
+daemons_app = typer.Typer(
+    help="List daemons (no command), enrol them and revoke their keys.", invoke_without_command=True
+)
+app.add_typer(daemons_app, name="daemons")
+keys_app = typer.Typer(help="The control plane's own signing key.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+
+@daemons_app.command("enroll")
+def daemons_enroll(
+    name: Annotated[str, typer.Argument(help="The daemon's name.")],
+    expires: Annotated[
+        float | None, typer.Option("--expires", help="Seconds the token stays usable (default 3600).")
+    ] = None,
+) -> None:
+    """Print a single-use token; start the daemon once with it (MYCELIAL_ENROLL_TOKEN)."""
+    token = security_commands.enroll(settings(), name=name, ttl=expires)
+    print(token)
+
+
+@daemons_app.command("revoke")
+def daemons_revoke(name: Annotated[str, typer.Argument(help="The daemon's name.")]) -> None:
+    """Refuse the daemon's messages from now on (every worker, within a second, no restart)."""
+    info(security_commands.revoke(settings(), name=name))
+
+
+@keys_app.command("show")
+def keys_show(json_: JsonOption = False) -> None:
+    """The control plane's current (and previous) public key."""
+    shown = security_commands.show_keys(settings())
+    if json_:
+        print_json(shown)
+        return
+    for role, key in shown.items():
+        if key:
+            print(f"{role}: {key['key_id']} {key['public_key']}")
+
+
+@keys_app.command("rotate")
+def keys_rotate() -> None:
+    """Make a new signing key; daemons are told to trust old and new until retire-previous."""
+    info(security_commands.rotate(settings()))
+
+
+@keys_app.command("retire-previous")
+def keys_retire_previous() -> None:
+    """Stop trusting the key before the last rotation, here and on every daemon."""
+    info(security_commands.retire_previous(settings()))
+
+
+@daemons_app.callback()
+def daemons(ctx: typer.Context, json_: JsonOption = False) -> None:
     """List daemons with status, heartbeat age and desired/applied config versions."""
+    if ctx.invoked_subcommand is not None:
+        return
     with ControlPlane(settings()).session() as session:
         rows = daemon_rows(session, now=utcnow())
     if json_:
@@ -250,8 +313,9 @@ def daemons(json_: JsonOption = False) -> None:
             ("RUNNING", lambda r: r["running_runs"]),
             ("DESIRED", lambda r: r["desired_config_version"]),
             ("APPLIED", lambda r: r["applied_config_version"]),
+            ("KEY", lambda r: r["key"]),
         ],
-        empty="no daemons yet: start one with `mycelial daemon --name NAME`",
+        empty="no daemons yet: enrol one with `mycelial daemons enroll NAME`, then start it",
     )
 
 

@@ -14,14 +14,19 @@ from cp.broker_reconnect import consuming_step
 from cp.celery_app import CP_WORKER_QUEUES, make_celery, worker_argv
 from cp.cli.output import EXIT_BAD_INPUT, CliError
 from cp.cli.restart import start_worker
+from cp.messaging.install import guard_of
 from cp.models import utcnow
 from cp.protocol import NAME_PATTERN, daemon_queue
 from cp.runtime import ControlPlane
+from cp.security.envelope import daemon_sender
+from cp.security.signer import Signer
 from cp.settings import Settings
 from cp.tasks import register_cp_tasks
+from workers.identity import DaemonKeyStore, NotEnrolledError
 from workers.orphans import orphaned_jobs
 from workers.runtime import DaemonRuntime
 from workers.tasks import lifecycle_step, register_daemon_tasks
+from workers.trust import DaemonAuthenticator
 
 DAEMON_NAME = re.compile(NAME_PATTERN)
 FLOWER_USER = "admin"
@@ -76,17 +81,30 @@ def run_daemon(
     pool: str,
     concurrency: int,
     loglevel: str,
+    enroll_token: str | None = None,
 ) -> None:
     if not DAEMON_NAME.match(name):
         raise CliError(
             f"--name: invalid daemon name {name!r} (letters, digits, '_', '.', '-'; at most 63)",
             code=EXIT_BAD_INPUT,
         )
+    keys = DaemonKeyStore(settings.home / "daemons" / name, name)
+    try:
+        enrolment = keys.start(enroll_token)
+    except NotEnrolledError as exc:
+        raise CliError(str(exc), code=EXIT_BAD_INPUT) from None
     app = make_celery(settings, name=f"daemon-{name}", daemon=name)
+    guard = guard_of(app)
+    guard.signer = Signer(lambda: enrolment.identity, by=daemon_sender(name), window_s=settings.replay_window)
+    guard.authenticator = DaemonAuthenticator(
+        queue=daemon_queue(name), trusted=keys.trusted, window_s=settings.replay_window
+    )
     # before the worker consumes: what is held then was held by an earlier process
     orphaned = orphaned_jobs(app, daemon_queue(name))
-    daemon = DaemonRuntime(settings, app, name=name, labels=labels, orphaned_task_ids=orphaned)
-    register_daemon_tasks(app, daemon)
+    daemon = DaemonRuntime(
+        settings, app, name=name, labels=labels, orphaned_task_ids=orphaned, enroll_request=enrolment.request
+    )
+    register_daemon_tasks(app, daemon, keys)
     app.steps["worker"].add(lifecycle_step(daemon))
     argv = worker_argv(
         queues=(daemon_queue(name),),

@@ -1,4 +1,5 @@
-"""Rejections on a control-plane worker become ``DaemonEvent(kind="message_rejected")`` rows."""
+"""Rejections on a control-plane worker become ``DaemonEvent`` rows of kind ``message_rejected``
+(malformed) or ``security`` (not authenticated)."""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ def database_sink(cp: ControlPlane) -> Sink:
                 daemon=None,
                 reason=event_reason(queue=rejection.queue, reason=rejection.reason, suppressed=suppressed),
                 now=utcnow(),
+                kind=rejection.kind,
             )
 
     return record

@@ -52,6 +52,8 @@ class Rejection:
     task: str | None = None
     task_id: str | None = None
     copy: str = ""
+    # "message_rejected" (malformed) or "security" (not authenticated: docs/security.md)
+    kind: str = "message_rejected"
 
 
 def check_raw(

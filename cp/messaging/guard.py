@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from cp.messaging.dead_letters import store
 from cp.messaging.envelope_check import MessageLimits, Rejection
@@ -13,9 +14,28 @@ from cp.messaging.recorder import RejectionRecorder, Sink
 from cp.models import utcnow
 from cp.settings import Settings
 
+if TYPE_CHECKING:
+    from cp.security.signer import Signer
+
 log = logging.getLogger(__name__)
 
 RedisScope = Callable[[], AbstractContextManager[Any]]
+
+
+class Authenticator(Protocol):
+    """Decides whether a well-formed task message was really sent by who may send it here."""
+
+    def check(
+        self,
+        *,
+        task: str,
+        task_id: str,
+        queue: str,
+        headers: Mapping[str, Any],
+        payload: object,
+        redis: RedisScope | None,
+    ) -> str | None:
+        """The reason to refuse the message, or None to let it through."""
 
 
 class Guard:
@@ -27,6 +47,11 @@ class Guard:
         self.copy_chars = settings.dead_letter_copy_chars
         self._per_second = settings.rejection_events_per_second
         self._recorder: RejectionRecorder | None = None
+        # who signs what this app publishes, and who checks what its consumers receive
+        self.signer: Signer | None = None
+        self.authenticator: Authenticator | None = None
+        # messages refused per kind since the process started (rejected or not authenticated)
+        self.refused: Counter[str] = Counter()
 
     def record_with(self, sink: Sink) -> None:
         """Record every (rate-limited) rejection through ``sink`` from now on."""
@@ -40,6 +65,7 @@ class Guard:
     def reject(self, rejection: Rejection, *, redis: RedisScope | None, exc_info: bool = False) -> None:
         """Log it once, keep it in its queue's dead-letter list, record an event; never raises."""
         try:
+            self.refused[rejection.kind] += 1
             log.error(
                 "rejected a message on %s (task %s, id %s): %s",
                 rejection.queue,

@@ -12,12 +12,14 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from kombu.utils.json import loads as kombu_loads
 from vine import promise
 
 from cp.broker_reconnect import ReconnectingConsumer
 from cp.messaging.envelope_check import Rejection, check_task, message_copy
 from cp.messaging.guard import Guard
 from cp.models import utcnow
+from cp.security.signer import payload_of
 
 log = logging.getLogger(__name__)
 _Consumer: Any = ReconnectingConsumer  # it also rides through broker outages
@@ -47,6 +49,14 @@ def guarded_consumer_class(guard: Guard) -> type[Any]:
                     )
                 except Exception as exc:  # the check itself must not stop the loop either
                     reason = f"message could not be checked: {type(exc).__name__}: {exc}"
+                if reason is None and guard.authenticator is not None:
+                    try:
+                        refusal = authenticate(guard, message)
+                    except Exception as exc:  # neither may the authentication
+                        refusal = f"message could not be authenticated: {type(exc).__name__}: {exc}"
+                    if refusal is not None:
+                        _reject(guard, message, refusal, False, kind="security")
+                        return
                 if reason is None:
                     try:
                         handle(message)
@@ -64,7 +74,24 @@ def guarded_consumer_class(guard: Guard) -> type[Any]:
     return GuardedConsumer
 
 
-def _reject(guard: Guard, message: Any, reason: str, exc_info: bool) -> None:
+def authenticate(guard: Guard, message: Any) -> str | None:
+    """Ask the guard's authenticator about a message ``check_task`` found well-formed."""
+    assert guard.authenticator is not None
+    headers = message.headers
+    body = message.body
+    decoded = kombu_loads(body.decode("utf-8") if isinstance(body, bytes) else body)
+    info = message.delivery_info if isinstance(message.delivery_info, dict) else {}
+    return guard.authenticator.check(
+        task=headers["task"],
+        task_id=headers["id"],
+        queue=str(info.get("routing_key") or ""),
+        headers=headers,
+        payload=payload_of(decoded),
+        redis=getattr(message.channel, "conn_or_acquire", None),
+    )
+
+
+def _reject(guard: Guard, message: Any, reason: str, exc_info: bool, kind: str = "message_rejected") -> None:
     headers = message.headers if isinstance(message.headers, dict) else {}
     task, task_id = headers.get("task"), headers.get("id")
     info = message.delivery_info if isinstance(message.delivery_info, dict) else {}
@@ -74,6 +101,7 @@ def _reject(guard: Guard, message: Any, reason: str, exc_info: bool) -> None:
         task=task[:255] if isinstance(task, str) else None,
         task_id=task_id[:255] if isinstance(task_id, str) else None,
         copy=message_copy({"headers": message.headers, "body": message.body}, limit=guard.copy_chars),
+        kind=kind,
     )
     channel = message.channel
     guard.reject(rejection, redis=getattr(channel, "conn_or_acquire", None), exc_info=exc_info)

@@ -13,6 +13,7 @@ default).
 from __future__ import annotations
 
 import logging
+from functools import cached_property
 from typing import Any
 
 from celery.app.amqp import AMQP
@@ -23,6 +24,7 @@ from kombu.utils.json import loads as kombu_loads
 
 from cp.messaging.envelope_check import Rejection, check_raw, message_copy
 from cp.messaging.guard import Guard
+from cp.security.signer import SigningProducer
 
 log = logging.getLogger(__name__)
 
@@ -137,5 +139,17 @@ def guarded_amqp_class(guard: Guard) -> type[Any]:
 
     class GuardedAMQP(_AMQP):  # type: ignore[misc]
         Connection = guarded_connection_class(guard)
+
+        @cached_property
+        def send_task_message(self) -> Any:
+            inner = self._create_task_sender()
+
+            def send(producer: Any, name: str, message: Any, **options: Any) -> Any:
+                # the envelope is made where the routing key is final (cp/security/signer.py)
+                if guard.signer is not None:
+                    producer = SigningProducer(producer, guard.signer, name)
+                return inner(producer, name, message, **options)
+
+            return send
 
     return GuardedAMQP

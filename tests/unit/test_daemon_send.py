@@ -57,7 +57,7 @@ def test_finishing_for_a_restart_waits_until_the_running_jobs_are_done(tmp_path:
     waiter.start()
     assert not finished.wait(0.5)  # the job still runs: no exec yet
     # and the control plane keeps hearing from the daemon meanwhile, so the run is not taken for lost
-    beat = json.loads(broker.get(heartbeat_key("edge-1")))
+    beat = json.loads(broker.get(heartbeat_key("edge-1")))["beat"]
     assert beat["running_runs"] == ["r1"]
     assert 0 < broker.ttl(heartbeat_key("edge-1")) <= HEARTBEAT_KEY_TTL_SECONDS
     daemon.release("r1")

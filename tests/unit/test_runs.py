@@ -288,6 +288,11 @@ def test_a_retried_run_takes_the_events_of_its_next_attempt_from_seq_one(
     record_run_event(session, failed, now=NOW, rng=random.Random(1))
     session.commit()
     assert (reload(session).attempt, reload(session).last_event_seq) == (2, None)
+    # dispatched again (a daemon speaks only for the runs placed on it)
+    retried = reload(session)
+    retried.daemon = "edge-1"
+    session.add(retried)
+    session.commit()
 
     applied = record_run_event(session, event("started", attempt=2, seq=1), now=NOW)
     session.commit()

@@ -1,0 +1,1 @@
+"""Identity and message authentication (docs/security.md): keys, signed envelopes, enrolment."""
