@@ -75,17 +75,23 @@ class DaemonKeys:
         self._ttl = ttl
         self._capacity = capacity
         self._clock = clock
-        self._cache: OrderedDict[str, tuple[float, DaemonKeyView | None]] = OrderedDict()
+        self._cache: OrderedDict[str, tuple[float, DaemonKeyView]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, name: str) -> DaemonKeyView | None:
+    def get(self, name: str, *, key_id: str | None = None) -> DaemonKeyView | None:
+        """The daemon's key. A cached key that is not ``key_id`` is read again first: the daemon
+        may have enrolled again since. Only a key is cached (so is its revocation); "no key" is
+        not, or a daemon's first messages after enrolling would be refused for a while."""
         now = self._clock()
         with self._lock:
             hit = self._cache.get(name)
-            if hit is not None and now - hit[0] < self._ttl:
+            if hit is not None and now - hit[0] < self._ttl and (key_id is None or hit[1].key_id == key_id):
                 return hit[1]
         view = self._load(name)
         with self._lock:
+            if view is None:
+                self._cache.pop(name, None)
+                return None
             self._cache[name] = (now, view)
             self._cache.move_to_end(name)
             while len(self._cache) > self._capacity:
@@ -194,7 +200,7 @@ class ControlPlaneAuthenticator:
             if key_id(public_bytes(public)) != auth.key:
                 raise AuthError(f"enrolment of {name}: signed with another key than the one enrolled")
             return public
-        view = self._daemon_keys.get(name)
+        view = self._daemon_keys.get(name, key_id=auth.key)
         if view is None:
             raise AuthError(f"daemon {name} is not enrolled")
         if view.revoked:
