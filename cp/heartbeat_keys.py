@@ -54,6 +54,11 @@ return 0
 class RejectedKey:
     name: str
     reason: str
+    kind: str = "message_rejected"  # or "security": not authenticated
+
+
+class NotAuthenticated(MessageError):
+    """A heartbeat key whose value is well-formed but not signed by the daemon's current key."""
 
 
 # checks that the envelope of a key's value authenticates its payload for that daemon, raising
@@ -82,7 +87,7 @@ def decode(name: str, raw: bytes, pttl_ms: int, *, now: datetime, verify: Verify
     try:
         verify(name, payload["auth"], payload["beat"])
     except ValueError as exc:
-        raise MessageError(f"heartbeat not authenticated: {exc}") from None
+        raise NotAuthenticated(f"heartbeat not authenticated: {exc}") from None
     beat = parse(Heartbeat, payload["beat"])
     if beat.name != name:
         raise MessageError(f"heartbeat in the key of {name} speaks for {beat.name}")
@@ -130,6 +135,8 @@ class HeartbeatKeyReader:
                 continue
             try:
                 received.append(decode(name, raw, pttl, now=now, verify=self._verify))
+            except NotAuthenticated as exc:
+                rejected.append(RejectedKey(name, str(exc), kind="security"))
             except MessageError as exc:
                 rejected.append(RejectedKey(name, str(exc)))
         self._seen = seen

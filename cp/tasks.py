@@ -109,7 +109,7 @@ def register_cp_tasks(app: Celery, cp: ControlPlane) -> None:
     )
     guard.authenticator = authenticator
 
-    def reject(name: str, *, sender: object, reason: str) -> None:
+    def reject(name: str, *, sender: object, reason: str, kind: str = "message_rejected") -> None:
         """Log once and record a message taken off the queue unprocessed; never raises."""
         log.error("rejected %s message: %s", name, reason)
         try:
@@ -120,6 +120,7 @@ def register_cp_tasks(app: Celery, cp: ControlPlane) -> None:
                     daemon=sender if isinstance(sender, str) else None,
                     reason=reason,
                     now=utcnow(),
+                    kind=kind,
                 )
         except SQLAlchemyError as exc:
             log.error("could not record the rejected %s message: %s", name, describe(exc))
@@ -236,7 +237,7 @@ def register_cp_tasks(app: Celery, cp: ControlPlane) -> None:
         for bad in rejected:
             # a daemon rewriting a bad key as fast as it can must not flood the event table
             if key_rejections.take():
-                reject(CP_HEARTBEAT, sender=bad.name, reason=bad.reason)
+                reject(CP_HEARTBEAT, sender=bad.name, reason=bad.reason, kind=bad.kind)
             else:
                 log.warning(
                     "rejected heartbeat key of %s (over the rate, not recorded): %s", bad.name, bad.reason

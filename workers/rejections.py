@@ -23,6 +23,7 @@ def report_to_control_plane(daemon: DaemonRuntime) -> Sink:
                 task_id=clip(rejection.task_id, 255),
                 at=utcnow(),
                 suppressed=suppressed,
+                kind="security" if rejection.kind == "security" else "message_rejected",
             ),
             argsrepr=f"daemon={daemon.name} queue={rejection.queue}",
         )

@@ -15,6 +15,7 @@ from pathlib import Path
 from types import FrameType
 
 from cp.celery_app import make_celery
+from cp.cli import security_commands
 from cp.cli.demo import prepare_demo
 from cp.cli.output import EXIT_FAILED, EXIT_OK, info, warn
 from cp.cli.processes import flower_credentials
@@ -29,6 +30,7 @@ PR_SET_PDEATHSIG = 1
 class Child:
     name: str
     argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)  # on top of the stack's environment
     process: subprocess.Popen[bytes] | None = None
 
 
@@ -45,7 +47,7 @@ class Stack:
                 # own session: a terminal's Ctrl-C reaches only `up`, which then stops children in order
                 child.process = subprocess.Popen(
                     child.argv,
-                    env=env,
+                    env={**env, **child.env},
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     preexec_fn=_die_with_parent,
@@ -80,6 +82,9 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+LOCAL_DAEMON = "local"
+
+
 def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "cp.cli", *args]
 
@@ -94,11 +99,19 @@ def run_stack(settings: Settings, *, demo: bool) -> int:
         info(f"embedded Redis on {redis.socket_path}")
     env["MYCELIAL_HOME"] = str(settings.home)
 
+    # the local daemon is enrolled on its first start, as an operator would (docs/security.md)
+    local_env = {}
+    if not (settings.home / "daemons" / LOCAL_DAEMON / "identity.pem").exists():
+        local_env["MYCELIAL_ENROLL_TOKEN"] = security_commands.enroll(settings, name=LOCAL_DAEMON, ttl=600)
     stack = Stack(
         [
             Child("worker", _cli("worker")),
             Child("beat", _cli("beat")),
-            Child("daemon-local", _cli("daemon", "--name", "local", "--labels", "site=local")),
+            Child(
+                "daemon-local",
+                _cli("daemon", "--name", LOCAL_DAEMON, "--labels", "site=local"),
+                env=local_env,
+            ),
             Child("flower", _cli("flower")),
         ]
     )

@@ -155,11 +155,15 @@ class ControlPlaneAuthenticator:
     ) -> str | None:
         try:
             auth = parse_auth(headers.get(AUTH_HEADER))
+        except AuthError as exc:
+            return str(exc)
+        try:
             if auth.by != CP_SENDER and queue not in self._daemon_queues:
                 raise AuthError(f"{auth.by} may not publish to {queue}")
             self.verify(auth, task=task, task_id=task_id, queue=queue, payload=payload, redis=redis)
         except AuthError as exc:
-            return str(exc)
+            # who it claims to be helps find the source; it proves nothing, so no daemon is blamed
+            return f"{exc} (claims to be {auth.by})"
         return None
 
     def verify(
