@@ -9,7 +9,12 @@ Cases (each against the same baseline):
 
 Baseline: ``app.send_task("daemon.run_job", args=[payload], queue=...)`` of the same number of
 messages, with payloads built by ``create_run`` itself, to the same 100 queues on the same app and
-broker. It is measured before and after the cases; the better of the two is used.
+broker. It is measured before and after the cases; the better of the two is used. Every message
+is signed (docs/security.md), baseline included, as in production.
+
+Signing's cost: the batched case again with signing on, against it with signing off (measured
+before and after; the better is used); and verifying: envelopes of real job payloads a daemon
+checks per second, as a share of the time one dispatch takes (target: at most 10%).
 """
 
 from __future__ import annotations
@@ -34,10 +39,14 @@ from cp.config_file import parse_config_text
 from cp.config_store import apply_document
 from cp.db import create_schema, make_engine, session_scope
 from cp.dispatch import CeleryDispatcher, Outgoing
+from cp.messaging.install import guard_of
 from cp.models import Pipeline, RunTrigger, utcnow
 from cp.protocol import DAEMON_RUN_JOB, daemon_queue
 from cp.runs import create_run, get_pipeline, mark_published, queue_run
+from cp.security.cp_keys import ControlPlaneKeys
+from cp.security.envelope import AUTH_HEADER
 from cp.settings import Settings
+from workers.trust import DaemonAuthenticator
 
 RUNS = 5_000
 RUNS_QUICK = 1_000
@@ -47,6 +56,8 @@ WARM_UP = 200
 
 CASE_PER_RUN = "cp dispatch (commit per run)"
 CASE_BATCHED = f"cp dispatch (batched outbox, {TICK} runs per commit)"
+CASE_SIGNED = "batched dispatch, signing on (baseline: signing off)"
+CASE_VERIFY = "verifying a job on the daemon (baseline: the 10% allowed)"
 
 
 def daemon_name(index: int) -> str:
@@ -291,9 +302,75 @@ def run(*, quick: bool) -> list[Result]:
             baseline_after = measure(
                 bench, "baseline send_task (again)", count, lambda: raw_send_task(bench, messages, count)
             )
+            # the same batched dispatch with signing switched off, on either side of one with it on
+            guard = guard_of(bench.app)
+            signer = guard.signer
+            guard.signer = None
+            unsigned_before = measure(
+                bench,
+                "batched, signing off",
+                count,
+                lambda: batched_outbox(bench, count, first_fire=first_fire + timedelta(days=100)),
+            )
+            guard.signer = signer
+            signed = measure(
+                bench,
+                "batched, signing on",
+                count,
+                lambda: batched_outbox(bench, count, first_fire=first_fire + timedelta(days=200)),
+            )
+            guard.signer = None
+            unsigned_after = measure(
+                bench,
+                "batched, signing off (again)",
+                count,
+                lambda: batched_outbox(bench, count, first_fire=first_fire + timedelta(days=300)),
+            )
+            guard.signer = signer
+            verify_per_second = verify_rate(bench, messages)
     baseline = max(baseline_before, baseline_after)
+    unsigned = max(unsigned_before, unsigned_after)
     progress(f"  baseline used: the better of {baseline_before:,.0f} and {baseline_after:,.0f} msgs/s")
+    # what verifying adds on the daemon, as a share of the time dispatching one run takes
+    verify_share = (1 / verify_per_second) / (1 / signed)
+    progress(f"  verifying: {verify_per_second:,.0f} envelopes/s, {100 * verify_share:.1f}% of a dispatch")
     return [
         Result(case=CASE_PER_RUN, value=per_run, unit="runs/s", baseline=baseline),
         Result(case=CASE_BATCHED, value=batched, unit="runs/s", baseline=baseline),
+        Result(case=CASE_SIGNED, value=signed, unit="runs/s", baseline=unsigned),
+        Result(case=CASE_VERIFY, value=100 * verify_share, unit="% of a dispatch", baseline=10.0),
     ]
+
+
+def verify_rate(bench: Bench, messages: list[Outgoing]) -> float:
+    """Envelopes a daemon verifies per second (signature, validity, nonce) on real job payloads."""
+    signer = guard_of(bench.app).signer
+    assert signer is not None
+    keys = ControlPlaneKeys(bench.settings.home)
+    count = 2_000
+    signed = []
+    for i in range(count):
+        message = messages[i % len(messages)]
+        task_id = f"verify-{i}"
+        header = signer.header(
+            task=DAEMON_RUN_JOB, task_id=task_id, queue=message.queue, payload=message.payload
+        )
+        signed.append((message, task_id, {AUTH_HEADER: header}))
+    checkers = {
+        m.queue: DaemonAuthenticator(queue=m.queue, trusted=keys.trusted, window_s=300) for m in messages
+    }
+
+    def verify_all() -> None:
+        for message, task_id, headers in signed:
+            refused = checkers[message.queue].check(
+                task=DAEMON_RUN_JOB,
+                task_id=task_id,
+                queue=message.queue,
+                headers=headers,
+                payload=message.payload,
+                redis=None,
+            )
+            if refused:
+                raise RuntimeError(f"a valid envelope was refused: {refused}")
+
+    return rate(count, verify_all)

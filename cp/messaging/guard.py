@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from cp.messaging.dead_letters import store
 from cp.messaging.envelope_check import MessageLimits, Rejection
-from cp.messaging.recorder import RejectionRecorder, Sink
+from cp.messaging.recorder import RejectionRecorder, Sink, TokenBucket
 from cp.models import utcnow
 from cp.settings import Settings
 
@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from cp.security.signer import Signer
 
 log = logging.getLogger(__name__)
+LOG_LINES_PER_SECOND = 5.0
 
 RedisScope = Callable[[], AbstractContextManager[Any]]
 
@@ -52,6 +53,9 @@ class Guard:
         self.authenticator: Authenticator | None = None
         # messages refused per kind since the process started (rejected or not authenticated)
         self.refused: Counter[str] = Counter()
+        # a flood of bad messages must not become a flood of log lines
+        self._log_bucket = TokenBucket(rate=LOG_LINES_PER_SECOND, burst=10 * LOG_LINES_PER_SECOND)
+        self._unlogged = 0
 
     def record_with(self, sink: Sink) -> None:
         """Record every (rate-limited) rejection through ``sink`` from now on."""
@@ -63,17 +67,23 @@ class Guard:
             self._recorder.offer(rejection)
 
     def reject(self, rejection: Rejection, *, redis: RedisScope | None, exc_info: bool = False) -> None:
-        """Log it once, keep it in its queue's dead-letter list, record an event; never raises."""
+        """Log it (rate-limited), keep it in its queue's dead-letter list, record an event (rate-
+        limited too); never raises."""
         try:
             self.refused[rejection.kind] += 1
-            log.error(
-                "rejected a message on %s (task %s, id %s): %s",
-                rejection.queue,
-                rejection.task or "?",
-                rejection.task_id or "?",
-                rejection.reason,
-                exc_info=exc_info,
-            )
+            if self._log_bucket.take():
+                more, self._unlogged = self._unlogged, 0
+                log.error(
+                    "rejected a message on %s (task %s, id %s): %s%s",
+                    rejection.queue,
+                    rejection.task or "?",
+                    rejection.task_id or "?",
+                    rejection.reason,
+                    f" ({more} more rejected since the last line, not logged one by one)" if more else "",
+                    exc_info=exc_info,
+                )
+            else:
+                self._unlogged += 1
             if redis is not None and self.keep > 0:
                 try:
                     with redis() as client:

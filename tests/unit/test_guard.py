@@ -72,6 +72,23 @@ def test_a_flood_of_rejections_is_recorded_as_a_few_events_that_count_the_rest()
     assert recorded == [("r0", 0), ("last", 49)]
 
 
+def test_a_flood_of_rejections_is_logged_as_a_few_lines_that_count_the_rest(
+    caplog: pytest.LogCaptureFixture, tmp_path: Any
+) -> None:
+    guard = Guard(Settings(home=tmp_path))
+    with caplog.at_level("ERROR", logger="cp.messaging.guard"):
+        for i in range(1_000):
+            guard.reject(Rejection(queue="q", reason=f"r{i}", kind="security"), redis=None)
+        guard._log_bucket._tokens = 1  # as if a second had passed
+        guard.reject(Rejection(queue="q", reason="last", kind="security"), redis=None)
+    lines = [r.getMessage() for r in caplog.records if r.name == "cp.messaging.guard"]
+    assert len(lines) <= 60
+    assert lines[-1].endswith(
+        f"last ({1_000 - (len(lines) - 1)} more rejected since the last line, not logged one by one)"
+    )
+    assert guard.refused["security"] == 1_001  # every one counted
+
+
 def test_a_sink_that_fails_loses_its_event_and_nothing_else() -> None:
     calls: list[str] = []
     done = threading.Event()
