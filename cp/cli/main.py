@@ -126,8 +126,19 @@ def daemon(
             show_envvar=False,
         ),
     ] = None,
+    enroll_token_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--enroll-token-file",
+            envvar="MYCELIAL_ENROLL_TOKEN_FILE",
+            help="A file holding that token instead.",
+            show_envvar=False,
+        ),
+    ] = None,
 ) -> None:
     """Run a daemon: a Celery worker consuming only its own queue."""
+    if enroll_token is None and enroll_token_file is not None:
+        enroll_token = processes.read_token_file(enroll_token_file)
     processes.run_daemon(
         settings(),
         name=name,

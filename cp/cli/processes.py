@@ -73,6 +73,20 @@ def parse_labels(text: str) -> dict[str, str]:
     return labels
 
 
+def read_token_file(path: Path) -> str:
+    """The enrolment token in ``path`` (a few hundred bytes at most)."""
+    try:
+        with path.open("rb") as handle:
+            raw = handle.read(4_097)
+    except OSError as exc:
+        raise CliError(
+            f"--enroll-token-file: cannot read {path}: {exc.strerror}", code=EXIT_BAD_INPUT
+        ) from None
+    if len(raw) > 4_096:
+        raise CliError(f"--enroll-token-file: {path} is too big for a token", code=EXIT_BAD_INPUT)
+    return raw.decode("utf-8", errors="replace").strip()
+
+
 def run_daemon(
     settings: Settings,
     *,
