@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -157,6 +158,7 @@ def up_home(tmp_path: Path) -> Iterator[tuple[Path, Callable[..., Up]]]:
     yield home, start
     for up in started:
         up.stop()
+    shutil.rmtree(home, ignore_errors=True)
 
 
 def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
