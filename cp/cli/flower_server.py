@@ -143,7 +143,7 @@ def guarded_flower_class(flower_class: type[Any], credentials: str) -> type[Any]
     class GuardedFlower(flower_class):  # type: ignore[misc]
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
-            self.options.basic_auth = [credentials]  # in memory: not in argv, not in the environment
+            self.options.basic_auth = [credentials]  # Flower's own check agrees with the gate
 
         def find_handler(self, request: HTTPServerRequest, **kwargs: Any) -> Any:
             if not authorized(request.headers.get("Authorization"), expected):
@@ -153,9 +153,9 @@ def guarded_flower_class(flower_class: type[Any], credentials: str) -> type[Any]
     return GuardedFlower
 
 
-def install_guard(credentials: str) -> None:
-    """Make Flower's command build the guarded application. Fails closed: a Flower that no longer
-    builds its application where expected is not started at all."""
+def flower_command() -> Any:
+    """Flower's command module, checked to build its application as Flower 2.2 does. Fails closed:
+    a Flower that builds it elsewhere is not started at all, rather than started unguarded."""
     import flower.app
     import flower.command
 
@@ -165,19 +165,21 @@ def install_guard(credentials: str) -> None:
             "this Flower version does not build its application as flower 2.2 does; "
             "refusing to start it without authentication on every URL"
         )
-    flower.command.Flower = guarded_flower_class(original, credentials)
+    return flower.command
 
 
 def run_flower(settings: Settings, *, address: str, port: int) -> None:
+    command = flower_command()  # before a password is made or shown
     credentials = flower_credentials(settings.home)
     host = f"[{address}]" if ":" in address else address
-    announce(credentials, url=f"http://{host}:{port}")
+    announce(credentials, url=f"http://{host or '0.0.0.0'}:{port}")
     if address not in LOOPBACK:
         warn(
-            f"Flower listens on {address}: other machines can reach it, over plain HTTP "
-            "(prefer 127.0.0.1 behind an SSH tunnel or a TLS reverse proxy)"
+            f"Flower listens on {address or 'every interface'}: other machines can reach it, over "
+            "plain HTTP (prefer 127.0.0.1 behind an SSH tunnel or a TLS reverse proxy)"
         )
-    install_guard(credentials.basic_auth)
-    os.environ.pop("FLOWER_BASIC_AUTH", None)  # ours is the only one, and not in the environment
+    # the command builds this subclass; the credentials stay in memory (not argv, not environment)
+    command.Flower = guarded_flower_class(command.Flower, credentials.basic_auth)
+    os.environ.pop("FLOWER_BASIC_AUTH", None)  # ours is the only one
     app = make_celery(settings)
     app.start(["flower", f"--address={address}", f"--port={port}", "--purge_offline_workers=60"])
