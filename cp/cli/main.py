@@ -12,7 +12,7 @@ import typer
 from sqlmodel import select
 
 from cp.celery_app import BrokerNotConfiguredError
-from cp.cli import processes, security_commands
+from cp.cli import flower_server, processes, security_commands
 from cp.cli.output import (
     EXIT_BAD_INPUT,
     EXIT_FAILED,
@@ -29,6 +29,7 @@ from cp.config.limits import ConfigLimits
 from cp.config_file import ConfigError, load_config_file
 from cp.config_store import apply_document, current_author, plan_diff
 from cp.models import Pipeline, Run, RunState, RunTrigger, utcnow
+from cp.private_files import UnsafeHomeError, prepare_home, restrict_umask
 from cp.runs import (
     RunNotCancellableError,
     UnknownPipelineError,
@@ -64,8 +65,11 @@ def main(
     """Mycelial control plane."""
 
 
-def settings() -> Settings:
-    return get_settings()
+def settings(*, long_running: bool = False) -> Settings:
+    """This process's settings, with its home checked (``long_running``: and tightened inside)."""
+    loaded = get_settings()
+    prepare_home(loaded.home, deep=long_running)
+    return loaded
 
 
 # --- processes ---------------------------------------------------------------------------
@@ -80,7 +84,7 @@ def up(
     """Run everything on this machine: Redis (embedded unless configured), worker, beat, daemon, Flower."""
     from cp.cli.supervisor import run_stack
 
-    raise typer.Exit(run_stack(settings(), demo=demo))
+    raise typer.Exit(run_stack(settings(long_running=True), demo=demo))
 
 
 @app.command()
@@ -90,13 +94,13 @@ def worker(
     loglevel: LogLevel = "info",
 ) -> None:
     """Run a control-plane worker (queue mycelial.cp)."""
-    processes.run_worker(settings(), pool=pool, concurrency=concurrency, loglevel=loglevel)
+    processes.run_worker(settings(long_running=True), pool=pool, concurrency=concurrency, loglevel=loglevel)
 
 
 @app.command()
 def beat(loglevel: LogLevel = "info") -> None:
     """Run beat: static entries from beat_schedule.py and pipeline schedules from the database."""
-    processes.run_beat(settings(), loglevel=loglevel)
+    processes.run_beat(settings(long_running=True), loglevel=loglevel)
 
 
 @app.command()
@@ -104,9 +108,9 @@ def flower(
     address: Annotated[str | None, typer.Option(help="Listen address.")] = None,
     port: Annotated[int | None, typer.Option(help="Listen port.")] = None,
 ) -> None:
-    """Run Flower with basic auth (credentials in MYCELIAL_HOME/flower-credentials)."""
-    s = settings()
-    processes.run_flower(s, address=address or s.flower_address, port=port or s.flower_port)
+    """Run Flower with basic auth on every URL (credentials in MYCELIAL_HOME/flower-credentials)."""
+    s = settings(long_running=True)
+    flower_server.run_flower(s, address=address or s.flower_address, port=port or s.flower_port)
 
 
 @app.command()
@@ -140,7 +144,7 @@ def daemon(
     if enroll_token is None and enroll_token_file is not None:
         enroll_token = processes.read_token_file(enroll_token_file)
     processes.run_daemon(
-        settings(),
+        settings(long_running=True),
         name=name,
         labels=processes.parse_labels(labels),
         pool=pool,
@@ -503,12 +507,19 @@ def cancel(run_key: Annotated[str, typer.Argument(help="The run key, as `mycelia
 
 # --- entry point -------------------------------------------------------------------------
 
-BAD_INPUT_ERRORS = (SettingsError, UnknownPipelineError, RunNotCancellableError, BrokerNotConfiguredError)
+BAD_INPUT_ERRORS = (
+    SettingsError,
+    UnsafeHomeError,
+    UnknownPipelineError,
+    RunNotCancellableError,
+    BrokerNotConfiguredError,
+)
 
 
 def run() -> None:
     """Console-script entry: one-line errors on stderr and exit codes scripts can trust."""
     debug = "--debug" in sys.argv
+    restrict_umask()  # what this process and its libraries create is its user's only (docs/security.md)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         app()  # standalone: typer reports usage errors itself (exit 2) and exits through SystemExit

@@ -1,12 +1,9 @@
-"""Start one long-running process: control-plane worker, beat, Flower or a daemon."""
+"""Start one long-running process: control-plane worker, beat or a daemon (Flower: flower_server)."""
 
 from __future__ import annotations
 
 import math
-import os
 import re
-import secrets
-from pathlib import Path
 
 from beat_schedule import beat_schedule
 from cp.beat import make_scheduler_class
@@ -29,7 +26,6 @@ from workers.tasks import lifecycle_step, register_daemon_tasks
 from workers.trust import DaemonAuthenticator
 
 DAEMON_NAME = re.compile(NAME_PATTERN)
-FLOWER_USER = "admin"
 
 
 def control_plane(settings: Settings) -> ControlPlane:
@@ -130,26 +126,3 @@ def run_daemon(
     start_worker(
         app, argv, what=f"daemon {name}", finish=lambda restarting: daemon.finish(wait_for_jobs=restarting)
     )
-
-
-def flower_credentials(home: Path) -> tuple[str, str]:
-    """Basic-auth credentials for Flower, generated once and kept (mode 0600) in the home dir."""
-    path = home / "flower-credentials"
-    if path.exists():
-        user, _, password = path.read_text(encoding="utf-8").strip().partition(":")
-        if user and password:
-            return user, password
-    home.mkdir(parents=True, exist_ok=True)
-    password = secrets.token_urlsafe(18)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(f"{FLOWER_USER}:{password}\n")
-    return FLOWER_USER, password
-
-
-def run_flower(settings: Settings, *, address: str, port: int) -> None:
-    app = make_celery(settings)
-    user, password = flower_credentials(settings.home)
-    # through the environment, so the password does not show in `ps`
-    os.environ["FLOWER_BASIC_AUTH"] = f"{user}:{password}"
-    app.start(["flower", f"--address={address}", f"--port={port}", "--purge_offline_workers=60"])

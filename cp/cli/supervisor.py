@@ -17,9 +17,10 @@ from types import FrameType
 from cp.celery_app import make_celery
 from cp.cli import security_commands
 from cp.cli.demo import prepare_demo
+from cp.cli.flower_server import announce, flower_credentials
 from cp.cli.output import EXIT_FAILED, EXIT_OK, info, warn
-from cp.cli.processes import flower_credentials
 from cp.embedded_redis import EmbeddedRedis
+from cp.private_files import open_private, private_dir
 from cp.settings import Settings
 
 STOP_GRACE = 10.0  # seconds a child gets after SIGTERM before SIGKILL
@@ -40,10 +41,10 @@ class Stack:
     stopping: bool = False
 
     def start(self, env: dict[str, str], *, log_dir: Path) -> None:
-        log_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(log_dir)
         for child in self.children:
             log_path = log_dir / f"{child.name.replace(' ', '-')}.log"
-            with open(log_path, "ab") as log:
+            with os.fdopen(open_private(log_path, os.O_WRONLY | os.O_APPEND), "ab") as log:
                 # own session: a terminal's Ctrl-C reaches only `up`, which then stops children in order
                 child.process = subprocess.Popen(
                     child.argv,
@@ -90,7 +91,7 @@ def _cli(*args: str) -> list[str]:
 
 
 def run_stack(settings: Settings, *, demo: bool) -> int:
-    settings.home.mkdir(parents=True, exist_ok=True)
+    """Run the stack until a signal or a child's exit. The caller made the home private."""
     env = dict(os.environ)
     redis: EmbeddedRedis | None = None
     if not settings.broker_url:
@@ -125,13 +126,11 @@ def run_stack(settings: Settings, *, demo: bool) -> int:
     }
     try:
         info(f"home: {settings.home}   database: {settings.effective_database_url}")
+        # before Flower starts: this terminal shows a new password once, Flower's log file never
+        credentials = flower_credentials(settings.home)
         stack.start(env, log_dir=settings.home / "logs")
         info(f"logs: {settings.home / 'logs'}/")
-        user, password = flower_credentials(settings.home)
-        info(
-            f"Flower: http://{settings.flower_address}:{settings.flower_port}"
-            f"  (user {user}, password {password})"
-        )
+        announce(credentials, url=f"http://{settings.flower_address}:{settings.flower_port}")
         if demo:
             demo_env_settings = Settings(
                 home=settings.home,
