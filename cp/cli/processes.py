@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+from pathlib import Path
 
 from beat_schedule import beat_schedule
 from cp.beat import make_scheduler_class
