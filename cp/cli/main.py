@@ -116,6 +116,13 @@ def daemon(
     concurrency: Annotated[int, typer.Option(min=1)] = 2,
     pool: Annotated[str, typer.Option(help="Celery pool: threads, prefork or solo.")] = "threads",
     loglevel: LogLevel = "info",
+    allow_root: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allow-root",
+            help="A folder file connectors may use besides the daemon's data folder (repeatable).",
+        ),
+    ] = None,
 ) -> None:
     """Run a daemon: a Celery worker consuming only its own queue."""
     processes.run_daemon(
@@ -125,6 +132,7 @@ def daemon(
         pool=pool,
         concurrency=concurrency,
         loglevel=loglevel,
+        allow_roots=allow_root or (),
     )
 
 

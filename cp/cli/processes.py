@@ -6,6 +6,7 @@ import math
 import os
 import re
 import secrets
+from collections.abc import Sequence
 from pathlib import Path
 
 from beat_schedule import beat_schedule
@@ -19,6 +20,7 @@ from cp.protocol import NAME_PATTERN, daemon_queue
 from cp.runtime import ControlPlane
 from cp.settings import Settings
 from cp.tasks import register_cp_tasks
+from workers.confinement.policy import Confinement, ConfinementSettingError, data_folder
 from workers.orphans import orphaned_jobs
 from workers.runtime import DaemonRuntime
 from workers.tasks import lifecycle_step, register_daemon_tasks
@@ -76,16 +78,24 @@ def run_daemon(
     pool: str,
     concurrency: int,
     loglevel: str,
+    allow_roots: Sequence[str] = (),
 ) -> None:
     if not DAEMON_NAME.match(name):
         raise CliError(
             f"--name: invalid daemon name {name!r} (letters, digits, '_', '.', '-'; at most 63)",
             code=EXIT_BAD_INPUT,
         )
+    try:
+        confinement = Confinement.from_settings(settings, daemon=name, extra_roots=allow_roots)
+    except ConfinementSettingError as exc:
+        raise CliError(str(exc), code=EXIT_BAD_INPUT) from None
+    confinement.prepare(data_folder(settings.home, name))
     app = make_celery(settings, name=f"daemon-{name}", daemon=name)
     # before the worker consumes: what is held then was held by an earlier process
     orphaned = orphaned_jobs(app, daemon_queue(name))
-    daemon = DaemonRuntime(settings, app, name=name, labels=labels, orphaned_task_ids=orphaned)
+    daemon = DaemonRuntime(
+        settings, app, name=name, labels=labels, orphaned_task_ids=orphaned, confinement=confinement
+    )
     register_daemon_tasks(app, daemon)
     app.steps["worker"].add(lifecycle_step(daemon))
     argv = worker_argv(
