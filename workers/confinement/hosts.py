@@ -126,8 +126,11 @@ def postgres_hosts(dsn: str, *, environ: Mapping[str, str] = os.environ) -> list
     """
     if "\x00" in dsn:
         raise HostRefused("dsn contains a NUL byte")
-    from psycopg import Error as PsycopgError  # the postgres extra: only daemons that use it have it
-    from psycopg.conninfo import conninfo_to_dict
+    try:  # the postgres extra: only daemons that use PostgreSQL have it
+        from psycopg import Error as PsycopgError
+        from psycopg.conninfo import conninfo_to_dict
+    except ImportError:
+        raise HostRefused("dsn cannot be read without psycopg (pip install '.[postgres]')") from None
 
     try:
         params: dict[str, Any] = conninfo_to_dict(dsn)
