@@ -16,7 +16,7 @@ from cp.config_store import apply_document, current_author
 from cp.models import utcnow
 from cp.runtime import ControlPlane
 from cp.settings import Settings
-from workers.confinement.policy import data_folder
+from workers.confinement.policy import create_data_folder, data_folder
 
 DEMO_ROWS = 5_000
 DEMO_DAEMON = "local"
@@ -70,8 +70,7 @@ def demo_document(settings: Settings) -> dict[str, Any]:
 
 
 def prepare_demo(settings: Settings, *, app_factory: Callable[..., Any]) -> None:
-    folder = data_folder(settings.home, DEMO_DAEMON)
-    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    folder = create_data_folder(settings.home, DEMO_DAEMON)  # the daemon may not have made it yet
     source = folder / "shop.db"
     create_sample_source(source)
     document = demo_document(settings)

@@ -20,7 +20,7 @@ from cp.protocol import NAME_PATTERN, daemon_queue
 from cp.runtime import ControlPlane
 from cp.settings import Settings
 from cp.tasks import register_cp_tasks
-from workers.confinement.policy import Confinement, ConfinementSettingError, data_folder
+from workers.confinement.policy import Confinement, ConfinementSettingError, create_data_folder
 from workers.orphans import orphaned_jobs
 from workers.runtime import DaemonRuntime
 from workers.tasks import lifecycle_step, register_daemon_tasks
@@ -89,7 +89,7 @@ def run_daemon(
         confinement = Confinement.from_settings(settings, daemon=name, extra_roots=allow_roots)
     except ConfinementSettingError as exc:
         raise CliError(str(exc), code=EXIT_BAD_INPUT) from None
-    confinement.prepare(data_folder(settings.home, name))
+    create_data_folder(settings.home, name)
     app = make_celery(settings, name=f"daemon-{name}", daemon=name)
     # before the worker consumes: what is held then was held by an earlier process
     orphaned = orphaned_jobs(app, daemon_queue(name))

@@ -23,7 +23,6 @@ log = logging.getLogger(__name__)
 ROOTS_SETTING = "MYCELIAL_ALLOWED_ROOTS"
 KINDS_SETTING = "MYCELIAL_ALLOWED_CONNECTOR_KINDS"
 HOSTS_SETTING = "MYCELIAL_ALLOWED_HOSTS"
-MAX_PROBLEMS_SHOWN = 5
 
 
 class ConfinementError(MovementError):
@@ -37,6 +36,14 @@ class ConfinementSettingError(ValueError):
 def data_folder(home: Path, daemon: str) -> Path:
     """The daemon's own data folder, its root by default."""
     return home / "daemons" / daemon / "data"
+
+
+def create_data_folder(home: Path, daemon: str) -> Path:
+    """The daemon's data folder, created readable by its user only."""
+    folder = data_folder(home, daemon)
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    folder.chmod(0o700)  # mkdir leaves an existing one (and the umask) as they were
+    return folder
 
 
 @dataclass(frozen=True)
@@ -63,11 +70,6 @@ class Confinement:
             kinds=_kinds(settings.allowed_connector_kinds),
             hosts=hosts,
         )
-
-    def prepare(self, folder: Path) -> None:
-        """Create the daemon's data folder, readable by its user only."""
-        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        folder.chmod(0o700)  # mkdir leaves an existing one (and the umask) as they were
 
     def announce(self) -> None:
         """Log what the daemon allows, once its logging is set up."""
