@@ -77,10 +77,10 @@ def config_text(daemons: int = DAEMONS) -> str:
         "connectors:",
         "  - name: bench-source",
         "    kind: sqlite",
-        "    path: bench/source.db",
+        "    path: /srv/bench/source.db",
         "  - name: bench-sink",
         "    kind: sqlite",
-        "    path: bench/sink.db",
+        "    path: /srv/bench/sink.db",
         "pipelines:",
     ]
     for i in range(daemons):

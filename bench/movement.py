@@ -241,18 +241,20 @@ def create_sources(url: str, work: Path, schema: str, rows: int, small: int) -> 
     )
 
 
-def connector(kind: str, schema: str, *, role: str) -> dict[str, Any]:
-    """A connector as the control plane sends it: paths relative to the daemon's home, the dsn a reference."""
+def connector(kind: str, schema: str, *, role: str, work: Path) -> dict[str, Any]:
+    """A connector as the control plane sends it: absolute paths in the work folder (the daemon's
+    allowed root here), the dsn a reference."""
     if kind == "sqlite":
-        path = SOURCE_DB if role == "source" else f"dest/{DEST_DB}"
-        return {"name": f"bench-sqlite-{role}", "kind": "sqlite", "options": {"path": path}}
+        path = work / (SOURCE_DB if role == "source" else f"dest/{DEST_DB}")
+        return {"name": f"bench-sqlite-{role}", "kind": "sqlite", "options": {"path": str(path)}}
     if kind == "csv":
-        return {"name": "bench-csv", "kind": "csv", "options": {"path": CSV_FILE, "columns": CSV_TYPES}}
+        options = {"path": str(work / CSV_FILE), "columns": CSV_TYPES}
+        return {"name": "bench-csv", "kind": "csv", "options": options}
     options = {"dsn": f"${{env:{DSN_VAR}}}", "schema": schema}
     return {"name": "bench-postgres", "kind": "postgres", "options": options}
 
 
-def job_payload(pair: str, schema: str, *, table: str = SOURCE_TABLE) -> dict[str, Any]:
+def job_payload(pair: str, schema: str, *, work: Path, table: str = SOURCE_TABLE) -> dict[str, Any]:
     """A ``daemon.run_job`` payload for ``pair``, built from the same models as the control plane's."""
     from cp.protocol import ConnectorSpec, PipelineSpec, RunJob, dump
 
@@ -260,9 +262,9 @@ def job_payload(pair: str, schema: str, *, table: str = SOURCE_TABLE) -> dict[st
     name = "bench-" + pair.replace("->", "-to-") + ("-small" if table == SMALL_TABLE else "")
     spec = PipelineSpec(
         name=name,
-        source=ConnectorSpec(**connector(source, schema, role="source")),
+        source=ConnectorSpec(**connector(source, schema, role="source", work=work)),
         source_table=table,
-        destination=ConnectorSpec(**connector(dest, schema, role="dest")),
+        destination=ConnectorSpec(**connector(dest, schema, role="dest", work=work)),
         destination_table=DEST_TABLE,
         mode="replace",
         batch_size=BATCH_SIZE,
@@ -381,7 +383,7 @@ def measure(world: World, pair: str, path: str, *, rows: int | None = None) -> R
     }
     if path == "mycelial":
         table = SOURCE_TABLE if rows == world.rows else SMALL_TABLE
-        task["payload"] = job_payload(pair, world.schema, table=table)
+        task["payload"] = job_payload(pair, world.schema, work=world.work, table=table)
     clean(world)
     result = run_child(world, task)
     written = count_rows(world, pair, path)
@@ -482,6 +484,8 @@ def start_clock() -> float:
 def mycelial_child(task: dict[str, Any]) -> float:
     """What the daemon's ``daemon.run_job`` does with a job message, minus the Celery task around it."""
     from cp.protocol import RunJob, parse
+    from workers.confinement.paths import PathGuard
+    from workers.confinement.policy import Confinement
     from workers.jobs import Outcome, Report, execute
     from workers.movement.registry import CONNECTORS
 
@@ -490,7 +494,11 @@ def mycelial_child(task: dict[str, Any]) -> float:
         importlib.import_module(CONNECTORS[kind][0])  # the driver, as in a daemon that has run a job before
     events: list[Outcome] = []
     started = start_clock()
-    outcome = execute(job, home=Path(task["work"]), report=Report(events.append), should_stop=lambda: False)
+    work = Path(task["work"])
+    confinement = Confinement(paths=PathGuard((work,)))  # the daemon's check, as in a real run
+    outcome = execute(
+        job, home=work, confinement=confinement, report=Report(events.append), should_stop=lambda: False
+    )
     seconds = time.perf_counter() - started
     if outcome.state != "succeeded":
         raise SystemExit(f"mycelial run {outcome.state}: {outcome.error}")

@@ -50,8 +50,8 @@ def config_text(daemons: int, *, runs_per_pipeline: int) -> str:
     lines = ["daemons:"] + [f"  - name: d{i:03d}" for i in range(daemons)]
     lines += [
         "connectors:",
-        "  - {name: src, kind: sqlite, path: src.db}",
-        "  - {name: dst, kind: sqlite, path: dst.db}",
+        "  - {name: src, kind: sqlite, path: /srv/bench/src.db}",
+        "  - {name: dst, kind: sqlite, path: /srv/bench/dst.db}",
         "pipelines:",
     ]
     for i in range(daemons):
@@ -139,10 +139,10 @@ def the_sample(count: int) -> list[Outgoing]:
     payload = {"v": 1, "run_key": "p000@2026-01-01T00:00:00Z", "attempt": 1, "pipeline": {"name": "p000"}}
     payload["pipeline"] = {  # the shape and size of a real pipeline spec
         "name": "p000",
-        "source": {"name": "src", "kind": "sqlite", "options": {"path": "src.db"}},
+        "source": {"name": "src", "kind": "sqlite", "options": {"path": "/srv/bench/src.db"}},
         "source_table": "items",
         "source_query": None,
-        "destination": {"name": "dst", "kind": "sqlite", "options": {"path": "dst.db"}},
+        "destination": {"name": "dst", "kind": "sqlite", "options": {"path": "/srv/bench/dst.db"}},
         "destination_table": "items_000",
         "mode": "replace",
         "batch_size": 10000,
@@ -161,7 +161,8 @@ def the_sample(count: int) -> list[Outgoing]:
 def fire_lag(url: str, *, fires: int) -> list[Result]:
     with tempfile.TemporaryDirectory(prefix="mycl") as home:
         env = {k: v for k, v in os.environ.items() if not k.startswith("MYCELIAL_")}
-        env.update(MYCELIAL_HOME=home, MYCELIAL_BROKER_URL=url)
+        # the pipeline's files sit in the home, beside the daemon's data folder: allow it as a root
+        env.update(MYCELIAL_HOME=home, MYCELIAL_BROKER_URL=url, MYCELIAL_ALLOWED_ROOTS=home)
         database = f"sqlite:///{home}/mycelial.db"
         cli = [sys.executable, "-m", "cp.cli"]
         procs = [

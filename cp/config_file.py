@@ -25,7 +25,13 @@ from cp.config.limits import ConfigLimits
 from cp.config.reading import decode_utf8, read_bounded
 from cp.config.safe_yaml import load_yaml
 from cp.config.tables import ConnectorRef, PipelineTables, table_problems
-from cp.connectors import CONNECTOR_KINDS, REFERENCE_HELP, SOURCE_ONLY_KINDS, literal_password_problem
+from cp.connectors import (
+    CONNECTOR_KINDS,
+    REFERENCE_HELP,
+    SOURCE_ONLY_KINDS,
+    literal_password_problem,
+    static_path_problem,
+)
 from cp.protocol import NAME_PATTERN
 
 SECRET_REF = re.compile(r"\$\{(env|file):([^}]+)\}")
@@ -264,6 +270,11 @@ def _connector_problems(where: str, conn: ConnectorDecl) -> list[str]:
         problems += [f"{where}.{_loc(err['loc'])}: {_msg(err)}" for err in exc.errors()]
     for key, value in _strings(options):
         problems += _secret_problems(f"{where}.{key}", value, kind=conn.kind, key=key)
+    for key in sorted(options_model.path_options):
+        path = options.get(key)
+        problem = static_path_problem(path) if isinstance(path, str) and not ANY_REF.search(path) else None
+        if problem:
+            problems.append(f"{where}.{key}: connector {conn.name!r}: {problem}")
     return problems
 
 

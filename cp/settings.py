@@ -113,6 +113,13 @@ class Settings(BaseSettings):
     outbox_retry_max: float = Field(default=2.0, gt=0)
     outbox_close_timeout: float = Field(default=5.0, ge=0)
 
+    # daemons: data-plane confinement (workers/confinement/, docs/security.md). File connectors
+    # stay under the daemon's data folder and these roots (colon- or comma-separated); the kinds
+    # and hosts (comma-separated) it allows, every one when empty
+    allowed_roots: str = ""
+    allowed_connector_kinds: str = ""
+    allowed_hosts: str = ""
+
     flower_address: str = "127.0.0.1"
     flower_port: int = Field(default=5555, ge=1, le=65535)
 

@@ -267,6 +267,10 @@ def make_stack(
             MYCELIAL_DATABASE_URL=database_url,
             MYCELIAL_HEARTBEAT_INTERVAL="1",
             MYCELIAL_HEALTH_CHECK_INTERVAL="1",
+            # Daemons confine file connectors to their data folder and these roots: the tests put
+            # their databases and files in the stack's home or beside it, so every daemon of a
+            # stack may use the test's tmp_path. A test of confinement passes allowed_roots=... .
+            MYCELIAL_ALLOWED_ROOTS=str(tmp_path),
             PYTHONUNBUFFERED="1",
         )
         env.update({f"MYCELIAL_{k.upper()}": v for k, v in settings.items()})

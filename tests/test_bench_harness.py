@@ -104,10 +104,13 @@ def test_a_movement_job_is_a_valid_run_job_in_replace_mode_with_batches_of_10000
     from bench.movement import PAIRS, job_payload
     from cp.protocol import RunJob, parse
 
+    work = Path("/tmp/mycb-work")
     for pair in PAIRS:
-        job = parse(RunJob, job_payload(pair, "mycelial_bench_test"))
+        job = parse(RunJob, job_payload(pair, "mycelial_bench_test", work=work))
 
         assert (job.pipeline.source.kind, job.pipeline.destination.kind) == tuple(pair.split("->"))
+        for end in (job.pipeline.source, job.pipeline.destination):  # the daemon's root: the work folder
+            assert "path" not in end.options or Path(end.options["path"]).is_relative_to(work)
         assert job.pipeline.mode == "replace"
         assert job.pipeline.batch_size == 10_000
         assert "postgres" not in pair or "${env:" in json.dumps(job.pipeline.model_dump())

@@ -13,6 +13,7 @@ import pytest
 from tests.conftest import Broker
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "demo.yaml"
+WAREHOUSE = "/var/lib/mycelial/daemons/local/data/warehouse.db"  # the demo's destination file
 
 
 def cli(home: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -73,7 +74,7 @@ def test_a_bad_file_reports_every_problem_and_stores_nothing(tmp_path: Path) -> 
         EXAMPLE.read_text()
         .replace('schedule: "* * * * *"', 'schedule: "61 * * * *"')
         .replace("timezone: UTC", "timezone: Mars/Olympus")
-        .replace("kind: sqlite\n    path: demo/warehouse.db", "kind: oracle\n    path: demo/warehouse.db")
+        .replace(f"kind: sqlite\n    path: {WAREHOUSE}", f"kind: oracle\n    path: {WAREHOUSE}")
     )
     result = cli(tmp_path, "apply", "-f", str(bad), MYCELIAL_BROKER_URL="redis://127.0.0.1:1/0")
     assert result.returncode == 2

@@ -14,6 +14,7 @@ import threading
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from urllib.parse import quote, quote_plus
 
 import pytest
@@ -43,7 +44,7 @@ connectors:
   - name: pg-down
     kind: postgres
     dsn: "host=127.0.0.1 port=1 user=postgres password=${{env:PG_SECRET}} dbname=test connect_timeout=2"
-  - {{name: local, kind: sqlite, path: out.db}}
+  - {{name: local, kind: sqlite, path: {home}/out.db}}
 pipelines:
   - name: reachable
     source: {{connector: pg-ok, table: items}}
@@ -85,7 +86,9 @@ def test_a_secret_reference_is_resolved_on_the_daemon_and_shown_nowhere(
         stack.start("daemon", "daemon", "--name", "edge-s")
         stack.start("flower", "flower", "--port", str(port))
         stack.wait_heard_from("edge-s")  # undeclared until the configuration is applied
-        applied = stack.cli("apply", "-f", str(stack.write_config(CONFIG.format(schema=schema))), check=True)
+        applied = stack.cli(
+            "apply", "-f", str(stack.write_config(CONFIG.format(schema=schema, home=stack.home))), check=True
+        )
         stack.wait_online("edge-s")
 
         ok = stack.cli("run", "reachable", "--wait", "--timeout", "60")
@@ -221,10 +224,10 @@ def mysql_connector(name: str, env: str, failure: str, *, closed_port: int, serv
     )
 
 
-def leak_config(connectors: list[tuple[str, str]]) -> str:
+def leak_config(connectors: list[tuple[str, str]], *, home: Path) -> str:
     text = "daemons: [{name: edge-s}]\nconnectors:\n"
     text += "".join(declaration for _, declaration in connectors)
-    text += "  - {name: local, kind: sqlite, path: out.db}\npipelines:\n"
+    text += f"  - {{name: local, kind: sqlite, path: {home}/out.db}}\npipelines:\n"
     for name, _ in connectors:
         text += (
             f"  - {{name: {name}, source: {{connector: {name}, table: items}},"
@@ -294,7 +297,9 @@ def test_no_form_of_a_password_shows_anywhere_whatever_the_driver_failure(
     try:
         stack.start("worker", "worker")
         # declared first: only a declared daemon comes online (docs/health.md, undeclared daemons)
-        stack.cli("apply", "-f", str(stack.write_config(leak_config(connectors))), check=True)
+        stack.cli(
+            "apply", "-f", str(stack.write_config(leak_config(connectors, home=stack.home))), check=True
+        )
         stack.start("daemon", "daemon", "--name", "edge-s")
         wait_for(lambda: (d := stack.daemon("edge-s")) and d["status"] == "online", timeout=90, what="daemon")
         for name, _ in connectors:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from cp.protocol import RunEventState, RunJob
+from workers.confinement.policy import Confinement
 from workers.movement.deadline import Clock, Deadline
 from workers.movement.engine import run_pipeline
 from workers.movement.errors import CancelledError, MovementError
@@ -55,6 +56,7 @@ def execute(
     job: RunJob,
     *,
     home: Path,
+    confinement: Confinement,
     report: Report,
     should_stop: Callable[[], bool],
     clock: Clock = time.monotonic,
@@ -66,10 +68,12 @@ def execute(
     the control plane ends the attempt (``should_stop``), no batch of it commits any more.
     """
     deadline = Deadline.starting_now(job.timeout_seconds, clock=clock, ended=should_stop)
-    spec = job.pipeline
-    where = f"pipeline {spec.name}"
+    where = f"pipeline {job.pipeline.name}"
     report(Outcome("started"))
     try:
+        # whatever the control plane checked: a forged or stale job stops here, and the connectors
+        # get the resolved paths
+        spec = confinement.pipeline(job.pipeline)
         source = make_source(spec.source.kind, spec.source.name, spec.source.options, home=home)
         sink = make_sink(spec.destination.kind, spec.destination.name, spec.destination.options, home=home)
         source.deadline = sink.deadline = deadline

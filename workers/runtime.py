@@ -33,6 +33,7 @@ from cp.protocol import (
     dump,
 )
 from cp.settings import Settings
+from workers.confinement.policy import Confinement
 from workers.deliveries import DeliveryLog
 from workers.heartbeat_key import HeartbeatWriter
 from workers.local_state import LocalState
@@ -51,6 +52,7 @@ class DaemonRuntime:
         labels: dict[str, str],
         orphaned_task_ids: Sequence[str] = (),
         enroll_request: DaemonEnroll | None = None,
+        confinement: Confinement | None = None,
     ) -> None:
         self.settings = settings
         self.started_at = utcnow()  # before any job can start in this process
@@ -60,6 +62,8 @@ class DaemonRuntime:
         self.name = name
         self.labels = labels
         self.home = settings.home
+        # what its connectors may touch: the data folder by default, more by settings
+        self.confinement = confinement or Confinement.from_settings(settings, daemon=name)
         self.state = LocalState(settings.home / "daemons" / name)
         self.deliveries = DeliveryLog(settings.home / "daemons" / name / "deliveries")
         self._running: set[str] = set()
@@ -119,6 +123,7 @@ class DaemonRuntime:
     # --- lifecycle
 
     def start(self) -> None:
+        self.confinement.announce()
         self.outbox.start()
         if self.enroll_request is not None:
             # first, through the same ordered outbox: the key every later message is signed with

@@ -132,10 +132,18 @@ def register_daemon_tasks(app: Celery, daemon: DaemonRuntime, keys: DaemonKeySto
             daemon.release(task_id)
 
 
+MAX_REFUSALS_SHOWN = 5
+
+
 def _store_config(daemon: DaemonRuntime, config: ApplyConfig) -> tuple[int, str | None]:
     """Apply ``config`` unless a newer one is applied; the version applied now, and any error."""
+    refused = daemon.confinement.config_problems(config.state)
     if config.state.daemon != daemon.name:
         error = f"config for daemon {config.state.daemon!r} arrived at {daemon.name!r}"
+    elif refused:
+        shown = "; ".join(refused[:MAX_REFUSALS_SHOWN])
+        more = f" (and {len(refused) - MAX_REFUSALS_SHOWN} more)" if len(refused) > MAX_REFUSALS_SHOWN else ""
+        error = f"refused by the daemon's confinement: {shown}{more}"
     else:
         try:
             applied = daemon.state.apply(config)
@@ -200,7 +208,11 @@ def _run(daemon: DaemonRuntime, job: RunJob, *, task_id: str, delivery: int) -> 
     log.info("run %s of pipeline %s started", job.run_key, job.pipeline.name)
     # `mycelial cancel` revokes the task id; Celery's revoke reaches a busy worker by broadcast
     outcome = execute(
-        job, home=daemon.home, report=Report(send), should_stop=lambda: task_id in worker_state.revoked
+        job,
+        home=daemon.home,
+        confinement=daemon.confinement,
+        report=Report(send),
+        should_stop=lambda: task_id in worker_state.revoked,
     )
     if outcome.state == "succeeded":
         log.info("run %s succeeded: %d rows", job.run_key, outcome.rows_written)

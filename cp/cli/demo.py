@@ -16,8 +16,10 @@ from cp.config_store import apply_document, current_author
 from cp.models import utcnow
 from cp.runtime import ControlPlane
 from cp.settings import Settings
+from workers.confinement.policy import create_data_folder, data_folder
 
 DEMO_ROWS = 5_000
+DEMO_DAEMON = "local"
 
 
 def demo_config_text() -> str:
@@ -55,10 +57,23 @@ def create_sample_source(path: Path, *, rows: int = DEMO_ROWS, seed: int = 7) ->
         )
 
 
-def prepare_demo(settings: Settings, *, app_factory: Callable[..., Any]) -> None:
-    source = settings.home / "demo" / "shop.db"
-    create_sample_source(source)
+def demo_document(settings: Settings) -> dict[str, Any]:
+    """examples/demo.yaml with its files in this machine's demo daemon's data folder: the file
+    names them where the compose daemon has it (``/var/lib/mycelial``), and a daemon's file
+    connectors stay under its allowed roots."""
     document = parse_config_text(demo_config_text(), source="examples/demo.yaml")
+    folder = data_folder(settings.home, DEMO_DAEMON)
+    for connector in document["connectors"]:
+        if connector["kind"] == "sqlite":
+            connector["options"]["path"] = str(folder / Path(connector["options"]["path"]).name)
+    return document
+
+
+def prepare_demo(settings: Settings, *, app_factory: Callable[..., Any]) -> None:
+    folder = create_data_folder(settings.home, DEMO_DAEMON)  # the daemon may not have made it yet
+    source = folder / "shop.db"
+    create_sample_source(source)
+    document = demo_document(settings)
     cp = ControlPlane(settings, app_factory(settings))
     with cp.session() as session:
         result = apply_document(
@@ -74,4 +89,4 @@ def prepare_demo(settings: Settings, *, app_factory: Callable[..., Any]) -> None
     info("demo: pipeline orders-to-warehouse runs every minute on daemon `local`; watch it with")
     info("  mycelial runs        mycelial daemons        mycelial pipelines")
     info("  or trigger one now:  mycelial run orders-to-warehouse --wait")
-    info(f"demo: the copied table lands in {settings.home / 'demo' / 'warehouse.db'}")
+    info(f"demo: the copied table lands in {folder / 'warehouse.db'}")

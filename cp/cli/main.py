@@ -139,6 +139,13 @@ def daemon(
             show_envvar=False,
         ),
     ] = None,
+    allow_root: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allow-root",
+            help="A folder file connectors may use besides the daemon's data folder (repeatable).",
+        ),
+    ] = None,
 ) -> None:
     """Run a daemon: a Celery worker consuming only its own queue."""
     if enroll_token is None and enroll_token_file is not None:
@@ -151,6 +158,7 @@ def daemon(
         concurrency=concurrency,
         loglevel=loglevel,
         enroll_token=enroll_token,
+        allow_roots=allow_root or (),
     )
 
 

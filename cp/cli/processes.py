@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 from beat_schedule import beat_schedule
@@ -20,6 +21,7 @@ from cp.security.envelope import daemon_sender
 from cp.security.signer import Signer
 from cp.settings import Settings
 from cp.tasks import register_cp_tasks
+from workers.confinement.policy import Confinement, ConfinementSettingError, create_data_folder
 from workers.identity import DaemonKeyStore, NotEnrolledError
 from workers.orphans import orphaned_jobs
 from workers.runtime import DaemonRuntime
@@ -93,6 +95,7 @@ def run_daemon(
     concurrency: int,
     loglevel: str,
     enroll_token: str | None = None,
+    allow_roots: Sequence[str] = (),
 ) -> None:
     if not DAEMON_NAME.match(name):
         raise CliError(
@@ -104,6 +107,11 @@ def run_daemon(
         enrolment = keys.start(enroll_token)
     except NotEnrolledError as exc:
         raise CliError(str(exc), code=EXIT_BAD_INPUT) from None
+    try:
+        confinement = Confinement.from_settings(settings, daemon=name, extra_roots=allow_roots)
+    except ConfinementSettingError as exc:
+        raise CliError(str(exc), code=EXIT_BAD_INPUT) from None
+    create_data_folder(settings.home, name)
     app = make_celery(settings, name=f"daemon-{name}", daemon=name)
     guard = guard_of(app)
     guard.signer = Signer(lambda: enrolment.identity, by=daemon_sender(name), window_s=settings.replay_window)
@@ -113,7 +121,13 @@ def run_daemon(
     # before the worker consumes: what is held then was held by an earlier process
     orphaned = orphaned_jobs(app, daemon_queue(name))
     daemon = DaemonRuntime(
-        settings, app, name=name, labels=labels, orphaned_task_ids=orphaned, enroll_request=enrolment.request
+        settings,
+        app,
+        name=name,
+        labels=labels,
+        orphaned_task_ids=orphaned,
+        enroll_request=enrolment.request,
+        confinement=confinement,
     )
     register_daemon_tasks(app, daemon, keys)
     app.steps["worker"].add(lifecycle_step(daemon))

@@ -111,7 +111,8 @@ def connector_key(connector: ConnectorRef) -> tuple[str, ...]:
     """What makes two connectors the same database, as far as the file can tell."""
     options = connector.options
     if connector.kind in {"sqlite", "csv", "jsonl"} and options.get("path"):
-        return ("file", os.path.normpath(str(options["path"])))
+        # normpath keeps a leading "//" (POSIX leaves its meaning open); Linux reads it as "/"
+        return ("file", os.path.normpath(str(options["path"])).replace("//", "/", 1))
     if connector.kind == "postgres" and options.get("dsn"):
         return ("postgres", str(options["dsn"]).strip())
     if connector.kind == "mysql":

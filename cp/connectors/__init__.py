@@ -86,15 +86,36 @@ def literal_password_problem(text: str, *, what: str) -> str | None:
     return None
 
 
+def static_path_problem(value: str) -> str | None:
+    """Why a file path is refused before any daemon sees it, or None.
+
+    Whether an absolute path is inside a daemon's allowed roots only that daemon can tell (it alone
+    knows its roots and its links); what is wrong whatever the daemon, is refused here.
+    """
+    if "\x00" in value:
+        return "a path must not contain a NUL byte"
+    if not value.startswith("/"):
+        return (
+            f"{value!r} is not an absolute path; write the full path on the daemon (file connectors"
+            " stay under the daemon's allowed roots, its data folder by default)"
+        )
+    if ".." in value.split("/"):
+        return f"{value!r} has a '..' segment; write the path without it"
+    return None
+
+
 class _Options(BaseModel):
     model_config = ConfigDict(extra="forbid")
     #: the options where a ``${env:..}``/``${file:..}`` reference is allowed; nowhere else
     secret_options: ClassVar[frozenset[str]] = frozenset()
+    #: the options that name a file or folder on the daemon, kept under its allowed roots
+    path_options: ClassVar[frozenset[str]] = frozenset()
 
 
 class SqliteOptions(_Options):
-    """A SQLite database file; a relative path is resolved against the daemon's home directory."""
+    """A SQLite database file: an absolute path on the daemon, under its allowed roots."""
 
+    path_options: ClassVar[frozenset[str]] = frozenset({"path"})
     path: str = Field(min_length=1)
 
 
@@ -131,6 +152,7 @@ class MysqlOptions(_Options):
 
 
 class _FileOptions(_Options):
+    path_options: ClassVar[frozenset[str]] = frozenset({"path"})
     path: str = Field(min_length=1)
     pattern: str | None = None
     columns: dict[str, str] | None = None

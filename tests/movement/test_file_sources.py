@@ -387,6 +387,12 @@ class CountingFile:
     def __exit__(self, *exc: object) -> None:
         self.handle.close()
 
+    def fileno(self) -> int:
+        return self.handle.fileno()
+
+    def close(self) -> None:
+        self.handle.close()
+
     def __iter__(self) -> Iterator[bytes]:
         return self
 

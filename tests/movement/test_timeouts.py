@@ -17,6 +17,8 @@ from cp.protocol import ConnectorSpec, PipelineSpec, RunJob
 from tests.movement.harness import SINK_KINDS, load_harness
 from tests.movement.harness_mysql import connect as mysql_connect
 from tests.movement.test_contract import read_back
+from workers.confinement.paths import PathGuard
+from workers.confinement.policy import Confinement
 from workers.jobs import Outcome, Report, execute
 from workers.movement.deadline import NO_DEADLINE, Deadline
 from workers.movement.engine import run_pipeline
@@ -246,16 +248,20 @@ def test_a_sqlite_write_waits_for_another_writer_no_longer_than_the_time_left(tm
     assert read_back("sqlite", {"path": "wh.db"}, "items", tmp_path) == []
 
 
-def job(timeout: float | None) -> RunJob:
+def within(root: Path) -> Confinement:
+    return Confinement(paths=PathGuard((root,)))
+
+
+def job(timeout: float | None, home: Path) -> RunJob:
     return RunJob(
         run_key="items@1",
         attempt=1,
         timeout_seconds=timeout,
         pipeline=PipelineSpec(
             name="items",
-            source=ConnectorSpec(name="shop", kind="sqlite", options={"path": "shop.db"}),
+            source=ConnectorSpec(name="shop", kind="sqlite", options={"path": str(home / "shop.db")}),
             source_table="items",
-            destination=ConnectorSpec(name="wh", kind="sqlite", options={"path": "wh.db"}),
+            destination=ConnectorSpec(name="wh", kind="sqlite", options={"path": str(home / "wh.db")}),
             destination_table="items",
             mode="append",
             batch_size=2,
@@ -273,7 +279,14 @@ def test_an_attempt_past_its_timeout_reports_timed_out_and_retryable(tmp_path: P
         clock.now += 2.0  # each event (started, progress) takes two seconds
 
     report = Report(send, clock=lambda: clock.now + 10.0)  # a progress event for every batch
-    outcome = execute(job(5.0), home=tmp_path, report=report, should_stop=lambda: False, clock=clock)
+    outcome = execute(
+        job(5.0, tmp_path),
+        home=tmp_path,
+        confinement=within(tmp_path),
+        report=report,
+        should_stop=lambda: False,
+        clock=clock,
+    )
 
     assert [o.state for o in sent][0] == "started"
     assert (outcome.state, outcome.retryable) == ("timed_out", True)
@@ -290,7 +303,14 @@ def test_an_attempt_without_a_timeout_runs_to_the_end_however_long_it_takes(tmp_
     def send(outcome: Outcome) -> None:
         clock.now += 3600.0
 
-    outcome = execute(job(None), home=tmp_path, report=Report(send), should_stop=lambda: False, clock=clock)
+    outcome = execute(
+        job(None, tmp_path),
+        home=tmp_path,
+        confinement=within(tmp_path),
+        report=Report(send),
+        should_stop=lambda: False,
+        clock=clock,
+    )
     assert outcome.state == "succeeded"
     assert read_back("sqlite", {"path": "wh.db"}, "items", tmp_path) == ROWS
 

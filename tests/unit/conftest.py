@@ -27,8 +27,8 @@ BASE_CONFIG: dict[str, Any] = {
         {"name": "edge-paris", "labels": {"site": "paris"}},
     ],
     "connectors": [
-        {"name": "shop", "kind": "sqlite", "path": "shop.db"},
-        {"name": "warehouse", "kind": "sqlite", "path": "warehouse.db"},
+        {"name": "shop", "kind": "sqlite", "path": "/data/shop.db"},
+        {"name": "warehouse", "kind": "sqlite", "path": "/data/warehouse.db"},
     ],
     "pipelines": [
         {

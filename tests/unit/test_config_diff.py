@@ -54,10 +54,10 @@ def test_a_nested_change_is_named_by_its_dotted_path(
 ) -> None:
     old = normalized(raw_config)
     raw_config["pipelines"][0]["destination"]["table"] = "orders_v2"
-    raw_config["connectors"][0]["path"] = "/data/shop.db"
+    raw_config["connectors"][0]["path"] = "/srv/shop.db"
 
     assert diff_documents(old, normalized(raw_config)) == [
-        "~ connector shop: options.path 'shop.db' -> '/data/shop.db'",
+        "~ connector shop: options.path '/data/shop.db' -> '/srv/shop.db'",
         "~ pipeline orders: destination.table 'orders' -> 'orders_v2'",
     ]
 

@@ -47,7 +47,11 @@ def test_a_valid_document_is_sorted_by_name_with_defaults_filled_in(raw_config: 
     assert [d["name"] for d in document["daemons"]] == ["edge-berlin-1", "edge-berlin-2", "edge-paris"]
     assert [c["name"] for c in document["connectors"]] == ["shop", "warehouse"]
     assert [p["name"] for p in document["pipelines"]] == ["orders", "stock"]
-    assert document["connectors"][0] == {"name": "shop", "kind": "sqlite", "options": {"path": "shop.db"}}
+    assert document["connectors"][0] == {
+        "name": "shop",
+        "kind": "sqlite",
+        "options": {"path": "/data/shop.db"},
+    }
     assert document["pipelines"][0] == {
         "name": "orders",
         "source": {"connector": "shop", "table": "orders", "query": None},

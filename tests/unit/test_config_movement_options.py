@@ -22,8 +22,8 @@ pipelines:
 
 def problems(
     *,
-    source: str = "kind: sqlite, path: a.db",
-    destination: str = "kind: sqlite, path: b.db",
+    source: str = "kind: sqlite, path: /data/a.db",
+    destination: str = "kind: sqlite, path: /data/b.db",
     source_end: str = "table: s",
     pipeline: str = "",
 ) -> list[str]:
@@ -56,12 +56,12 @@ def problems(
             "f.yaml: pipelines[0].schema_drift: Input should be 'add' or 'fail'",
         ),
         (
-            {"destination": "kind: csv, path: out.csv"},
+            {"destination": "kind: csv, path: /data/out.csv"},
             "f.yaml: pipelines[0].destination.connector:"
             " 'dst' is a csv connector, which can only be a source",
         ),
         (
-            {"source": "kind: jsonl, path: in/", "source_end": "query: select 1"},
+            {"source": "kind: jsonl, path: /data/in/", "source_end": "query: select 1"},
             "f.yaml: pipelines[0].source.query: file sources take no query",
         ),
         (
@@ -80,7 +80,7 @@ def problems(
             " (${env:NAME} or ${file:/path}), not a literal",
         ),
         (
-            {"source": "kind: csv, path: in.csv, columns: {amount: money}"},
+            {"source": "kind: csv, path: /data/in.csv, columns: {amount: money}"},
             "f.yaml: connectors[0].columns: Value error, column 'amount': unknown type 'money'",
         ),
     ],
@@ -96,7 +96,7 @@ def test_movement_settings_are_checked_at_apply_time(kwargs: dict[str, str], exp
         "kind: postgres, dsn: 'host=db user=app password=${file:/run/secrets/pg}'",
         "kind: postgres, dsn: 'postgresql://app@db/shop', schema: sales",
         "kind: mysql, host: db, user: app, password: '${env:MYSQL_PASSWORD}', database: shop",
-        "kind: csv, path: in/, pattern: '*.csv', columns: {id: bigint, amount: 'decimal(12,2)'}",
+        "kind: csv, path: /data/in/, pattern: '*.csv', columns: {id: bigint, amount: 'decimal(12,2)'}",
     ],
 )
 def test_connectors_with_secret_references_are_accepted(source: str) -> None:
@@ -105,8 +105,8 @@ def test_connectors_with_secret_references_are_accepted(source: str) -> None:
 
 def test_incremental_and_upsert_settings_are_kept_in_the_normalized_document() -> None:
     text = BASE.format(
-        source="kind: sqlite, path: a.db",
-        destination="kind: sqlite, path: b.db",
+        source="kind: sqlite, path: /data/a.db",
+        destination="kind: sqlite, path: /data/b.db",
         source_end="table: s",
         pipeline=(
             "    mode: incremental\n    cursor_column: updated_at\n"
@@ -128,7 +128,7 @@ def test_incremental_and_upsert_settings_are_kept_in_the_normalized_document() -
 
 
 def test_a_file_source_needs_neither_table_nor_query() -> None:
-    assert problems(source="kind: csv, path: in/", source_end="pattern_is_in_the_connector: true") == [
+    assert problems(source="kind: csv, path: /data/in/", source_end="pattern_is_in_the_connector: true") == [
         "f.yaml: pipelines[0].source.pattern_is_in_the_connector: unknown field"
     ]
-    assert problems(source="kind: csv, path: in/", source_end="table: null") == []
+    assert problems(source="kind: csv, path: /data/in/", source_end="table: null") == []

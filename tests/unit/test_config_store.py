@@ -123,7 +123,7 @@ def test_a_label_selector_matching_several_daemons_reaches_each_desired_state(
 def test_removed_pipelines_and_connectors_are_deleted(
     apply: Apply, session: Session, raw_config: dict[str, Any]
 ) -> None:
-    raw_config["connectors"].append({"name": "archive", "kind": "sqlite", "path": "archive.db"})
+    raw_config["connectors"].append({"name": "archive", "kind": "sqlite", "path": "/data/archive.db"})
     apply(raw_config, now=T0)
     del raw_config["connectors"][2]
     del raw_config["pipelines"][1]

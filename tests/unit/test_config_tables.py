@@ -84,8 +84,8 @@ def test_two_pipelines_writing_one_table_are_refused(raw_config: dict[str, Any])
         ("postgres", {"dsn": "postgresql://dw/dw"}, "Orders", '"orders"'),
         ("mysql", {"database": "dw"}, "orders", "dw.orders"),
         ("mysql", {"database": "dw"}, "orders", "`DW`.`Orders`"),
-        ("sqlite", {"path": "dw.db"}, "orders", "main.orders"),
-        ("sqlite", {"path": "dw.db"}, "orders", "[ORDERS]"),
+        ("sqlite", {"path": "/data/dw.db"}, "orders", "main.orders"),
+        ("sqlite", {"path": "/data/dw.db"}, "orders", "[ORDERS]"),
     ],
     ids=[
         "pg-default-schema",
@@ -109,7 +109,7 @@ def test_one_table_written_two_ways_is_still_one_table(
 
 
 def test_two_sqlite_connectors_on_one_file_are_one_database(raw_config: dict[str, Any]) -> None:
-    add_connector(raw_config, "warehouse-again", "sqlite", path="./data/../warehouse.db")
+    add_connector(raw_config, "warehouse-again", "sqlite", path="//data/./warehouse.db")
     raw_config["pipelines"][1]["destination"] = {"connector": "warehouse-again", "table": "orders"}
 
     (problem,) = problems_of(raw_config)
@@ -166,7 +166,7 @@ def test_a_pipeline_writing_the_table_it_reads_is_refused(raw_config: dict[str, 
 def test_a_pipeline_writing_the_table_it_reads_through_another_connector_is_refused(
     raw_config: dict[str, Any],
 ) -> None:
-    add_connector(raw_config, "shop-alias", "sqlite", path="shop.db")
+    add_connector(raw_config, "shop-alias", "sqlite", path="/data//shop.db")
     raw_config["pipelines"][0]["destination"] = {"connector": "shop-alias", "table": "main.orders"}
 
     (problem,) = problems_of(raw_config)

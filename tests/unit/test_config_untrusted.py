@@ -63,8 +63,8 @@ def test_an_explicit_key_may_override_a_merged_one(raw_config: dict[str, Any]) -
 defaults: &defaults {connector: shop, table: orders}
 daemons: [{name: edge-1}]
 connectors:
-  - {name: shop, kind: sqlite, path: shop.db}
-  - {name: warehouse, kind: sqlite, path: warehouse.db}
+  - {name: shop, kind: sqlite, path: /data/shop.db}
+  - {name: warehouse, kind: sqlite, path: /data/warehouse.db}
 pipelines:
   - name: orders
     source: *defaults

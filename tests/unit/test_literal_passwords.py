@@ -11,7 +11,7 @@ BASE = """
 daemons: [{{name: edge}}]
 connectors:
   - {{name: src, {source}}}
-  - {{name: dst, kind: sqlite, path: b.db}}
+  - {{name: dst, kind: sqlite, path: /data/b.db}}
 pipelines:
   - name: p
     source: {{connector: src, table: {table}}}
@@ -107,8 +107,8 @@ def test_a_literal_mysql_password_is_refused_with_how_to_give_it() -> None:
     [
         ("kind: sqlite, path: '/data/${env:SHOP_DB}.db'", "path", "a sqlite connector takes none"),
         ("kind: csv, path: '${env:IN_DIR}/'", "path", "a csv connector takes none"),
-        ("kind: jsonl, path: in/, pattern: '${env:P}'", "pattern", "a jsonl connector takes none"),
-        ("kind: csv, path: in/, columns: {id: '${env:T}'}", "columns.id", "a csv connector takes none"),
+        ("kind: jsonl, path: /data/in/, pattern: '${env:P}'", "pattern", "a jsonl connector takes none"),
+        ("kind: csv, path: /data/in/, columns: {id: '${env:T}'}", "columns.id", "a csv connector takes none"),
         (
             "kind: postgres, dsn: 'host=db', schema: '${env:S}'",
             "schema",
@@ -130,7 +130,7 @@ def test_a_reference_outside_the_secret_options_of_its_kind_is_refused(
 
 
 def test_a_reference_in_a_table_name_is_refused() -> None:
-    assert problems("kind: sqlite, path: a.db", table="'${env:TABLE}'") == [
+    assert problems("kind: sqlite, path: /data/a.db", table="'${env:TABLE}'") == [
         "f.yaml: pipelines[0].source.table: a secret reference is not allowed here"
         " (only in a connector's secret options)"
     ]

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 
 from cp.protocol import ConnectorSpec, PipelineSpec, RunJob
+from workers.confinement.paths import PathGuard
+from workers.confinement.policy import Confinement
 from workers.jobs import Outcome, Report, execute
 from workers.secrets import SecretError, install_log_scrubbing, resolve
 
@@ -69,7 +71,7 @@ def test_a_value_resolved_in_a_sqlite_path_does_not_show_in_the_run_error(
 ) -> None:
     monkeypatch.setenv("SHOP_DIR", "/srv/hidden-k9x2w7")
     source = ConnectorSpec(name="shop", kind="sqlite", options={"path": "${env:SHOP_DIR}/shop.db"})
-    sink = ConnectorSpec(name="out", kind="sqlite", options={"path": "out.db"})
+    sink = ConnectorSpec(name="out", kind="sqlite", options={"path": str(tmp_path / "out.db")})
     job = RunJob(
         run_key="r1",
         attempt=1,
@@ -79,7 +81,10 @@ def test_a_value_resolved_in_a_sqlite_path_does_not_show_in_the_run_error(
     )
     sent: list[Outcome] = []
 
-    outcome = execute(job, home=tmp_path, report=Report(sent.append), should_stop=lambda: False)
+    allowed = Confinement(paths=PathGuard((tmp_path, Path("/srv"))))
+    outcome = execute(
+        job, home=tmp_path, confinement=allowed, report=Report(sent.append), should_stop=lambda: False
+    )
 
     assert outcome.state == "failed" and "does not exist" in str(outcome.error)
     assert "hidden-k9x2w7" not in str(outcome.error)

@@ -4,9 +4,11 @@ This module holds what both kinds share; ``csv_files`` and ``jsonl_files`` hold 
 
 Options (both kinds):
 
-- ``path``: a file or a folder. A relative path resolves against the daemon's home. It is not a
-  secret option: ``mycelial apply`` refuses a reference here (one stored by an older release is
-  still resolved, and its value scrubbed from errors).
+- ``path``: a file or a folder, an absolute path under the daemon's allowed roots (the daemon
+  refuses any other before the connector runs, see ``workers.confinement``). It is not a secret
+  option: ``mycelial apply`` refuses a reference here (one stored by an older release is still
+  resolved, and its value scrubbed from errors). A folder's files may be symbolic links, but only
+  to files inside that folder: every file is checked where it really is once it is open.
 - ``pattern``: the glob a folder's file names must match (not recursive); default ``*.csv`` or
   ``*.jsonl``. Names starting with ``.`` or ending in ``.tmp`` / ``.part`` are never read: write a
   file under such a name, then rename it once it is complete.
@@ -35,6 +37,7 @@ from __future__ import annotations
 import base64
 import codecs
 import json
+import os
 import re
 from abc import abstractmethod
 from collections.abc import Callable, Iterator
@@ -45,6 +48,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, BinaryIO, ClassVar
 
+from workers.confinement.paths import inside, opened_path
 from workers.movement.errors import MovementError
 from workers.movement.interface import Position, ReadSpec, Source, SourceBatch
 from workers.movement.types import Column, LogicalType, Row, Schema
@@ -234,6 +238,7 @@ class FileSource(Source):
     def open(self) -> None:
         if not self.root.exists():
             raise MovementError(f"{self.where}: {self.root} does not exist")
+        self._real_root = os.path.realpath(self.root)
         self.columns = declared_columns(self.options.get("columns"), self.where)
 
     def close(self) -> None:
@@ -270,9 +275,17 @@ class FileSource(Source):
 
     def _open(self, path: Path) -> BinaryIO:
         try:
-            return open_file(path)
+            handle = open_file(path)
         except OSError as exc:
             raise MovementError(f"{self.where}: cannot read {path}: {exc.strerror}") from None
+        # checked once open, where the file really is: a link in a folder cannot lead out of it,
+        # and a link swapped in after the daemon checked the path is caught here
+        root = self.__dict__.get("_real_root") or os.path.realpath(self.root)
+        really = opened_path(handle.fileno())
+        if really is not None and not inside(really, root):
+            handle.close()
+            raise MovementError(f"{self.where}: {path} leads to {really}, outside {root}; not read")
+        return handle
 
     def schema(self, spec: ReadSpec) -> Schema:
         self._check(spec)

@@ -1,4 +1,9 @@
-"""SQLite as a source and a sink. Relative paths resolve against the daemon's home directory.
+"""SQLite as a source and a sink, on a file under the daemon's allowed roots.
+
+The daemon confines ``path`` before the connector runs (``workers.confinement``); here, the files
+SQLite keeps beside a database (``-wal``, ``-shm``, ``-journal``) and the lease's lock file must
+not be symbolic links, the file SQLite opened must be the one the path led to, and no statement may
+``ATTACH`` another file.
 
 SQLite stores few types natively, so the sink declares column types that say the logical type
 and keep the right storage affinity: ``DECIMAL TEXT(p,s)`` and ``JSON TEXT`` keep exact text,
@@ -9,6 +14,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import os
 import re
 import sqlite3
 from collections.abc import Callable, Iterator
@@ -17,6 +23,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from workers.confinement.paths import symbolic_links
 from workers.movement import plain
 from workers.movement.errors import MovementError
 from workers.movement.interface import (
@@ -41,9 +48,44 @@ T = LogicalType
 BUSY_TIMEOUT = 30.0  # seconds a write waits for another writer to let go of the database
 
 
+SIDECARS = ("-wal", "-shm", "-journal")  # what SQLite creates beside a database, by name
+
+
 def database_path(options: dict[str, Any], home: Path) -> Path:
     path = Path(resolve(str(options["path"]))).expanduser()
     return path if path.is_absolute() else home / path
+
+
+def lock_path(database: Path, pipeline: str) -> Path:
+    return database.parent / f".{database.name}.{lease_name(pipeline).replace(':', '-')}.lock"
+
+
+def _refuse_linked_sidecars(database: Path, where: str) -> None:
+    """SQLite follows a link in its journal's place: one there could make it write anywhere."""
+    linked = symbolic_links(Path(f"{database}{suffix}") for suffix in SIDECARS)
+    if linked:
+        raise MovementError(f"{where}: {linked[0]} is a symbolic link; SQLite would follow it (not opened)")
+
+
+def _no_attach(action: int, *_: object) -> int:
+    """An authorizer: a query can name only the database it was given, never ATTACH a file."""
+    denied = action in (sqlite3.SQLITE_ATTACH, sqlite3.SQLITE_DETACH)
+    return sqlite3.SQLITE_DENY if denied else sqlite3.SQLITE_OK
+
+
+def _connect(database: Path, where: str, *, read_only: bool = False, **kwargs: Any) -> sqlite3.Connection:
+    """A connection to ``database`` (already resolved by the caller's ``realpath``), refused when
+    SQLite opened another file: a link swapped in after the check."""
+    expected = os.path.realpath(database)
+    _refuse_linked_sidecars(Path(expected), where)
+    target = f"{Path(expected).as_uri()}?mode=ro" if read_only else expected
+    conn: sqlite3.Connection = sqlite3.connect(target, uri=read_only, **kwargs)
+    opened = next((row[2] for row in conn.execute("PRAGMA database_list") if row[1] == "main"), "")
+    if opened != expected:
+        conn.close()
+        raise MovementError(f"{where}: {database} led to {opened} once opened, not {expected}; not used")
+    conn.set_authorizer(_no_attach)
+    return conn
 
 
 # --- types ---------------------------------------------------------------------------------
@@ -199,7 +241,7 @@ class SqliteSource(Source):
         path = database_path(self.options, self.home)
         if not path.exists():
             raise MovementError(f"source {self.name}: database file {path} does not exist")
-        self.conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        self.conn = _connect(path, f"source {self.name}", read_only=True)
 
     def close(self) -> None:
         conn = self.__dict__.pop("conn", None)
@@ -286,7 +328,9 @@ class SqliteSink(Sink):
     def open(self) -> None:
         path = database_path(self.options, self.home)
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.conn = sqlite3.connect(path, isolation_level=None, timeout=self.deadline.bound(BUSY_TIMEOUT))
+        self.conn = _connect(
+            path, f"destination {self.name}", isolation_level=None, timeout=self.deadline.bound(BUSY_TIMEOUT)
+        )
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute(
             f"CREATE TABLE IF NOT EXISTS {STATE_TABLE}"
@@ -317,8 +361,14 @@ class SqliteSink(Sink):
     def lease(self, pipeline: str) -> None:
         """An exclusive lock on a file beside the database, released when it is closed (or its
         daemon dies): SQLite's own locks last one transaction, a lease a whole run."""
-        path = database_path(self.options, self.home)
-        lock = (path.parent / f".{path.name}.{lease_name(pipeline).replace(':', '-')}.lock").open("a")
+        path = lock_path(database_path(self.options, self.home), pipeline)
+        try:
+            # never through a link: the lock file is created beside the database, nowhere else
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        except OSError as exc:
+            why = exc.strerror
+            raise MovementError(f"destination {self.name}: cannot open lock file {path}: {why}") from None
+        lock = os.fdopen(fd, "a")
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
