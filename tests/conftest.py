@@ -153,10 +153,15 @@ class Stack:
     env: dict[str, str]
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
-    def start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+    def start(self, name: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        """Start ``mycelial ARGS`` as process ``name``; ``env`` adds to or overrides the stack's
+        environment for this process only (a daemon's own broker URL, say)."""
         log = open(self.home / f"{name}.log", "wb")
         proc = subprocess.Popen(
-            [sys.executable, "-m", "cp.cli", *args], env=self.env, stdout=log, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "cp.cli", *args],
+            env={**self.env, **(env or {})},
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         self.procs[name] = proc
         return proc
