@@ -19,8 +19,9 @@ import pytest
 import redis
 
 from cp.messaging import dead_letters
-from cp.protocol import heartbeat_key
+from cp.protocol import daemon_queue, heartbeat_key
 from tests.conftest import IN_CI, Broker, Stack, wait_for
+from tests.poison import task_message
 
 SEP = "\x06\x16"
 
@@ -394,6 +395,23 @@ def attack_with_d1_credentials(d1_url: str, *, base_url: str, db: int, stack: St
         what="the control plane consuming d1's push",
         stack=stack,
     )
+
+    # nor through the control plane as its deputy: kombu restores a held message by the exchange
+    # in it, through that exchange's binding table, and d1 may write its own queue's table
+    assert d1.sadd(f"_kombu.binding.{daemon_queue('d1')}", f"mycelial.cp{SEP}{SEP}{daemon_queue('d2')}") == 1
+    forged = task_message("mycelial.cp", "cp.probe_reply", {"v": 1, "name": "d1", "probe_id": "p"})
+    forged["properties"]["delivery_info"]["exchange"] = daemon_queue("d1")
+    assert d1.lpush("mycelial.cp", json.dumps(forged)) >= 1
+    refused = wait_for(
+        lambda: next(
+            (e for e in dead_letters.read(admin_db, "mycelial.cp") if "is not this queue's" in e["reason"]),
+            None,
+        ),
+        timeout=30,
+        what="the control plane refusing a message routed through d1's binding table",
+        stack=stack,
+    )
+    assert refused["reason"] == "envelope: exchange 'mycelial.daemon.d1' is not this queue's"
 
     assert admin_db.smembers("_kombu.binding.mycelial.cp") == bindings_before
     d2_beat_after = admin_db.get(heartbeat_key("d2"))
