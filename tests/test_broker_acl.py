@@ -149,15 +149,21 @@ class Users:
     def create(self, *args: str) -> tuple[str, str]:
         """Run ``mycelial broker acl ARGS --json``, install the user; return (user, password)."""
         user = f"{self.prefix}-{args[-1] if args[0] == 'daemon' else 'cp'}"
-        secret = self.home / f"{user}.password"
-        result = mycelial(
-            "broker", "acl", *args, "--user", user, "--password-file", str(secret), "--json", home=self.home
-        )
-        assert result.returncode == 0, result.stderr
-        rules = json.loads(result.stdout)["rules"]
         self.made.append(user)
-        assert self.admin.execute_command("ACL", "SETUSER", user, *rules) == b"OK"
+        secret = self.password_file(user)
+        self.install(*args, "--user", user, "--password-file", str(secret))
         return user, secret.read_text().strip()
+
+    def password_file(self, user: str) -> Path:
+        return self.home / f"{user}.password"
+
+    def install(self, *args: str) -> None:
+        """Run ``mycelial broker acl ARGS --json`` and apply the rules it prints."""
+        result = mycelial("broker", "acl", *args, "--json", home=self.home)
+        assert result.returncode == 0, result.stderr
+        document = json.loads(result.stdout)
+        assert document["user"] in self.made
+        assert self.admin.execute_command("ACL", "SETUSER", document["user"], *document["rules"]) == b"OK"
 
     def denials(self) -> list[dict[str, Any]]:
         """ACL LOG entries of these users (the log is the server's, shared with other tests)."""
@@ -338,6 +344,7 @@ def test_the_whole_flow_runs_with_per_daemon_broker_users_and_d1_reaches_nothing
         assert "no permissions" not in stack.logs() and "NOPERM" not in stack.logs()
 
         attack_with_d1_credentials(d1_url, base_url=base_url, db=db, stack=stack)
+        rotate_password_of_d2(users, d2_user, base_url=base_url, db=db, stack=stack)
     finally:
         stack.stop_all()  # before the users go, so no process meets a deleted user
 
@@ -418,3 +425,39 @@ def attack_with_d1_credentials(d1_url: str, *, base_url: str, db: int, stack: St
     assert d2_beat_after is not None and b'"name":"d2"' in d2_beat_after and d2_beat_before is not None
     d1.close()
     admin_db.close()
+
+
+def rotate_password_of_d2(users: Users, d2_user: str, *, base_url: str, db: int, stack: Stack) -> None:
+    """docs/security.md's rotation, step by step, while the control plane keeps running."""
+    secret = users.password_file(d2_user)
+    old = secret.with_name(secret.name + ".old")
+    secret.rename(old)
+    daemon_args = ("daemon", "d2", "--db", str(db), "--user", d2_user, "--password-file", str(secret))
+    users.install(*daemon_args, "--old-password-file", str(old))  # both accepted for now
+    old_url = user_url(base_url, d2_user, old.read_text().strip())
+    new_url = user_url(base_url, d2_user, secret.read_text().strip())
+    assert old_url != new_url
+    still_old = redis.Redis.from_url(old_url)
+    assert still_old.ping() and redis.Redis.from_url(new_url).ping()
+
+    stack.stop("d2")
+    stack.start("d2-new", "daemon", "--name", "d2", env={"MYCELIAL_BROKER_URL": new_url})
+    users.install(*daemon_args)  # the new password only
+    users.admin.execute_command("CLIENT", "KILL", "USER", d2_user)  # including the old one's
+    with pytest.raises(redis.exceptions.AuthenticationError):
+        still_old.ping()
+
+    ran = stack.cli("run", "quick-2", "--wait", "--timeout", "90")
+    assert ran.returncode == 0, ran.stderr + stack.logs()
+    before = stack.daemon("d2")
+    assert before is not None
+    wait_for(
+        lambda: (
+            (d := stack.daemon("d2"))
+            and d["status"] == "online"
+            and d["last_heartbeat_at"] != before["last_heartbeat_at"]
+        ),
+        timeout=60,
+        what="d2 beating with its new password",
+        stack=stack,
+    )
