@@ -64,6 +64,22 @@ def make_celery(
     return app
 
 
+def daemon_hostname(name: str) -> str:
+    """The Celery node name of daemon ``name``; its remote-control queue is ``<hostname>.celery.pidbox``."""
+    return f"daemon@{name}"
+
+
+def unacked_keys(*, daemon: str | None) -> dict[str, str]:
+    """The Redis keys where a consumer (a daemon, or with None the control plane) keeps the
+    messages it holds: ``unacked_key``, ``unacked_index_key`` and ``unacked_mutex_key``."""
+    owner = "cp" if daemon is None else f"daemon.{daemon}"
+    return {
+        "unacked_key": f"unacked.{owner}",
+        "unacked_index_key": f"unacked_index.{owner}",
+        "unacked_mutex_key": f"unacked_mutex.{owner}",
+    }
+
+
 def unacked_options(settings: Settings, *, daemon: str | None) -> dict[str, Any]:
     """Where a consumer keeps the messages it holds, and when Redis hands them out again.
 
@@ -72,12 +88,7 @@ def unacked_options(settings: Settings, *, daemon: str | None) -> dict[str, Any]
     minute would hand a daemon's hour-long job to it a second time. Own keys per consumer keep
     each timeout to its own messages (and let broker ACLs give a daemon only its own).
     """
-    owner = "cp" if daemon is None else f"daemon.{daemon}"
-    keys = {
-        "unacked_key": f"unacked.{owner}",
-        "unacked_index_key": f"unacked_index.{owner}",
-        "unacked_mutex_key": f"unacked_mutex.{owner}",
-    }
+    keys = unacked_keys(daemon=daemon)
     if daemon is not None:
         return {
             **keys,
@@ -93,8 +104,26 @@ def unacked_options(settings: Settings, *, daemon: str | None) -> dict[str, Any]
     }
 
 
-def _direct(name: str) -> Queue:
-    return Queue(name, Exchange(name, type="direct"), routing_key=name)
+def _direct(name: str, *, declare: bool = True) -> Queue:
+    return Queue(name, Exchange(name, type="direct"), routing_key=name, no_declare=not declare)
+
+
+def _daemon_only(daemon: str | None) -> dict[str, Any]:
+    """What a daemon's app does differently so its broker user can be confined (cp/broker_acl.py).
+
+    Celery declares a queue before publishing to it, and on Redis declaring binds it: a SADD to
+    ``_kombu.binding.mycelial.cp``. A daemon allowed that could bind its own queue to the control
+    plane's exchange, so it never declares the control plane's queues: it only pushes to
+    ``mycelial.cp`` (the workers declare it). Its remote-control queue gets no expiry, so kombu
+    binds it with a plain SADD instead of scripts on ``_kombu.binding_deadlines`` (shared by every
+    consumer; a client that may write there can schedule other exchanges' bindings for deletion).
+    """
+    if daemon is None:
+        return {"task_queues": [_direct(CP_QUEUE), _direct(CP_CONTROL_QUEUE)]}
+    return {
+        "task_queues": [_direct(CP_QUEUE, declare=False), _direct(CP_CONTROL_QUEUE, declare=False)],
+        "control_queue_expires": None,
+    }
 
 
 def _celery_config(settings: Settings, *, daemon: str | None) -> dict[str, Any]:
@@ -109,7 +138,7 @@ def _celery_config(settings: Settings, *, daemon: str | None) -> dict[str, Any]:
         "task_default_queue": CP_QUEUE,
         # each queue its own exchange and key: a queue left to Celery's defaults would be bound to
         # mycelial.cp's, and every daemon message would be copied onto the control queue
-        "task_queues": [_direct(CP_QUEUE), _direct(CP_CONTROL_QUEUE)],
+        **_daemon_only(daemon),
         "task_routes": {
             **{name: {"queue": CP_CONTROL_QUEUE} for name in HOUSEKEEPING_TASKS},
             "cp.*": {"queue": CP_QUEUE},

@@ -153,11 +153,14 @@ class Stack:
     env: dict[str, str]
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
-    def start(self, name: str, *args: str, enroll: bool = True) -> subprocess.Popen[bytes]:
-        """Start ``mycelial ARGS`` in the background. A daemon not enrolled yet in this home is
-        enrolled first, as an operator would (``mycelial daemons enroll``), unless ``enroll`` is
-        False (a test of what an unenrolled daemon can do)."""
-        env = dict(self.env)
+    def start(
+        self, name: str, *args: str, env: dict[str, str] | None = None, enroll: bool = True
+    ) -> subprocess.Popen[bytes]:
+        """Start ``mycelial ARGS`` as process ``name``; ``env`` adds to or overrides the stack's
+        environment for this process only (a daemon's own broker URL, say). A daemon not enrolled
+        yet in this home is enrolled first, as an operator would (``mycelial daemons enroll``),
+        unless ``enroll`` is False (a test of what an unenrolled daemon can do)."""
+        env = {**self.env, **(env or {})}
         if enroll and args[:1] == ("daemon",) and "--name" in args:
             daemon = args[args.index("--name") + 1]
             if not (self.home / "daemons" / daemon / "identity.pem").exists():
@@ -165,7 +168,10 @@ class Stack:
                 env["MYCELIAL_ENROLL_TOKEN"] = token
         log = open(self.home / f"{name}.log", "wb")
         proc = subprocess.Popen(
-            [sys.executable, "-m", "cp.cli", *args], env=env, stdout=log, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "cp.cli", *args],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         self.procs[name] = proc
         return proc

@@ -45,12 +45,22 @@ def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[Column], *, em
     console.print(table)
 
 
+def print_lines(lines: Sequence[str]) -> None:
+    """Lines exactly as given, for other programs to read (no wrapping, no highlighting)."""
+    sys.stdout.write("".join(f"{line}\n" for line in lines))
+
+
 def info(message: str) -> None:
     Console(soft_wrap=True).print(message, highlight=False, markup=False)
 
 
 def warn(message: str) -> None:
     sys.stderr.write(f"warning: {message}\n")
+
+
+def note(message: str) -> None:
+    """A line for the person at the terminal, on stderr, so stdout stays what a script reads."""
+    sys.stderr.write(f"{message}\n")
 
 
 def error(message: str) -> None:

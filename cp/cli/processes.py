@@ -10,7 +10,7 @@ from pathlib import Path
 from beat_schedule import beat_schedule
 from cp.beat import make_scheduler_class
 from cp.broker_reconnect import consuming_step
-from cp.celery_app import CP_WORKER_QUEUES, make_celery, worker_argv
+from cp.celery_app import CP_WORKER_QUEUES, daemon_hostname, make_celery, worker_argv
 from cp.cli.output import EXIT_BAD_INPUT, CliError
 from cp.cli.restart import start_worker
 from cp.messaging.install import guard_of
@@ -133,7 +133,7 @@ def run_daemon(
     app.steps["worker"].add(lifecycle_step(daemon))
     argv = worker_argv(
         queues=(daemon_queue(name),),
-        hostname=f"daemon@{name}",
+        hostname=daemon_hostname(name),
         pool=pool,
         concurrency=concurrency,
         loglevel=loglevel,

@@ -87,9 +87,13 @@ def check_envelope(envelope: object, *, queue: str) -> str | None:
     for key in ("exchange", "routing_key"):
         if not _bounded_str(info.get(key), MAX_QUEUE_CHARS, empty=True):
             return f"envelope: properties.delivery_info.{key} must be a string"
-    # kombu restores an unacknowledged message to its routing key: it must be this queue
+    # kombu restores an unacknowledged message through its exchange and routing key, so both must
+    # lead back to this queue: a restoring control-plane worker would otherwise push it wherever
+    # a binding table says, and a daemon may write its own queue's and the pidbox's tables
     if info["routing_key"] != queue:
         return f"envelope: routing key {_short(info['routing_key'])!r} is not this queue"
+    if info["exchange"] not in ("", queue):
+        return f"envelope: exchange {_short(info['exchange'])!r} is not this queue's"
     if properties.get("body_encoding") != "base64":
         return "envelope: properties.body_encoding must be 'base64'"
     priority = properties.get("priority", 0)

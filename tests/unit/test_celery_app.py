@@ -32,3 +32,22 @@ def test_control_plane_messages_come_back_within_a_minute_and_daemon_jobs_after_
     assert (cp["visibility_timeout"], cp["unacked_restore_interval"]) == (60.0, 5.0)
     assert (daemon["visibility_timeout"], daemon["unacked_restore_interval"]) == (6 * 3600.0, 10.0)
     assert cp["unacked_restore_throttle"] == daemon["unacked_restore_throttle"] == 1
+
+
+def test_a_daemon_never_declares_the_control_planes_queues_and_its_pidbox_has_no_expiry() -> None:
+    # declaring mycelial.cp binds it (SADD _kombu.binding.mycelial.cp), which a daemon's broker
+    # user may not do; an expiring pidbox queue would make kombu run scripts on the binding
+    # deadlines every consumer shares (cp/broker_acl.py)
+    daemon = make_celery(SETTINGS, daemon="edge-1").conf
+    cp = make_celery(SETTINGS).conf
+
+    assert {q.name: q.no_declare for q in daemon.task_queues} == {
+        "mycelial.cp": True,
+        "mycelial.cp.control": True,
+    }
+    assert {q.name: q.no_declare for q in cp.task_queues} == {
+        "mycelial.cp": False,
+        "mycelial.cp.control": False,
+    }
+    assert daemon.control_queue_expires is None
+    assert cp.control_queue_expires == 10.0  # Celery's default: control-plane pidbox queues expire

@@ -34,6 +34,9 @@ def with_props(**props: Any) -> dict[str, Any]:
 def test_a_well_formed_envelope_is_admitted() -> None:
     message = good()
     assert check_raw(raw(message), queue=Q, limits=LIMITS) == (message, None)
+    # published to the queue's own direct exchange rather than the default one: restored there too
+    own = with_props(delivery_info={"exchange": Q, "routing_key": Q})
+    assert check_raw(raw(own), queue=Q, limits=LIMITS) == (own, None)
 
 
 @pytest.mark.parametrize(
@@ -53,6 +56,16 @@ def test_a_well_formed_envelope_is_admitted() -> None:
             raw(with_props(delivery_info={"exchange": "", "routing_key": "mycelial.daemon.x"})),
             "is not this queue",
             id="other-routing-key",
+        ),
+        pytest.param(
+            raw(with_props(delivery_info={"exchange": "mycelial.daemon.x", "routing_key": Q})),
+            "exchange 'mycelial.daemon.x' is not this queue's",
+            id="other-exchange-whose-bindings-a-daemon-writes",
+        ),
+        pytest.param(
+            raw(with_props(delivery_info={"exchange": "celery.pidbox", "routing_key": Q})),
+            "exchange 'celery.pidbox' is not this queue's",
+            id="fanout-exchange-on-restore",
         ),
         pytest.param(raw(with_props(body_encoding="rot13")), "body_encoding must be 'base64'", id="encoding"),
         pytest.param(raw(with_props(priority="high")), "priority must be an integer", id="priority"),
