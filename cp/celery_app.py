@@ -12,7 +12,9 @@ from cp.broker_reconnect import consumer_settings
 from cp.messaging.guard import Guard
 from cp.messaging.install import guarded_celery
 from cp.protocol import CP_CHECK_DAEMON_HEALTH, CP_PURGE_OLD_RECORDS, CP_QUEUE, CP_SEND_PROBES
-from cp.settings import Settings
+from cp.settings import Settings, SettingsError
+from cp.tls.broker import is_tls_url, url_tls_problem
+from cp.tls.context import TlsConfigError
 
 # Beat-driven housekeeping (health checks, probes, retention) has its own queue, consumed by every
 # control-plane worker beside mycelial.cp, so it never waits behind a backlog of daemon messages.
@@ -50,9 +52,30 @@ def make_celery(
     plane's (its workers, and every publisher-only process: CLI, beat, Flower). Its consumers are
     guarded (cp/messaging/): no message can stop them.
     """
-    app = guarded_celery(name, broker=url or broker_url(settings), guard=Guard(settings))
+    url = url or broker_url(settings)
+    app = guarded_celery(name, broker=url, guard=Guard(settings))
     app.conf.update(_celery_config(settings, daemon=daemon))
+    ssl_options = broker_use_ssl(settings, url)
+    if ssl_options is not None:
+        app.conf.broker_use_ssl = ssl_options
     return app
+
+
+def broker_use_ssl(settings: Settings, url: str) -> dict[str, Any] | None:
+    """Celery's TLS options for a ``rediss://`` broker (cp/tls/broker.py): always verified, never
+    kombu's unverified default; None for other URLs."""
+    if not is_tls_url(url):
+        return None
+    problem = url_tls_problem(url)
+    tls = settings.broker_tls
+    if problem is None:
+        try:
+            tls.context()  # an unusable file is a settings error now, not a connection retried forever
+        except TlsConfigError as exc:
+            problem = str(exc)
+    if problem:
+        raise SettingsError(f"invalid settings: broker TLS: {problem}")
+    return tls.redis_options()
 
 
 def unacked_options(settings: Settings, *, daemon: str | None) -> dict[str, Any]:

@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from cp.tls.broker import BrokerTls, redis_url_client
+
 log = logging.getLogger(__name__)
 
 MAX_SOCKET_PATH = 100  # AF_UNIX paths are limited to ~107 bytes
@@ -75,9 +77,11 @@ def _wait_gone(pid: int | None, timeout: float = 5.0) -> None:
         os.kill(pid, signal.SIGKILL)
 
 
-def redis_client(url: str) -> Any:
+def redis_client(url: str, *, tls: BrokerTls | None = None) -> Any:
     """A redis-py client for a broker URL, also the ``redis+socket://PATH[?virtual_host=N]`` form
-    kombu uses for the embedded server (redis-py itself knows only ``unix://``)."""
+    kombu uses for the embedded server (redis-py itself knows only ``unix://``); a ``rediss://``
+    broker is verified by ``tls`` (default: the system's trust store; ``Settings.broker_tls``
+    gives the configured CA)."""
     import redis
 
     if url.startswith("redis+socket://"):
@@ -88,4 +92,4 @@ def redis_client(url: str) -> Any:
             if key in {"virtual_host", "db"} and value.isdigit():
                 db = int(value)
         return redis.Redis(unix_socket_path=path, db=db)
-    return redis.Redis.from_url(url)
+    return redis_url_client(url, tls=tls)

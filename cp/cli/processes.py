@@ -19,6 +19,7 @@ from cp.protocol import NAME_PATTERN, daemon_queue
 from cp.runtime import ControlPlane
 from cp.settings import Settings
 from cp.tasks import register_cp_tasks
+from cp.tls.flower import verify_flower_broker_client
 from workers.orphans import orphaned_jobs
 from workers.runtime import DaemonRuntime
 from workers.tasks import lifecycle_step, register_daemon_tasks
@@ -117,6 +118,7 @@ def flower_credentials(home: Path) -> tuple[str, str]:
 
 def run_flower(settings: Settings, *, address: str, port: int) -> None:
     app = make_celery(settings)
+    verify_flower_broker_client()  # its broker page verifies a rediss:// broker like every process
     user, password = flower_credentials(settings.home)
     # through the environment, so the password does not show in `ps`
     os.environ["FLOWER_BASIC_AUTH"] = f"{user}:{password}"
