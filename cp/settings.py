@@ -9,6 +9,7 @@ from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from cp.tls.broker import BrokerTls, is_tls_url, url_tls_problem
+from cp.tls.database import postgres_tls_problem
 
 # --- message limits (docs/protocol.md#limits) ----------------------------------------------
 # Fixed, not per process: both ends of a queue must agree on what a valid message is.
@@ -155,6 +156,9 @@ class Settings(BaseSettings):
         scheme = value.split("://", 1)[0].split("+", 1)[0]
         if scheme not in {"sqlite", "postgresql", "postgres"}:
             raise ValueError(f"unsupported database scheme {scheme!r} (use sqlite:// or postgresql://)")
+        problem = postgres_tls_problem(value) if scheme != "sqlite" else None
+        if problem:
+            raise ValueError(problem)
         return value
 
     @property

@@ -151,7 +151,8 @@ def _service_directory(prefix: str) -> Iterator[Path]:
 @contextmanager
 def tls_postgres(pki: Pki) -> Iterator[int]:
     """A PostgreSQL cluster that takes only TLS connections (``hostssl``), and only with a client
-    certificate from the CA; trusts any user that presents one. Yields its port."""
+    certificate from the CA; trusts any user that presents one. Listens on 127.0.0.1 and
+    127.0.0.2 (an address the certificate does not name). Yields its port."""
     initdb = require_binary("initdb")
     postgres = require_binary("postgres")
     with _service_directory("mycelial-pg-") as directory:
@@ -176,7 +177,7 @@ def _run_postgres(directory: Path, pki: Pki, *, initdb: str, postgres: str) -> I
         capture_output=True,
     )
     (data / "pg_hba.conf").write_text(
-        "hostssl all all 127.0.0.1/32 trust clientcert=verify-ca\nlocal   all all               trust\n",
+        "hostssl all all 127.0.0.0/8 trust clientcert=verify-ca\nlocal   all all               trust\n",
         encoding="utf-8",
     )
     port = free_port()
@@ -185,7 +186,7 @@ def _run_postgres(directory: Path, pki: Pki, *, initdb: str, postgres: str) -> I
         postgres,
         "-D", str(data),
         "-p", str(port),
-        "-c", "listen_addresses=127.0.0.1",
+        "-c", "listen_addresses=127.0.0.1,127.0.0.2",
         "-c", f"unix_socket_directories={directory}",
         "-c", "ssl=on",
         "-c", f"ssl_cert_file={directory / 'server.crt'}",
@@ -229,8 +230,8 @@ def _wait_ready(ready: Callable[[], bool], proc: subprocess.Popen[bytes], log: P
 
 @contextmanager
 def tls_mariadb(pki: Pki) -> Iterator[int]:
-    """A MariaDB server with ``require_secure_transport``; ``root`` without a password over TCP.
-    Yields its port."""
+    """A MariaDB server with ``require_secure_transport``, on 127.0.0.1 and 127.0.0.2; the user
+    ``mycelial`` (no password, from any host) may do anything. Yields its port."""
     install = require_binary("mariadb-install-db", "mysql_install_db")
     server = require_binary("mariadbd", "mysqld")
     with _service_directory("mycelial-mariadb-") as directory:
@@ -260,7 +261,7 @@ def _run_mariadb(directory: Path, pki: Pki, *, install: str, server: str) -> Ite
         *user,
         f"--datadir={directory / 'data'}",
         f"--port={port}",
-        "--bind-address=127.0.0.1",
+        "--bind-address=127.0.0.1,127.0.0.2",
         f"--socket={directory / 'mariadb.sock'}",
         f"--pid-file={directory / 'mariadb.pid'}",
         f"--ssl-ca={directory / 'ca.crt'}",
@@ -274,6 +275,12 @@ def _run_mariadb(directory: Path, pki: Pki, *, install: str, server: str) -> Ite
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         _wait_port(port, proc, log)
+        subprocess.run(
+            [require_binary("mariadb", "mysql"), f"--socket={directory / 'mariadb.sock'}", "-uroot", "-e",
+             "CREATE USER mycelial@'%'; GRANT ALL ON *.* TO mycelial@'%'"],
+            check=True,
+            capture_output=True,
+        )  # fmt: skip
         yield port
     finally:
         _stop(proc)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy.exc import DBAPIError
 
-from cp.tls.context import tls_failure
+from cp.tls.context import tls_failure, tls_refused
 
 BROKER_TLS_HINT = (
     "check that MYCELIAL_BROKER_CA_FILE (or, without it, the system's trust store) holds the CA "
@@ -24,7 +24,8 @@ def tls_reason(exc: BaseException) -> str | None:
     """``broker: <why> (<what to check>)`` or the same for the database, when ``exc`` is a TLS
     failure; None otherwise."""
     orig = exc.orig if isinstance(exc, DBAPIError) else None
-    why = tls_failure(orig if orig is not None else exc)
+    cause = orig if orig is not None else exc
+    why = tls_failure(cause) or (_one_line(str(cause)) if tls_refused(cause) else None)
     if why is None:
         return None
     if isinstance(exc, DBAPIError):

@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
+import re
 import ssl
 from pathlib import Path
+
+# driver texts of TLS failures that trying again will not fix (libpq's, PyMySQL's, OpenSSL's)
+_REFUSED = re.compile(
+    r"certificate verify failed|does not match host name|server does not support SSL"
+    r"|SSL is required but the server doesn't support it|root certificate file|certificate file"
+    r"|CERTIFICATE_VERIFY_FAILED",
+    re.IGNORECASE,
+)
 
 
 class TlsConfigError(ValueError):
@@ -63,3 +72,16 @@ def tls_failure(exc: BaseException) -> str | None:
     if "CERTIFICATE_VERIFY_FAILED" in text or "certificate verify failed" in text:
         return f"the server's TLS certificate was refused: {text}"
     return None
+
+
+def tls_refused(exc: BaseException) -> bool:
+    """Whether a connection failed for TLS reasons that a retry will not fix: the certificate was
+    refused, the server does not do TLS, a certificate file is unusable."""
+    current: BaseException | None = exc
+    seen: set[int] = set()
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, ssl.SSLCertVerificationError) or _REFUSED.search(str(current)):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
