@@ -9,8 +9,7 @@ from pathlib import Path
 # driver texts of TLS failures that trying again will not fix (libpq's, PyMySQL's, OpenSSL's)
 _REFUSED = re.compile(
     r"certificate verify failed|does not match host name|server does not support SSL"
-    r"|SSL is required but the server doesn't support it|root certificate file|certificate file"
-    r"|CERTIFICATE_VERIFY_FAILED",
+    r"|SSL is required but the server doesn't support it|certificate file|CERTIFICATE_VERIFY_FAILED",
     re.IGNORECASE,
 )
 
