@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from sqlalchemy.exc import DBAPIError
 
-from cp.tls.context import tls_failure, tls_refused
+from cp.tls.context import CERTIFICATE_REFUSED, tls_failure, tls_refused
 
 BROKER_TLS_HINT = (
     "check that MYCELIAL_BROKER_CA_FILE (or, without it, the system's trust store) holds the CA "
     "that signed the broker's certificate, and that the certificate names the host in "
     "MYCELIAL_BROKER_URL"
+)
+BROKER_HANDSHAKE_HINT = (
+    "a broker that asks for a client certificate closes the connection without one it trusts: "
+    "check MYCELIAL_BROKER_CERT_FILE and MYCELIAL_BROKER_KEY_FILE"
 )
 DATABASE_TLS_HINT = "check sslmode, sslrootcert and the host in MYCELIAL_DATABASE_URL"
 
@@ -30,7 +34,8 @@ def tls_reason(exc: BaseException) -> str | None:
         return None
     if isinstance(exc, DBAPIError):
         return f"database: {why} ({DATABASE_TLS_HINT})"
-    return f"broker: {why} ({BROKER_TLS_HINT})"
+    hint = BROKER_TLS_HINT if why.startswith(CERTIFICATE_REFUSED) else BROKER_HANDSHAKE_HINT
+    return f"broker: {why} ({hint})"
 
 
 def reason(exc: BaseException) -> str:

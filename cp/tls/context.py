@@ -14,6 +14,9 @@ _REFUSED = re.compile(
 )
 
 
+CERTIFICATE_REFUSED = "the server's TLS certificate was refused"
+
+
 class TlsConfigError(ValueError):
     """A CA, certificate or key file that cannot be used; the message names the file."""
 
@@ -48,7 +51,7 @@ def client_context(
 
 def _file_reason(exc: BaseException) -> str:
     if isinstance(exc, ssl.SSLError):
-        return f"not usable ({exc.reason or exc})".replace("_", " ").lower()
+        return f"not usable ({getattr(exc, 'reason', None) or exc})".replace("_", " ").lower()
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror.lower()
     return str(exc)
@@ -62,14 +65,14 @@ def tls_failure(exc: BaseException) -> str | None:
     while current is not None and id(current) not in seen:
         seen.add(id(current))
         if isinstance(current, ssl.SSLCertVerificationError):
-            detail = current.verify_message or current.reason or str(current)
-            return f"the server's TLS certificate was refused: {detail}"
+            detail = getattr(current, "verify_message", None) or getattr(current, "reason", None) or current
+            return f"{CERTIFICATE_REFUSED}: {detail}"
         if isinstance(current, ssl.SSLError):
-            return f"TLS handshake failed: {current.reason or current}"
+            return f"TLS handshake failed: {getattr(current, 'reason', None) or current}"
         current = current.__cause__ or current.__context__
     text = " ".join(str(exc).split())
     if "CERTIFICATE_VERIFY_FAILED" in text or "certificate verify failed" in text:
-        return f"the server's TLS certificate was refused: {text}"
+        return f"{CERTIFICATE_REFUSED}: {text}"
     return None
 
 

@@ -275,6 +275,10 @@ def test_the_cli_names_the_broker_or_the_database_in_one_line() -> None:
     database = failures.describe(OperationalError("SELECT 1", {}, orig))
     assert database.startswith("database: the server's TLS certificate was refused: connection failed:")
     assert "\n" not in database and database.endswith("MYCELIAL_DATABASE_URL)")
+    handshake = failures.describe(
+        _raised_from(ssl.SSLEOFError(8, "EOF occurred"), ConnectionError, "Error 8")
+    )
+    assert handshake.startswith("broker: TLS handshake failed: ") and "MYCELIAL_BROKER_CERT_FILE" in handshake
     other = failures.describe(OperationalError("SELECT 1", {}, Exception("no route\nto host")))
     assert (
         other == "OperationalError: (builtins.Exception) no route to host (run with --debug for a traceback)"
