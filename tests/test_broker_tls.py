@@ -181,6 +181,10 @@ def test_every_process_and_every_direct_client_works_over_verified_rediss(
     )
     assert inspect.returncode == 0 and "pong" in inspect.stdout, inspect.stdout + inspect.stderr
 
+    # beat published its housekeeping over TLS and the worker took it
+    worker_log = (stack.home / "worker.log").read_text(errors="replace")
+    assert "Task cp.check_daemon_health[" in worker_log and "Task cp.send_probes[" in worker_log
+
     logs = stack.logs()
     assert "could not look for jobs" not in logs  # orphans.py reached the broker at the daemon's start
     assert "not delivered" not in logs  # no heartbeat failed to be written
