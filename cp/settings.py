@@ -163,7 +163,7 @@ class Settings(BaseSettings):
 
     @property
     def broker_tls(self) -> BrokerTls:
-        """How a rediss:// broker is verified (files unchecked until a connection is made)."""
+        """How a rediss:// broker is verified (the files' contents are checked by make_celery)."""
         return BrokerTls(
             ca_file=self.broker_ca_file, cert_file=self.broker_cert_file, key_file=self.broker_key_file
         )

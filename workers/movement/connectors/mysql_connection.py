@@ -6,7 +6,8 @@ Options are the keys the control plane validates for ``kind: mysql``: ``host`` (
 and ``database`` (required); TLS with ``ssl_mode`` (``preferred``: PyMySQL's default,
 ``disabled``, ``verify_ca``, ``verify_identity``) and the daemon's files ``ssl_ca``, ``ssl_cert``,
 ``ssl_key`` (cp/tls/database.py). There is no URL form: one scheme, the same keys the
-configuration file takes. Connecting gives up after ``CONNECT_TIMEOUT`` seconds, or the attempt's time left.
+configuration file takes. Connecting gives up after ``CONNECT_TIMEOUT`` seconds, or the
+attempt's time left.
 
 Statements get the attempt's time left as ``max_statement_time`` (MariaDB; on MySQL
 ``max_execution_time``, which bounds SELECTs only), ``lock_wait_timeout`` (table and metadata
