@@ -15,7 +15,9 @@ from cp.protocol import CP_CHECK_DAEMON_HEALTH, CP_PURGE_OLD_RECORDS, CP_QUEUE, 
 from cp.security.cp_keys import ControlPlaneKeys
 from cp.security.envelope import CP_SENDER
 from cp.security.signer import Signer
-from cp.settings import Settings
+from cp.settings import Settings, SettingsError
+from cp.tls.broker import is_tls_url, url_tls_problem
+from cp.tls.context import TlsConfigError
 
 # Beat-driven housekeeping (health checks, probes, retention) has its own queue, consumed by every
 # control-plane worker beside mycelial.cp, so it never waits behind a backlog of daemon messages.
@@ -53,14 +55,18 @@ def make_celery(
     plane's (its workers, and every publisher-only process: CLI, beat, Flower). Its consumers are
     guarded (cp/messaging/): no message can stop them.
     """
+    url = url or broker_url(settings)
     guard = Guard(settings)
     if daemon is None:
         # every control-plane process signs what it publishes with the control plane's key (made
         # on first use); a daemon's app gets its own signer once its key is loaded (run_daemon)
         keys = ControlPlaneKeys(settings.home)
         guard.signer = Signer(keys.current, by=CP_SENDER, window_s=settings.replay_window)
-    app = guarded_celery(name, broker=url or broker_url(settings), guard=guard)
+    app = guarded_celery(name, broker=url, guard=guard)
     app.conf.update(_celery_config(settings, daemon=daemon))
+    ssl_options = broker_use_ssl(settings, url)
+    if ssl_options is not None:
+        app.conf.broker_use_ssl = ssl_options
     return app
 
 
@@ -78,6 +84,23 @@ def unacked_keys(*, daemon: str | None) -> dict[str, str]:
         "unacked_index_key": f"unacked_index.{owner}",
         "unacked_mutex_key": f"unacked_mutex.{owner}",
     }
+
+
+def broker_use_ssl(settings: Settings, url: str) -> dict[str, Any] | None:
+    """Celery's TLS options for a ``rediss://`` broker (cp/tls/broker.py): always verified, never
+    kombu's unverified default; None for other URLs."""
+    if not is_tls_url(url):
+        return None
+    problem = url_tls_problem(url)
+    tls = settings.broker_tls
+    if problem is None:
+        try:
+            tls.context()  # an unusable file is a settings error now, not a connection retried forever
+        except TlsConfigError as exc:
+            problem = str(exc)
+    if problem:
+        raise SettingsError(f"invalid settings: broker TLS: {problem}")
+    return tls.redis_options()
 
 
 def unacked_options(settings: Settings, *, daemon: str | None) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from cp.private_files import private_dir
+from cp.tls.broker import BrokerTls, redis_url_client
 
 log = logging.getLogger(__name__)
 
@@ -77,9 +78,11 @@ def _wait_gone(pid: int | None, timeout: float = 5.0) -> None:
         os.kill(pid, signal.SIGKILL)
 
 
-def redis_client(url: str) -> Any:
+def redis_client(url: str, *, tls: BrokerTls | None = None) -> Any:
     """A redis-py client for a broker URL, also the ``redis+socket://PATH[?virtual_host=N]`` form
-    kombu uses for the embedded server (redis-py itself knows only ``unix://``)."""
+    kombu uses for the embedded server (redis-py itself knows only ``unix://``); a ``rediss://``
+    broker is verified by ``tls`` (default: the system's trust store; ``Settings.broker_tls``
+    gives the configured CA)."""
     import redis
 
     if url.startswith("redis+socket://"):
@@ -90,4 +93,4 @@ def redis_client(url: str) -> Any:
             if key in {"virtual_host", "db"} and value.isdigit():
                 db = int(value)
         return redis.Redis(unix_socket_path=path, db=db)
-    return redis.Redis.from_url(url)
+    return redis_url_client(url, tls=tls)

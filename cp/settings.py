@@ -5,8 +5,11 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from cp.tls.broker import BrokerTls, is_tls_url, url_tls_problem
+from cp.tls.database import postgres_tls_problem
 
 # --- message limits (docs/protocol.md#limits) ----------------------------------------------
 # Fixed, not per process: both ends of a queue must agree on what a valid message is.
@@ -40,6 +43,11 @@ class Settings(BaseSettings):
 
     home: Path = Field(default=Path.home() / ".mycelial")
     broker_url: str | None = None
+    # a rediss:// broker is verified against this CA alone (default: the system's trust store);
+    # a client certificate and key for brokers that ask for one (docs/security.md)
+    broker_ca_file: Path | None = None
+    broker_cert_file: Path | None = None
+    broker_key_file: Path | None = None
     database_url: str | None = None
 
     heartbeat_interval: float = Field(default=5.0, gt=0)
@@ -131,6 +139,28 @@ class Settings(BaseSettings):
         scheme = value.split("://", 1)[0]
         if scheme not in {"redis", "rediss", "redis+socket", "memory"}:
             raise ValueError(f"unsupported broker scheme {scheme!r} (use redis:// or rediss://)")
+        problem = url_tls_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
+
+    @field_validator("broker_ca_file", "broker_cert_file", "broker_key_file")
+    @classmethod
+    def _tls_file_for_rediss(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if value is None or str(value) == "":
+            return None
+        if "broker_url" not in info.data:
+            return value  # the URL itself was refused, and said so
+        url = info.data["broker_url"]
+        if not url or not is_tls_url(url):
+            raise ValueError(
+                f"{value} is set for a broker that is not rediss:// ({_scheme(url)}); "
+                "TLS files apply to rediss:// URLs only"
+            )
+        if info.field_name == "broker_key_file" and info.data.get("broker_cert_file") is None:
+            raise ValueError("a client key needs MYCELIAL_BROKER_CERT_FILE too")
+        if not value.is_file():
+            raise ValueError(f"{value}: no such file")
         return value
 
     @field_validator("database_url")
@@ -141,7 +171,17 @@ class Settings(BaseSettings):
         scheme = value.split("://", 1)[0].split("+", 1)[0]
         if scheme not in {"sqlite", "postgresql", "postgres"}:
             raise ValueError(f"unsupported database scheme {scheme!r} (use sqlite:// or postgresql://)")
+        problem = postgres_tls_problem(value) if scheme != "sqlite" else None
+        if problem:
+            raise ValueError(problem)
         return value
+
+    @property
+    def broker_tls(self) -> BrokerTls:
+        """How a rediss:// broker is verified (the files' contents are checked by make_celery)."""
+        return BrokerTls(
+            ca_file=self.broker_ca_file, cert_file=self.broker_cert_file, key_file=self.broker_key_file
+        )
 
     @property
     def effective_database_url(self) -> str:
@@ -158,6 +198,10 @@ class Settings(BaseSettings):
     @property
     def embedded_redis_socket(self) -> Path:
         return self.home / "redis" / "redis.socket"
+
+
+def _scheme(url: str | None) -> str:
+    return f"{url.split('://', 1)[0]}://" if url else "the embedded Redis"
 
 
 def normalize_database_url(url: str) -> str:

@@ -27,6 +27,7 @@ from cp.celery_app import make_celery
 from cp.cli.output import info, warn
 from cp.private_files import open_private, private_dir, tighten
 from cp.settings import Settings
+from cp.tls.flower import verify_flower_broker_client
 
 CREDENTIALS_FILE = "flower-credentials"
 FLOWER_USER = "admin"
@@ -182,4 +183,5 @@ def run_flower(settings: Settings, *, address: str, port: int) -> None:
     command.Flower = guarded_flower_class(command.Flower, credentials.basic_auth)
     os.environ.pop("FLOWER_BASIC_AUTH", None)  # ours is the only one
     app = make_celery(settings)
+    verify_flower_broker_client()  # its broker page verifies a rediss:// broker like every process
     app.start(["flower", f"--address={address}", f"--port={port}", "--purge_offline_workers=60"])

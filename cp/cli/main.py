@@ -12,7 +12,7 @@ import typer
 from sqlmodel import select
 
 from cp.celery_app import BrokerNotConfiguredError
-from cp.cli import flower_server, processes, security_commands
+from cp.cli import failures, flower_server, processes, security_commands
 from cp.cli.broker import broker_app
 from cp.cli.output import (
     EXIT_BAD_INPUT,
@@ -210,7 +210,7 @@ def apply(
         cp.push_configs(result.pushes)
     except Exception as exc:
         warn(
-            f"version {result.version} is stored but could not be pushed now ({exc}); "
+            f"version {result.version} is stored but could not be pushed now ({failures.reason(exc)}); "
             "daemons get it when they reconnect"
         )
         return
@@ -474,8 +474,9 @@ def _queue_manual_run(cp: ControlPlane, run_id: int | None) -> tuple[Run, bool]:
         cp.publish_jobs([message])
     except Exception as exc:
         with cp.session() as session:
-            mark_unpublished(session, run.run_key, error=f"could not publish the job: {exc}", now=utcnow())
-        raise CliError(f"run {run.run_key} failed: could not publish the job ({exc})") from None
+            why = failures.reason(exc)
+            mark_unpublished(session, run.run_key, error=f"could not publish the job: {why}", now=utcnow())
+        raise CliError(f"run {run.run_key} failed: could not publish the job ({why})") from None
     return run, True
 
 
@@ -549,6 +550,6 @@ def run() -> None:
     except Exception as exc:
         if debug:
             raise
-        error(f"{type(exc).__name__}: {exc} (run with --debug for a traceback)")
+        error(failures.describe(exc))
         code = EXIT_FAILED
     sys.exit(code)

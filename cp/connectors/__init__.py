@@ -11,7 +11,9 @@ import re
 from typing import ClassVar
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+from cp.tls.database import MysqlTls, postgres_tls_problem
 
 REFERENCE_HELP = "${env:NAME} or ${file:/path}"
 _REFERENCE = re.compile(r"\$\{(env|file):[^}]+\}")
@@ -129,7 +131,7 @@ class PostgresOptions(_Options):
     @field_validator("dsn")
     @classmethod
     def _no_literal_password(cls, value: str) -> str:
-        problem = literal_password_problem(value, what="dsn")
+        problem = literal_password_problem(value, what="dsn") or postgres_tls_problem(value)
         if problem:
             raise ValueError(problem)
         return value
@@ -142,6 +144,26 @@ class MysqlOptions(_Options):
     user: str = "root"
     password: str | None = None
     database: str = Field(min_length=1)
+    # TLS (cp/tls/database.py): files are paths on the daemon; verify_* without ssl_ca uses the
+    # daemon's system trust store
+    ssl_ca: str | None = Field(default=None, min_length=1)
+    ssl_cert: str | None = Field(default=None, min_length=1)
+    ssl_key: str | None = Field(default=None, min_length=1)
+    ssl_mode: str = Field(default="preferred", validate_default=True)
+
+    @field_validator("ssl_mode")
+    @classmethod
+    def _verified_tls(cls, value: str, info: ValidationInfo) -> str:
+        tls = MysqlTls(
+            mode=value.lower(),
+            ca=info.data.get("ssl_ca"),
+            cert=info.data.get("ssl_cert"),
+            key=info.data.get("ssl_key"),
+        )
+        problem = tls.problem()
+        if problem:
+            raise ValueError(problem)
+        return tls.mode
 
     @field_validator("password")
     @classmethod

@@ -25,6 +25,7 @@ from kombu.utils.json import loads as kombu_loads
 from cp.messaging.envelope_check import Rejection, check_raw, message_copy
 from cp.messaging.guard import Guard
 from cp.security.signer import SigningProducer
+from cp.tls.broker import VerifiedConnectionPool, VerifiedSSLConnection
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,9 @@ Empty: Any = kombu_redis.Empty  # type: ignore[attr-defined]
 
 class GuardedChannel(_RedisChannel):  # type: ignore[misc]
     """A Redis channel that admits only well-formed envelopes to kombu."""
+
+    # rediss:// connections verify the broker against the configured CA alone (cp/tls/broker.py)
+    connection_class_ssl = VerifiedSSLConnection
 
     def _guard(self) -> Guard | None:
         guard = getattr(self.connection.client, "guard", None)
@@ -129,6 +133,11 @@ def guarded_connection_class(guard: Guard) -> type[Any]:
         def get_transport_cls(self) -> Any:
             cls = super().get_transport_cls()
             return GuardedTransport if cls is kombu_redis.Transport else cls
+
+        def Pool(self, limit: int | None = None, **kwargs: Any) -> Any:
+            # Celery publishes through this pool; kombu's own would make plain connections, whose
+            # TLS trusts the system's store beside the CA file (cp/tls/broker.py)
+            return VerifiedConnectionPool(self, limit=limit, **kwargs)
 
     GuardedConnection.guard = guard
     return GuardedConnection

@@ -3,8 +3,11 @@
 Options are the keys the control plane validates for ``kind: mysql``: ``host`` (default
 127.0.0.1), ``port`` (3306), ``user`` (root), ``password`` (a ``${env:NAME}`` or
 ``${file:/path}`` reference, resolved at ``open()``; references work in the other keys too),
-and ``database`` (required). There is no URL form: one scheme, the same keys the configuration
-file takes. Connecting gives up after ``CONNECT_TIMEOUT`` seconds, or the attempt's time left.
+and ``database`` (required); TLS with ``ssl_mode`` (``preferred``: PyMySQL's default,
+``disabled``, ``verify_ca``, ``verify_identity``) and the daemon's files ``ssl_ca``, ``ssl_cert``,
+``ssl_key`` (cp/tls/database.py). There is no URL form: one scheme, the same keys the
+configuration file takes. Connecting gives up after ``CONNECT_TIMEOUT`` seconds, or the
+attempt's time left.
 
 Statements get the attempt's time left as ``max_statement_time`` (MariaDB; on MySQL
 ``max_execution_time``, which bounds SELECTs only), ``lock_wait_timeout`` (table and metadata
@@ -22,6 +25,8 @@ from typing import Any, TypeAlias
 import pymysql
 import pymysql.cursors
 
+from cp.tls.context import TlsConfigError, tls_failure, tls_refused
+from cp.tls.database import MysqlTls
 from workers.movement.deadline import Deadline
 from workers.movement.errors import MovementError, RetryableError
 from workers.scrub import scrub
@@ -41,6 +46,7 @@ class Settings:
     user: str
     password: str = field(repr=False)
     database: str
+    tls: MysqlTls = field(default_factory=MysqlTls)
 
     def scrub(self, text: str) -> str:
         """A message without the password in any form, should a server or driver ever echo it."""
@@ -68,7 +74,20 @@ def settings(options: dict[str, Any], where: str) -> Settings:
     except ValueError:
         raise MovementError(f"{where}: option 'port' must be a number, not {values['port']!r}") from None
     remember([values["password"]])  # a literal one too: it may be echoed in any later error
-    return Settings(values["host"], port, values["user"], values["password"], values["database"])
+    tls = MysqlTls(
+        mode=str(options.get("ssl_mode") or "preferred").lower(),
+        ca=_text(options.get("ssl_ca")),
+        cert=_text(options.get("ssl_cert")),
+        key=_text(options.get("ssl_key")),
+    )
+    problem = tls.problem()
+    if problem:
+        raise MovementError(f"{where}: {problem}")
+    return Settings(values["host"], port, values["user"], values["password"], values["database"], tls)
+
+
+def _text(value: Any) -> str | None:
+    return str(value) if value else None
 
 
 # Errors after which the same attempt later can succeed: the server is away, busy, or chose this
@@ -100,6 +119,10 @@ def connect(
     timeout: float = CONNECT_TIMEOUT,
 ) -> Connection:
     try:
+        tls_arguments = config.tls.pymysql_arguments()
+    except TlsConfigError as exc:
+        raise MovementError(f"{where}: {exc}") from None
+    try:
         conn: Connection = pymysql.connect(
             host=config.host,
             port=config.port,
@@ -110,12 +133,12 @@ def connect(
             autocommit=True,
             connect_timeout=timeout,
             conv=conv,
+            **tls_arguments,
         )
     except pymysql.MySQLError as exc:
-        message = config.scrub(
-            f"{where}: cannot connect to MySQL at {config.host}:{config.port}: {_reason(exc)}"
-        )
-        if _code(exc) in _FATAL_CONNECT_CODES:
+        why = tls_failure(exc) or _reason(exc)
+        message = config.scrub(f"{where}: cannot connect to MySQL at {config.host}:{config.port}: {why}")
+        if _code(exc) in _FATAL_CONNECT_CODES or tls_refused(exc):
             raise MovementError(message) from None
         raise RetryableError(message) from None
     except UnicodeEncodeError:

@@ -12,6 +12,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
+from cp.tls.context import tls_refused
 from workers.movement.deadline import NO_DEADLINE, Deadline
 from workers.movement.errors import MovementError, RetryableError
 from workers.scrub import dsn_secrets, scrub
@@ -75,7 +76,9 @@ def connect(
         extra: dict[str, Any] = {} if "connect_timeout" in given else {"connect_timeout": wait}
         conn = psycopg.connect(dsn, autocommit=True, fallback_application_name="mycelial", **extra)
     except psycopg.OperationalError as exc:
-        raise RetryableError(f"{where}: cannot connect to PostgreSQL: {reason(exc, secrets)}") from None
+        message = f"{where}: cannot connect to PostgreSQL: {reason(exc, secrets)}"
+        # a refused certificate or a server without TLS stays so: the run fails without retries
+        raise (MovementError if tls_refused(exc) else RetryableError)(message) from None
     except psycopg.Error as exc:
         raise MovementError(
             f"{where}: invalid PostgreSQL connection string: {reason(exc, secrets)}"

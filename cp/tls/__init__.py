@@ -1,0 +1,1 @@
+"""Transport security: verified TLS to the broker and to databases (docs/security.md)."""
