@@ -265,7 +265,7 @@ def make_stack(
 
     def make(database_url: str, **settings: str) -> Stack:
         home = tmp_path / f"home{len(stacks)}"
-        home.mkdir()
+        home.mkdir(mode=0o700)  # as a home should be: processes would tighten it and warn
         env = {k: v for k, v in os.environ.items() if not k.startswith("MYCELIAL_")}
         env.update(
             MYCELIAL_HOME=str(home),

@@ -253,7 +253,7 @@ def test_the_whole_flow_runs_with_per_daemon_broker_users_and_d1_reaches_nothing
     stack.env["MYCELIAL_BROKER_URL"] = user_url(base_url, cp_user, cp_password)
 
     source, destination = stack.home / "shop.db", stack.home / "warehouse.db"
-    make_source(source, rows=30_000)
+    make_source(source, rows=120_000)  # the slow run must still be running when it is cancelled
     config = stack.write_config(CONFIG.format(source=source, destination=destination))
     try:
         stack.start("worker", "worker", "--concurrency", "2")

@@ -305,6 +305,9 @@ def test_a_replayed_daemon_message_is_refused(edge: Edge) -> None:
         edge.home, "d1", CP_QUEUE, CP_CONFIG_APPLIED, {"v": 1, "name": "d1", "version": 1, "ok": True}
     )
     push(edge.client, CP_QUEUE, reply)
+    # once the control plane has processed it (acknowledged), a copy is a replay
+    wait_for(lambda: edge.client.llen(CP_QUEUE) == 0, timeout=30, what="the message taken", stack=edge.stack)
+    time.sleep(2)
     push(edge.client, CP_QUEUE, reply)
     wait_for(
         lambda: edge.security_events("d1") or None, timeout=30, what="the replay refused", stack=edge.stack

@@ -26,6 +26,7 @@ from tests.poison import (
     headers_for,
     heartbeat_payload,
     push,
+    sign_as_control_plane,
     start_guarded_stack,
     task_message,
 )
@@ -38,10 +39,18 @@ TASK = {CP: "cp.heartbeat", DQ: "daemon.probe"}
 
 
 @pytest.fixture(scope="module")
-def guarded(broker: Broker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, Canary]]:
+def guarded_stack(broker: Broker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, Canary]]:
     stack, canary = start_guarded_stack(tmp_path_factory.mktemp("guarded"), broker.fresh_url())
     yield stack, canary
     stack.stop_all()
+
+
+@pytest.fixture
+def guarded(guarded_stack: tuple[Stack, Canary]) -> tuple[Stack, Canary]:
+    # hand-made messages are signed with this stack's control-plane key (a test in between may
+    # have started a stack of its own and signed with that one's)
+    sign_as_control_plane(guarded_stack[0].home)
+    return guarded_stack
 
 
 def without_id(queue: str) -> dict[str, Any]:

@@ -388,7 +388,8 @@ def test_pushes_queued_to_a_stopped_daemon_end_on_the_newest_version(
             dispatcher.send(apply_config_message(push, expires=600))
         app.close()
 
-        stack.start("daemon", "daemon", "--name", "edge-o")
+        # one thread: the queued pushes are handled in queue order (two threads take both at once)
+        stack.start("daemon", "daemon", "--name", "edge-o", "--concurrency", "1")
         wait_for(
             lambda: (d := stack.daemon("edge-o")) and d["applied_config_version"] == 43,
             timeout=90,

@@ -24,7 +24,9 @@ from cp.security.envelope import (
 
 
 class SeenNonces:
-    """The nonces of the messages accepted and still valid, in this process (bounded).
+    """The nonces of the messages accepted and still valid, in this process (bounded): ``seen`` on
+    receipt, ``done`` once processed; only a copy of a processed message is a replay (a message
+    handed out again because it was never acknowledged passes, as on the control plane).
 
     Kept in memory: a daemon restarted within a message's validity would accept its replay, which
     does nothing more than the original did (a job runs once per run key and attempt, configs only
@@ -34,21 +36,26 @@ class SeenNonces:
     def __init__(self, *, capacity: int = 200_000, clock: Callable[[], float] = time.monotonic):
         self._capacity = capacity
         self._clock = clock
-        self._seen: OrderedDict[str, float] = OrderedDict()
+        self._seen: OrderedDict[str, tuple[float, bool]] = OrderedDict()
         self._lock = threading.Lock()
 
     def first_use(self, nonce: str, *, keep_s: float) -> bool:
         now = self._clock()
         with self._lock:
-            for key, until in list(self._seen.items())[:100]:  # expire a few each time
+            for key, (until, _) in list(self._seen.items())[:100]:  # expire a few each time
                 if until < now:
                     del self._seen[key]
-            if nonce in self._seen:
-                return False
-            self._seen[nonce] = now + keep_s
+            known = self._seen.get(nonce)
+            if known is not None:
+                return not known[1]
+            self._seen[nonce] = (now + keep_s, False)
             while len(self._seen) > self._capacity:
                 self._seen.popitem(last=False)
             return True
+
+    def done(self, nonce: str, *, keep_s: float) -> None:
+        with self._lock:
+            self._seen[nonce] = (self._clock() + keep_s, True)
 
 
 class DaemonAuthenticator:
@@ -93,3 +100,9 @@ class DaemonAuthenticator:
         except AuthError as exc:
             return str(exc)
         return None
+
+    def processed(self, *, headers: Mapping[str, Any], redis: RedisScope | None) -> None:
+        """The message these headers came with was processed: from now on a copy is a replay."""
+        auth = parse_auth(headers.get(AUTH_HEADER))
+        keep_ms = remember_ms(auth, now_ms=int(self._clock() * 1000), window_s=self._window_s)
+        self._nonces.done(auth.nonce, keep_s=keep_ms / 1000)

@@ -38,6 +38,9 @@ class Authenticator(Protocol):
     ) -> str | None:
         """The reason to refuse the message, or None to let it through."""
 
+    def processed(self, *, headers: Mapping[str, Any], redis: RedisScope | None) -> None:
+        """The message was handled and acknowledged: a copy of it from now on is a replay."""
+
 
 class Guard:
     """One per Celery app: the limits its consumers apply and where their rejections go."""

@@ -81,14 +81,31 @@ def authenticate(guard: Guard, message: Any) -> str | None:
     body = message.body
     decoded = kombu_loads(body.decode("utf-8") if isinstance(body, bytes) else body)
     info = message.delivery_info if isinstance(message.delivery_info, dict) else {}
-    return guard.authenticator.check(
+    redis = getattr(message.channel, "conn_or_acquire", None)
+    authenticator = guard.authenticator
+    refusal = authenticator.check(
         task=headers["task"],
         task_id=headers["id"],
         queue=str(info.get("routing_key") or ""),
         headers=headers,
         payload=payload_of(decoded),
-        redis=getattr(message.channel, "conn_or_acquire", None),
+        redis=redis,
     )
+    if refusal is None:
+        # once acknowledged the message is done: a copy is a replay, while a redelivery of a message
+        # whose consumer died before acknowledging it passes (Celery acks through message.ack)
+        original_ack = message.ack
+
+        def ack(*args: Any, **kwargs: Any) -> Any:
+            result = original_ack(*args, **kwargs)
+            try:
+                authenticator.processed(headers=headers, redis=redis)
+            except Exception as exc:  # the broker going away: the nonce stays only "seen"
+                log.warning("could not mark message %s processed: %s", headers.get("id"), exc)
+            return result
+
+        message.ack = ack
+    return refusal
 
 
 def _reject(guard: Guard, message: Any, reason: str, exc_info: bool, kind: str = "message_rejected") -> None:

@@ -100,29 +100,46 @@ class DaemonKeys:
 
 
 class Nonces:
-    """Nonces seen within the window. In Redis when the message came with a connection (shared by
-    every worker), else in this process."""
+    """Nonces of messages received within their validity: ``seen`` on receipt, ``done`` once the
+    message was processed (acknowledged). A message whose nonce is ``done`` is a replay; one only
+    ``seen`` is the broker handing out again a message whose consumer died before acknowledging
+    it (at-least-once delivery), and passes. In Redis when the message came with a connection
+    (shared by every worker), else in this process."""
 
     def __init__(self, *, capacity: int = 1_000_000) -> None:
-        self._local: OrderedDict[str, float] = OrderedDict()
+        self._local: OrderedDict[str, tuple[float, bool]] = OrderedDict()
         self._capacity = capacity
         self._lock = threading.Lock()
 
     def first_use(self, by: str, nonce: str, *, keep_ms: int, redis: RedisScope | None) -> bool:
+        """False when a message with this nonce was processed already."""
         key = f"mycelial.nonce.{by}.{nonce}"
         if redis is not None:
             with redis() as client:
-                return bool(client.set(key, b"1", nx=True, px=keep_ms))
+                if client.set(key, b"seen", nx=True, px=keep_ms):
+                    return True
+                return bool(client.get(key) != b"done")
         now = time.monotonic()
         with self._lock:
-            while self._local and next(iter(self._local.values())) < now:
-                self._local.popitem(last=False)
-            if key in self._local:
-                return False
-            self._local[key] = now + keep_ms / 1000
+            for old, (until, _) in list(self._local.items())[:100]:
+                if until < now:
+                    del self._local[old]
+            known = self._local.get(key)
+            if known is not None:
+                return not known[1]
+            self._local[key] = (now + keep_ms / 1000, False)
             while len(self._local) > self._capacity:
                 self._local.popitem(last=False)
             return True
+
+    def done(self, by: str, nonce: str, *, keep_ms: int, redis: RedisScope | None) -> None:
+        key = f"mycelial.nonce.{by}.{nonce}"
+        if redis is not None:
+            with redis() as client:
+                client.set(key, b"done", px=keep_ms)
+            return
+        with self._lock:
+            self._local[key] = (time.monotonic() + keep_ms / 1000, True)
 
 
 class ControlPlaneAuthenticator:
@@ -213,6 +230,12 @@ class ControlPlaneAuthenticator:
             raise AuthError(f"daemon {name} signed with key {auth.key}, its enrolled key is {view.key_id}")
         return view.public
 
+    def processed(self, *, headers: Mapping[str, Any], redis: RedisScope | None) -> None:
+        """The message these headers came with was processed: from now on a copy is a replay."""
+        auth = parse_auth(headers.get(AUTH_HEADER))
+        keep_ms = remember_ms(auth, now_ms=int(self._clock() * 1000), window_s=self._window_s)
+        self._nonces.done(auth.by, auth.nonce, keep_ms=keep_ms, redis=redis)
+
     def verify_heartbeat(
         self, name: str, envelope: object, beat: object, *, redis: RedisScope | None
     ) -> None:
@@ -228,3 +251,5 @@ class ControlPlaneAuthenticator:
             payload=beat,
             redis=redis,
         )
+        keep_ms = remember_ms(auth, now_ms=int(self._clock() * 1000), window_s=self._window_s)
+        self._nonces.done(auth.by, auth.nonce, keep_ms=keep_ms, redis=redis)  # a key's value is read once
