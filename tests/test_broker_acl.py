@@ -220,6 +220,9 @@ pipelines:
 """
 
 
+SOURCE_ROWS = 120_000  # the slow run (2 rows a batch) must still be running when it is cancelled
+
+
 def make_source(path: Path, rows: int) -> None:
     with sqlite3.connect(path) as conn:
         conn.execute("CREATE TABLE orders (id INTEGER PRIMARY KEY, note TEXT)")
@@ -253,7 +256,7 @@ def test_the_whole_flow_runs_with_per_daemon_broker_users_and_d1_reaches_nothing
     stack.env["MYCELIAL_BROKER_URL"] = user_url(base_url, cp_user, cp_password)
 
     source, destination = stack.home / "shop.db", stack.home / "warehouse.db"
-    make_source(source, rows=120_000)  # the slow run must still be running when it is cancelled
+    make_source(source, rows=SOURCE_ROWS)
     config = stack.write_config(CONFIG.format(source=source, destination=destination))
     try:
         stack.start("worker", "worker", "--concurrency", "2")
@@ -282,7 +285,7 @@ def test_the_whole_flow_runs_with_per_daemon_broker_users_and_d1_reaches_nothing
         for pipeline in ("quick-1", "quick-2"):
             ran = stack.cli("run", pipeline, "--wait", "--timeout", "90")
             assert ran.returncode == 0, ran.stderr + stack.logs()
-            assert "succeeded: 30000 rows written" in ran.stdout
+            assert f"succeeded: {SOURCE_ROWS} rows written" in ran.stdout
 
         # heartbeats recorded (and still arriving), probes answered with a round trip
         for name in ("d1", "d2"):

@@ -102,14 +102,14 @@ def run_daemon(
             f"--name: invalid daemon name {name!r} (letters, digits, '_', '.', '-'; at most 63)",
             code=EXIT_BAD_INPUT,
         )
+    try:
+        confinement = Confinement.from_settings(settings, daemon=name, extra_roots=allow_roots)
+    except ConfinementSettingError as exc:
+        raise CliError(str(exc), code=EXIT_BAD_INPUT) from None
     keys = DaemonKeyStore(settings.home / "daemons" / name, name)
     try:
         enrolment = keys.start(enroll_token)
     except NotEnrolledError as exc:
-        raise CliError(str(exc), code=EXIT_BAD_INPUT) from None
-    try:
-        confinement = Confinement.from_settings(settings, daemon=name, extra_roots=allow_roots)
-    except ConfinementSettingError as exc:
         raise CliError(str(exc), code=EXIT_BAD_INPUT) from None
     create_data_folder(settings.home, name)
     app = make_celery(settings, name=f"daemon-{name}", daemon=name)
