@@ -51,15 +51,22 @@ pipelines:
 def one_kill(url: str) -> tuple[float, float]:
     with tempfile.TemporaryDirectory(prefix="mych") as home:
         env = {k: v for k, v in os.environ.items() if not k.startswith("MYCELIAL_")}
-        env.update(MYCELIAL_HOME=home, MYCELIAL_BROKER_URL=url)
+        # the pipeline's files sit in the home, beside the daemons' data folders: allow it as a root
+        env.update(MYCELIAL_HOME=home, MYCELIAL_BROKER_URL=url, MYCELIAL_ALLOWED_ROOTS=home)
         cli = [sys.executable, "-m", "cp.cli"]
         with sqlite3.connect(f"{home}/src.db") as conn:
             conn.execute("CREATE TABLE items (id INTEGER PRIMARY KEY, v TEXT)")
             conn.executemany("INSERT INTO items VALUES (?, ?)", ((i, f"v{i}") for i in range(ROWS)))
 
         def spawn(*args: str) -> subprocess.Popen[bytes]:
+            own = dict(env)
+            if args[0] == "daemon":  # enrolled first, as an operator would (docs/security.md)
+                enrolled = subprocess.run(
+                    [*cli, "daemons", "enroll", args[2]], env=env, check=True, capture_output=True
+                )
+                own["MYCELIAL_ENROLL_TOKEN"] = enrolled.stdout.decode().strip()
             return subprocess.Popen(
-                [*cli, *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+                [*cli, *args], env=own, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
             )
 
         procs = {

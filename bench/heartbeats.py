@@ -3,7 +3,8 @@
 Real processes with default settings: ``mycelial worker`` (threads pool, 4 threads, log level
 info) and ``mycelial beat`` (health check every second, probes every 15 s), on SQLite. The
 configuration declares ``sim-0000`` … ``sim-0999``; the benchmark writes their heartbeats the
-way a daemon does (each overwrites its heartbeat key, workers/heartbeat_key.py) at a steady rate
+way a daemon does (each overwrites its heartbeat key, workers/heartbeat_key.py, signed with a key
+registered for it as enrolment would, docs/security.md) at a steady rate
 (each daemon beats every 1000/rate seconds) for 60 s per rate (``--quick``: 15 s) and reports,
 per rate:
 
@@ -47,8 +48,18 @@ from bench.raw_messages import RawTaskMessages
 from cp.celery_app import make_celery
 from cp.db import make_engine
 from cp.embedded_redis import redis_client
-from cp.models import Daemon
-from cp.protocol import CP_DAEMON_HELLO, CP_QUEUE, HEARTBEAT_KEY_TTL_SECONDS, heartbeat_key
+from cp.models import Daemon, DaemonKey, utcnow
+from cp.protocol import (
+    CP_DAEMON_HELLO,
+    CP_HEARTBEAT,
+    CP_QUEUE,
+    HEARTBEAT_KEY_TTL_SECONDS,
+    HEARTBEAT_TASK_ID,
+    heartbeat_key,
+)
+from cp.security.envelope import daemon_sender
+from cp.security.keys import Identity
+from cp.security.signer import Signer
 from cp.settings import Settings
 
 DAEMONS = 1_000
@@ -153,7 +164,25 @@ class Sampler(threading.Thread):
         self.engine.dispose()
 
 
-def publish(client: redis.Redis, *, rate: int, seconds: float) -> None:
+def enrol(engine_url: str) -> dict[str, Signer]:
+    """A key per simulated daemon, registered as enrolment would; each signs its heartbeats."""
+    signers = {}
+    engine = make_engine(engine_url)
+    with Session(engine) as session:
+        for i in range(DAEMONS):
+            name, identity = daemon_name(i), Identity.generate()
+            session.add(
+                DaemonKey(
+                    name=name, key_id=identity.key_id, public_key=identity.public_text, enrolled_at=utcnow()
+                )
+            )
+            signers[name] = Signer(lambda key=identity: key, by=daemon_sender(name), window_s=300)
+        session.commit()
+    engine.dispose()
+    return signers
+
+
+def publish(client: redis.Redis, signers: dict[str, Signer], *, rate: int, seconds: float) -> None:
     """``rate`` heartbeats a second for ``seconds``, spread over the daemons in turn."""
     started = time.monotonic()
     sent, turn, tick = 0, 0, 0
@@ -171,7 +200,11 @@ def publish(client: redis.Redis, *, rate: int, seconds: float) -> None:
                 "cpu_percent": 1.0,
                 "memory_mb": now.timestamp(),
             }
-            pipe.set(heartbeat_key(name), json.dumps(payload), ex=HEARTBEAT_KEY_TTL_SECONDS)
+            key = heartbeat_key(name)
+            auth = signers[name].header(
+                task=CP_HEARTBEAT, task_id=HEARTBEAT_TASK_ID, queue=key, payload=payload
+            )
+            pipe.set(key, json.dumps({"auth": auth, "beat": payload}), ex=HEARTBEAT_KEY_TTL_SECONDS)
             turn += 1
         pipe.execute()
         sent = due
@@ -197,6 +230,7 @@ def run_phases(url: str, *, seconds: float) -> list[Phase]:
         config = Path(home) / "daemons.yaml"
         config.write_text(config_text())
         subprocess.run([*cli, "apply", "-f", str(config)], env=env, check=True, capture_output=True)
+        signers = enrol(engine_url)
         # the pushes of the apply wait in queues no simulated daemon consumes: not part of the load
         for i in range(DAEMONS):
             client.delete(f"mycelial.daemon.{daemon_name(i)}")
@@ -219,7 +253,7 @@ def run_phases(url: str, *, seconds: float) -> list[Phase]:
                     cpu_before = cpu_seconds(worker.pid)
                     start = datetime.now()  # noqa: DTZ005  (compared with the worker's local log times)
                     sampler.start()
-                    publish(client, rate=rate, seconds=seconds)
+                    publish(client, signers, rate=rate, seconds=seconds)
                     end = datetime.now()  # noqa: DTZ005
                     phase.cpu = (cpu_seconds(worker.pid) - cpu_before) / seconds
                     phase.final_length = int(client.llen(CP_QUEUE))

@@ -165,11 +165,19 @@ def fire_lag(url: str, *, fires: int) -> list[Result]:
         env.update(MYCELIAL_HOME=home, MYCELIAL_BROKER_URL=url, MYCELIAL_ALLOWED_ROOTS=home)
         database = f"sqlite:///{home}/mycelial.db"
         cli = [sys.executable, "-m", "cp.cli"]
+        # the daemon is enrolled as an operator would (docs/security.md)
+        enrolled = subprocess.run(
+            [*cli, "daemons", "enroll", "lag"], env=env, check=True, capture_output=True
+        )
+        token = enrolled.stdout.decode().strip()
         procs = [
             subprocess.Popen(
-                [*cli, name, *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+                [*cli, name, *args], env=extra, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
             )
-            for name, args in (("worker", []), ("daemon", ["--name", "lag"]))
+            for name, args, extra in (
+                ("worker", [], env),
+                ("daemon", ["--name", "lag"], {**env, "MYCELIAL_ENROLL_TOKEN": token}),
+            )
         ]
         try:
             import sqlite3
