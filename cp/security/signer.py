@@ -17,7 +17,7 @@ from typing import Any
 
 from kombu.utils.json import dumps as kombu_dumps
 
-from cp.security.envelope import AUTH_HEADER, canonical, sign
+from cp.security.envelope import AUTH_HEADER, sign
 from cp.security.keys import Identity
 
 
@@ -43,23 +43,34 @@ class Signer:
     def header(
         self, *, task: str, task_id: str, queue: str, payload: object, expires: object = None
     ) -> dict[str, Any]:
+        now_ms = int(self._clock() * 1000)
+        exp_ms = _expiry_ms(expires) or now_ms + int(self.window_s * 1000)
+        exp_ms = max(exp_ms, now_ms + int(self.window_s * 1000))
+        identity = self._identity()
         try:
-            canonical(payload)
+            auth = sign(
+                identity,
+                by=self.by,
+                task=task,
+                task_id=task_id,
+                queue=queue,
+                payload=payload,
+                now_ms=now_ms,
+                exp_ms=exp_ms,
+            )
         except (TypeError, ValueError):
             # a type kombu's encoder knows (a datetime, say): sign what the receiver will decode
             payload = json.loads(kombu_dumps(payload))
-        now_ms = int(self._clock() * 1000)
-        exp_ms = _expiry_ms(expires) or now_ms + int(self.window_s * 1000)
-        auth = sign(
-            self._identity(),
-            by=self.by,
-            task=task,
-            task_id=task_id,
-            queue=queue,
-            payload=payload,
-            now_ms=now_ms,
-            exp_ms=max(exp_ms, now_ms + int(self.window_s * 1000)),
-        )
+            auth = sign(
+                identity,
+                by=self.by,
+                task=task,
+                task_id=task_id,
+                queue=queue,
+                payload=payload,
+                now_ms=now_ms,
+                exp_ms=exp_ms,
+            )
         return auth.as_header()
 
 
