@@ -31,6 +31,7 @@ from cp.protocol import (
     heartbeat_key,
     parse,
 )
+from cp.security.envelope import AlreadyAccepted
 
 READER_LEASE_KEY = "mycelial.cp.heartbeat-reader"
 _TTL_MS = HEARTBEAT_KEY_TTL_SECONDS * 1000
@@ -135,6 +136,8 @@ class HeartbeatKeyReader:
                 continue
             try:
                 received.append(decode(name, raw, pttl, now=now, verify=self._verify))
+            except AlreadyAccepted:
+                continue
             except NotAuthenticated as exc:
                 rejected.append(RejectedKey(name, str(exc), kind="security"))
             except MessageError as exc:

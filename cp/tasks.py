@@ -100,8 +100,30 @@ def register_cp_tasks(app: Celery, cp: ControlPlane) -> None:
             key_id=row.key_id, public=public_key_from_text(row.public_key), revoked=row.revoked_at is not None
         )
 
+    def load_daemon_keys() -> dict[str, DaemonKeyView]:
+        with cp.session() as session:
+            rows = list(session.exec(select(DaemonKey)))
+        return {
+            row.name: DaemonKeyView(
+                key_id=row.key_id,
+                public=public_key_from_text(row.public_key),
+                revoked=row.revoked_at is not None,
+            )
+            for row in rows
+        }
+
+    daemon_keys = DaemonKeys(load_daemon_key, ttl=settings.key_cache_seconds)
+    keys_read_at = [float("-inf")]
+
+    def refresh_daemon_keys() -> None:
+        """Every daemon's key in one query, at most every key_cache_seconds, before a heartbeat flush."""
+        now = time.monotonic()
+        if now - keys_read_at[0] >= settings.key_cache_seconds:
+            daemon_keys.refresh(load_daemon_keys())
+            keys_read_at[0] = now
+
     authenticator = ControlPlaneAuthenticator(
-        daemon_keys=DaemonKeys(load_daemon_key, ttl=settings.key_cache_seconds),
+        daemon_keys=daemon_keys,
         cp_keys=cp_keys.trusted,
         nonces=Nonces(),
         window_s=settings.replay_window,
@@ -231,6 +253,10 @@ def register_cp_tasks(app: Celery, cp: ControlPlane) -> None:
     key_rejections = TokenBucket(rate=per_second, burst=max(1.0, 10 * per_second))
 
     def flush_heartbeats() -> None:
+        try:
+            refresh_daemon_keys()
+        except SQLAlchemyError as exc:  # the keys read one by one then, the database permitting
+            log.warning("could not read the daemons' keys: %s", describe(exc))
         from_keys, rejected = intake.gather()
         for received_beat in from_keys:
             coalescer.offer(received_beat)

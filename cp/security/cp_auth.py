@@ -28,6 +28,7 @@ from cp.protocol import (
 from cp.security.envelope import (
     AUTH_HEADER,
     CP_SENDER,
+    AlreadyAccepted,
     Auth,
     AuthError,
     check_signature,
@@ -77,6 +78,16 @@ class DaemonKeys:
         self._clock = clock
         self._cache: OrderedDict[str, tuple[float, DaemonKeyView]] = OrderedDict()
         self._lock = threading.Lock()
+
+    def refresh(self, views: dict[str, DaemonKeyView]) -> None:
+        """Take every daemon's key at once (one query for a whole heartbeat flush, not one per daemon)."""
+        now = self._clock()
+        with self._lock:
+            for name, view in views.items():
+                self._cache[name] = (now, view)
+                self._cache.move_to_end(name)
+            while len(self._cache) > self._capacity:
+                self._cache.popitem(last=False)
 
     def get(self, name: str, *, key_id: str | None = None) -> DaemonKeyView | None:
         """The daemon's key. A cached key that is not ``key_id`` is read again first: the daemon
@@ -158,6 +169,8 @@ class ControlPlaneAuthenticator:
         self._nonces = nonces
         self._window_s = window_s
         self._daemon_queues = daemon_queues  # the queues daemons may publish to (mycelial.cp)
+        self._heartbeat_at: dict[str, int] = {}  # the issue time of each daemon's newest heartbeat
+        self._heartbeat_lock = threading.Lock()
         self._clock = clock
 
     def check(
@@ -239,17 +252,29 @@ class ControlPlaneAuthenticator:
     def verify_heartbeat(
         self, name: str, envelope: object, beat: object, *, redis: RedisScope | None
     ) -> None:
-        """Raise AuthError unless a heartbeat key's value was signed by that daemon (cp/heartbeat_keys.py)."""
+        """Raise AuthError unless a heartbeat key's value was signed by that daemon (cp/heartbeat_keys.py).
+
+        A heartbeat is replayed if it was issued no later than the last one accepted from that
+        daemon: issue times only grow, which costs no round trip per heartbeat as a nonce would
+        (this worker remembers them; after it restarts, one heartbeat issued within the window
+        could be written back once)."""
         auth = parse_auth(envelope)
         if auth.by != daemon_sender(name):
             raise AuthError(f"heartbeat of {name} signed by {auth.by}")
-        self.verify(
+        check_window(auth, now_ms=int(self._clock() * 1000), window_s=self._window_s)
+        public = self._public_key(auth, task=CP_HEARTBEAT, queue=heartbeat_key(name), payload=beat)
+        check_signature(
+            public,
             auth,
             task=CP_HEARTBEAT,
             task_id=HEARTBEAT_TASK_ID,
             queue=heartbeat_key(name),
             payload=beat,
-            redis=redis,
         )
-        keep_ms = remember_ms(auth, now_ms=int(self._clock() * 1000), window_s=self._window_s)
-        self._nonces.done(auth.by, auth.nonce, keep_ms=keep_ms, redis=redis)  # a key's value is read once
+        with self._heartbeat_lock:
+            last = self._heartbeat_at.get(name)
+            if last is not None and auth.at == last:
+                raise AlreadyAccepted(name)  # read again after the lease came back: not an attack
+            if last is not None and auth.at < last:
+                raise AuthError(f"replayed heartbeat of {name} (issued before the last one accepted)")
+            self._heartbeat_at[name] = auth.at

@@ -72,6 +72,10 @@ class AuthError(ValueError):
     """Why a message's envelope does not authenticate it (one line, no secret in it)."""
 
 
+class AlreadyAccepted(Exception):
+    """This very heartbeat was accepted before (read again, not replayed): nothing to do."""
+
+
 def canonical(value: object) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 

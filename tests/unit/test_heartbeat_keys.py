@@ -94,15 +94,20 @@ def test_a_written_heartbeat_is_read_once_and_dated_by_the_keys_time_to_live() -
     assert len(keys.read(["edge-1"], now=utcnow())[0]) == 1
 
 
-def test_a_reader_that_forgot_reads_the_current_keys_again() -> None:
+def test_a_reader_that_forgot_skips_what_it_accepted_and_refuses_an_older_heartbeat() -> None:
     client = fakeredis.FakeRedis()
+    older = signed("edge-1", beat("edge-1"))
+    time.sleep(0.01)
     client.set(heartbeat_key("edge-1"), signed("edge-1", beat("edge-1")), px=TTL_MS)
     keys = reader(client)
     assert len(keys.read(["edge-1"], now=utcnow())[0]) == 1
     keys.forget()
-    # read again, and refused: the same signed value a second time is a replay
+    # read again: the same heartbeat, accepted already, changes nothing and is no attack
+    assert keys.read(["edge-1"], now=utcnow()) == ([], [])
+    # an older one written back is a replay
+    client.set(heartbeat_key("edge-1"), older, px=TTL_MS)
     received, rejected = keys.read(["edge-1"], now=utcnow())
-    assert received == [] and "replayed" in rejected[0].reason
+    assert received == [] and "replayed heartbeat of edge-1" in rejected[0].reason
 
 
 @pytest.mark.parametrize(
