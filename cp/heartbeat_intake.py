@@ -24,12 +24,12 @@ class HeartbeatIntake:
         connect: Callable[[], tuple[Any, Any] | None],
         declared_names: Callable[[], Sequence[str]],
         lease_seconds: float,
-        verify: Callable[[Any, str, object, object], None],
+        verify: Callable[[str, object, object], None],
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._connect = connect
         self._declared_names = declared_names
-        self._verify = verify  # (redis client, daemon, envelope, heartbeat): raises when not authentic
+        self._verify = verify  # (daemon, envelope, heartbeat): raises when not authentic
         self._lease = ReaderLease(ttl_seconds=lease_seconds)
         self._clock = clock
         self._connection: Any = None
@@ -84,11 +84,7 @@ class HeartbeatIntake:
                 return None
             self._connection, self._client = made
             client = self._client
-            verify = self._verify
-            self._reader = HeartbeatKeyReader(
-                lambda names: read_keys(client, names),
-                verify=lambda name, auth, beat: verify(client, name, auth, beat),
-            )
+            self._reader = HeartbeatKeyReader(lambda names: read_keys(client, names), verify=self._verify)
         return self._client
 
     def _drop(self) -> None:

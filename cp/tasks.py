@@ -8,7 +8,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from contextlib import nullcontext
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -91,26 +90,19 @@ def register_cp_tasks(app: Celery, cp: ControlPlane) -> None:
     cp_keys = ControlPlaneKeys(settings.home)
     cp_keys.current()  # made on the first start of a control-plane process, if there is none
 
-    def load_daemon_key(name: str) -> DaemonKeyView | None:
-        with cp.session() as session:
-            row = session.exec(select(DaemonKey).where(DaemonKey.name == name)).first()
-        if row is None:
-            return None
+    def key_view(row: DaemonKey) -> DaemonKeyView:
         return DaemonKeyView(
             key_id=row.key_id, public=public_key_from_text(row.public_key), revoked=row.revoked_at is not None
         )
 
+    def load_daemon_key(name: str) -> DaemonKeyView | None:
+        with cp.session() as session:
+            row = session.exec(select(DaemonKey).where(DaemonKey.name == name)).first()
+            return key_view(row) if row is not None else None
+
     def load_daemon_keys() -> dict[str, DaemonKeyView]:
         with cp.session() as session:
-            rows = list(session.exec(select(DaemonKey)))
-        return {
-            row.name: DaemonKeyView(
-                key_id=row.key_id,
-                public=public_key_from_text(row.public_key),
-                revoked=row.revoked_at is not None,
-            )
-            for row in rows
-        }
+            return {row.name: key_view(row) for row in session.exec(select(DaemonKey))}
 
     daemon_keys = DaemonKeys(load_daemon_key, ttl=settings.key_cache_seconds)
     keys_read_at = [float("-inf")]
@@ -239,14 +231,11 @@ def register_cp_tasks(app: Celery, cp: ControlPlane) -> None:
 
     # daemons write their heartbeats to keys of their own (cp/heartbeat_keys.py); the task below
     # stays for a broker without keys and for daemons of an earlier release
-    def verify_heartbeat(client: Any, name: str, envelope: object, beat: object) -> None:
-        authenticator.verify_heartbeat(name, envelope, beat, redis=lambda: nullcontext(client))
-
     intake = HeartbeatIntake(
         connect=lambda: broker_client(cp.app),
         declared_names=declared_names,
         lease_seconds=max(2.0, 4 * settings.heartbeat_flush_interval),
-        verify=verify_heartbeat,
+        verify=authenticator.verify_heartbeat,
     )
 
     per_second = settings.rejection_events_per_second

@@ -3,9 +3,7 @@ issued within the window, each once (docs/security.md)."""
 
 from __future__ import annotations
 
-import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -21,41 +19,7 @@ from cp.security.envelope import (
     parse_auth,
     remember_ms,
 )
-
-
-class SeenNonces:
-    """The nonces of the messages accepted and still valid, in this process (bounded): ``seen`` on
-    receipt, ``done`` once processed; only a copy of a processed message is a replay (a message
-    handed out again because it was never acknowledged passes, as on the control plane).
-
-    Kept in memory: a daemon restarted within a message's validity would accept its replay, which
-    does nothing more than the original did (a job runs once per run key and attempt, configs only
-    move forward, a probe is answered again; docs/security.md).
-    """
-
-    def __init__(self, *, capacity: int = 200_000, clock: Callable[[], float] = time.monotonic):
-        self._capacity = capacity
-        self._clock = clock
-        self._seen: OrderedDict[str, tuple[float, bool]] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def first_use(self, nonce: str, *, keep_s: float) -> bool:
-        now = self._clock()
-        with self._lock:
-            for key, (until, _) in list(self._seen.items())[:100]:  # expire a few each time
-                if until < now:
-                    del self._seen[key]
-            known = self._seen.get(nonce)
-            if known is not None:
-                return not known[1]
-            self._seen[nonce] = (now + keep_s, False)
-            while len(self._seen) > self._capacity:
-                self._seen.popitem(last=False)
-            return True
-
-    def done(self, nonce: str, *, keep_s: float) -> None:
-        with self._lock:
-            self._seen[nonce] = (self._clock() + keep_s, True)
+from cp.security.nonces import SeenNonces
 
 
 class DaemonAuthenticator:
@@ -71,6 +35,9 @@ class DaemonAuthenticator:
         self._trusted = trusted
         self._window_s = window_s
         self._clock = clock
+        # in memory: a daemon restarted within a message's validity would accept its replay once,
+        # which does nothing the original did not (a job runs once per run key and attempt,
+        # configs only move forward, a probe is answered again; docs/security.md)
         self._nonces = SeenNonces()
 
     def check(

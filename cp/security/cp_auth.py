@@ -39,6 +39,7 @@ from cp.security.envelope import (
     sender_daemon,
 )
 from cp.security.keys import KeyFileError, key_id, public_bytes, public_key_from_text
+from cp.security.nonces import SeenNonces
 
 # the field of each daemon message that names the daemon it speaks for
 SPEAKS_FOR = {
@@ -111,46 +112,29 @@ class DaemonKeys:
 
 
 class Nonces:
-    """Nonces of messages received within their validity: ``seen`` on receipt, ``done`` once the
-    message was processed (acknowledged). A message whose nonce is ``done`` is a replay; one only
-    ``seen`` is the broker handing out again a message whose consumer died before acknowledging
-    it (at-least-once delivery), and passes. In Redis when the message came with a connection
-    (shared by every worker), else in this process."""
+    """The two-state nonce memory of cp/security/nonces.py, in Redis when the message came with a
+    connection (shared by every worker), else in this process."""
 
     def __init__(self, *, capacity: int = 1_000_000) -> None:
-        self._local: OrderedDict[str, tuple[float, bool]] = OrderedDict()
-        self._capacity = capacity
-        self._lock = threading.Lock()
+        self._local = SeenNonces(capacity=capacity)
 
     def first_use(self, by: str, nonce: str, *, keep_ms: int, redis: RedisScope | None) -> bool:
         """False when a message with this nonce was processed already."""
         key = f"mycelial.nonce.{by}.{nonce}"
-        if redis is not None:
-            with redis() as client:
-                if client.set(key, b"seen", nx=True, px=keep_ms):
-                    return True
-                return bool(client.get(key) != b"done")
-        now = time.monotonic()
-        with self._lock:
-            for old, (until, _) in list(self._local.items())[:100]:
-                if until < now:
-                    del self._local[old]
-            known = self._local.get(key)
-            if known is not None:
-                return not known[1]
-            self._local[key] = (now + keep_ms / 1000, False)
-            while len(self._local) > self._capacity:
-                self._local.popitem(last=False)
-            return True
+        if redis is None:
+            return self._local.first_use(key, keep_s=keep_ms / 1000)
+        with redis() as client:
+            if client.set(key, b"seen", nx=True, px=keep_ms):
+                return True
+            return bool(client.get(key) != b"done")
 
     def done(self, by: str, nonce: str, *, keep_ms: int, redis: RedisScope | None) -> None:
         key = f"mycelial.nonce.{by}.{nonce}"
-        if redis is not None:
-            with redis() as client:
-                client.set(key, b"done", px=keep_ms)
+        if redis is None:
+            self._local.done(key, keep_s=keep_ms / 1000)
             return
-        with self._lock:
-            self._local[key] = (time.monotonic() + keep_ms / 1000, True)
+        with redis() as client:
+            client.set(key, b"done", px=keep_ms)
 
 
 class ControlPlaneAuthenticator:
@@ -200,12 +184,16 @@ class ControlPlaneAuthenticator:
         self, auth: Auth, *, task: str, task_id: str, queue: str, payload: object, redis: RedisScope | None
     ) -> None:
         """Raise AuthError unless ``auth`` authenticates this message; remembers its nonce."""
-        check_window(auth, now_ms=int(self._clock() * 1000), window_s=self._window_s)
-        public = self._public_key(auth, task=task, queue=queue, payload=payload)
-        check_signature(public, auth, task=task, task_id=task_id, queue=queue, payload=payload)
+        self._authenticate(auth, task=task, task_id=task_id, queue=queue, payload=payload)
         keep_ms = remember_ms(auth, now_ms=int(self._clock() * 1000), window_s=self._window_s)
         if not self._nonces.first_use(auth.by, auth.nonce, keep_ms=keep_ms, redis=redis):
             raise AuthError(f"replayed message (nonce of {auth.by} already seen)")
+
+    def _authenticate(self, auth: Auth, *, task: str, task_id: str, queue: str, payload: object) -> None:
+        """Within its validity, signed by a key this sender may use, over exactly this message."""
+        check_window(auth, now_ms=int(self._clock() * 1000), window_s=self._window_s)
+        public = self._public_key(auth, task=task, queue=queue, payload=payload)
+        check_signature(public, auth, task=task, task_id=task_id, queue=queue, payload=payload)
 
     def _public_key(self, auth: Auth, *, task: str, queue: str, payload: object) -> Ed25519PublicKey:
         if auth.by == CP_SENDER:
@@ -249,9 +237,7 @@ class ControlPlaneAuthenticator:
         keep_ms = remember_ms(auth, now_ms=int(self._clock() * 1000), window_s=self._window_s)
         self._nonces.done(auth.by, auth.nonce, keep_ms=keep_ms, redis=redis)
 
-    def verify_heartbeat(
-        self, name: str, envelope: object, beat: object, *, redis: RedisScope | None
-    ) -> None:
+    def verify_heartbeat(self, name: str, envelope: object, beat: object) -> None:
         """Raise AuthError unless a heartbeat key's value was signed by that daemon (cp/heartbeat_keys.py).
 
         A heartbeat is replayed if it was issued no later than the last one accepted from that
@@ -261,16 +247,8 @@ class ControlPlaneAuthenticator:
         auth = parse_auth(envelope)
         if auth.by != daemon_sender(name):
             raise AuthError(f"heartbeat of {name} signed by {auth.by}")
-        check_window(auth, now_ms=int(self._clock() * 1000), window_s=self._window_s)
-        public = self._public_key(auth, task=CP_HEARTBEAT, queue=heartbeat_key(name), payload=beat)
-        check_signature(
-            public,
-            auth,
-            task=CP_HEARTBEAT,
-            task_id=HEARTBEAT_TASK_ID,
-            queue=heartbeat_key(name),
-            payload=beat,
-        )
+        key = heartbeat_key(name)
+        self._authenticate(auth, task=CP_HEARTBEAT, task_id=HEARTBEAT_TASK_ID, queue=key, payload=beat)
         with self._heartbeat_lock:
             last = self._heartbeat_at.get(name)
             if last is not None and auth.at == last:

@@ -72,7 +72,7 @@ def reader(client: fakeredis.FakeRedis) -> HeartbeatKeyReader:
     auth = authenticator()
     return HeartbeatKeyReader(
         lambda names: read_keys(client, names),
-        verify=lambda name, envelope, beat: auth.verify_heartbeat(name, envelope, beat, redis=None),
+        verify=auth.verify_heartbeat,
     )
 
 
@@ -227,9 +227,7 @@ def test_the_intake_reads_only_while_it_holds_the_lease_and_survives_a_broken_br
             connect=lambda: (None, client),
             declared_names=lambda: ["edge-1"],
             lease_seconds=5,
-            verify=lambda redis, name, envelope, beat: auth.verify_heartbeat(
-                name, envelope, beat, redis=None
-            ),
+            verify=auth.verify_heartbeat,
         )
 
     one, two = intake(), intake()
