@@ -80,7 +80,7 @@ def register_admin_commands() -> None:
 
 def _answer(build: Callable[[_Attached], dict[str, Any]]) -> Callable[..., dict[str, Any]]:
     def handler(state: Any, **_ignored: object) -> dict[str, Any]:  # arguments: none taken
-        attached = _attached.get(getattr(state, "app", None))  # type: ignore[arg-type]
+        attached = _attached_to(getattr(state, "app", None))
         if attached is None:
             return {"error": "not a mycelial daemon"}
         try:
@@ -90,6 +90,10 @@ def _answer(build: Callable[[_Attached], dict[str, Any]]) -> Callable[..., dict[
             return {"error": f"failed: {type(exc).__name__}"}
 
     return handler
+
+
+def _attached_to(app: object) -> _Attached | None:
+    return _attached.get(app) if isinstance(app, Celery) else None
 
 
 def _config(daemon: DaemonRuntime) -> dict[str, Any]:
