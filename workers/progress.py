@@ -7,8 +7,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
 
-from workers.jobs import Outcome
-
 
 @dataclass(frozen=True)
 class RunProgress:
@@ -38,19 +36,15 @@ class RunBoard:
         with self._lock:
             self._runs.pop(task_id, None)
 
-    def reporting(self, task_id: str, send: Callable[[Outcome], None]) -> Callable[[Outcome], None]:
-        """``send``, noting on the board the rows of every outcome it sends."""
+    def progressed(self, task_id: str, *, rows_read: int, rows_written: int) -> None:
+        with self._lock:
+            run = self._runs.get(task_id)
+            if run is not None:
+                self._runs[task_id] = replace(run, rows_read=rows_read, rows_written=rows_written)
 
-        def noted(outcome: Outcome) -> None:
-            with self._lock:
-                run = self._runs.get(task_id)
-                if run is not None:
-                    self._runs[task_id] = replace(
-                        run, rows_read=outcome.rows_read, rows_written=outcome.rows_written
-                    )
-            send(outcome)
-
-        return noted
+    def rows_of(self, task_id: str) -> Callable[[int, int], None]:
+        """What a job's report calls after each batch: (rows read, rows written) so far."""
+        return lambda read, written: self.progressed(task_id, rows_read=read, rows_written=written)
 
     def snapshot(self) -> list[RunProgress]:
         """Every run on the board, the longest running first."""

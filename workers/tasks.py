@@ -217,7 +217,7 @@ def _run(daemon: DaemonRuntime, job: RunJob, *, task_id: str, delivery: int) -> 
             job,
             home=daemon.home,
             confinement=daemon.confinement,
-            report=Report(daemon.progress.reporting(task_id, send)),
+            report=Report(send, on_rows=daemon.progress.rows_of(task_id)),
             should_stop=lambda: task_id in worker_state.revoked,
         )
     finally:

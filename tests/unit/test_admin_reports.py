@@ -25,7 +25,7 @@ from workers.admin_reports import (
     runs_report,
     software_report,
 )
-from workers.jobs import Outcome
+from workers.jobs import Outcome, Report
 from workers.movement.registry import CONNECTORS
 from workers.progress import RunBoard
 
@@ -80,9 +80,10 @@ def test_the_run_board_follows_each_job_from_start_through_its_progress_to_its_e
     sent: list[Outcome] = []
     board.started(task_id="t2", run_key="r2", pipeline="b", attempt=2, now=NOW + timedelta(seconds=5))
     board.started(task_id="t1", run_key="r1", pipeline="a", attempt=1, now=NOW)
-    report = board.reporting("t1", sent.append)
-    report(Outcome("progress", rows_read=300, rows_written=200))
-    assert [o.rows_written for o in sent] == [200]  # still sent on
+    report = Report(sent.append, clock=lambda: 0.0, on_rows=board.rows_of("t1"))
+    report.progress(100, 50)
+    report.progress(300, 200)
+    assert sent == []  # progress events are throttled; the board sees every batch
 
     runs = runs_report(board.snapshot(), now=NOW + timedelta(seconds=10))
     assert runs == {
@@ -109,7 +110,7 @@ def test_the_run_board_follows_each_job_from_start_through_its_progress_to_its_e
         "not_shown": 0,
     }
     board.ended("t1")
-    report(Outcome("succeeded", rows_read=400, rows_written=400))  # a late report adds nothing
+    report.progress(400, 400)  # a late report adds nothing
     assert [r.run_key for r in board.snapshot()] == ["r2"]
 
 
