@@ -31,6 +31,7 @@ CP_DAEMON_HELLO = "cp.daemon_hello"
 CP_HEARTBEAT = "cp.heartbeat"
 CP_RUN_EVENT = "cp.run_event"
 CP_CONFIG_APPLIED = "cp.config_applied"
+CP_CONFIG_REQUEST = "cp.config_request"
 CP_LOGS = "cp.logs"
 CP_CHECK_DAEMON_HEALTH = "cp.check_daemon_health"
 CP_PURGE_OLD_RECORDS = "cp.purge_old_records"
@@ -147,6 +148,13 @@ class ConfigApplied(Message):
     version: Version
     ok: bool
     error: ErrorText | None = None
+
+
+class ConfigRequest(Message):
+    """A daemon asks for its desired config again (an admin's `control mycelial_refresh_config`)."""
+
+    name: Name
+    applied_config_version: Version | None = None
 
 
 class LogEntry(BaseModel):
