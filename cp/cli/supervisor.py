@@ -19,8 +19,9 @@ from cp.cli import security_commands
 from cp.cli.demo import prepare_demo
 from cp.cli.flower_server import announce, flower_credentials
 from cp.cli.output import EXIT_FAILED, EXIT_OK, info, warn
+from cp.cli.rotating_output import ChildOutput, Rotation, child_output
 from cp.embedded_redis import EmbeddedRedis
-from cp.private_files import open_private, private_dir
+from cp.private_files import private_dir
 from cp.settings import Settings
 
 STOP_GRACE = 10.0  # seconds a child gets after SIGTERM before SIGKILL
@@ -39,17 +40,20 @@ class Child:
 class Stack:
     children: list[Child] = field(default_factory=list)
     stopping: bool = False
+    rotation: Rotation = field(default_factory=Rotation)
+    outputs: list[ChildOutput] = field(default_factory=list)
 
     def start(self, env: dict[str, str], *, log_dir: Path) -> None:
         private_dir(log_dir)
         for child in self.children:
             log_path = log_dir / f"{child.name.replace(' ', '-')}.log"
-            with os.fdopen(open_private(log_path, os.O_WRONLY | os.O_APPEND), "ab") as log:
+            with child_output(log_path, self.rotation) as log:
+                self.outputs.append(log)
                 # own session: a terminal's Ctrl-C reaches only `up`, which then stops children in order
                 child.process = subprocess.Popen(
                     child.argv,
                     env={**env, **child.env},
-                    stdout=log,
+                    stdout=log.write_fd,
                     stderr=subprocess.STDOUT,
                     preexec_fn=_die_with_parent,
                     start_new_session=True,
@@ -75,6 +79,8 @@ class Stack:
                 warn(f"{child.name} did not stop within {STOP_GRACE:.0f}s; killing it")
                 child.process.kill()
                 child.process.wait()
+        for output in self.outputs:  # the children's last lines, into their files
+            output.wait(timeout=2.0)
 
 
 def _die_with_parent() -> None:
@@ -114,7 +120,8 @@ def run_stack(settings: Settings, *, demo: bool) -> int:
                 env=local_env,
             ),
             Child("flower", _cli("flower")),
-        ]
+        ],
+        rotation=Rotation(max_bytes=settings.process_log_max_bytes, backups=settings.process_log_backups),
     )
     received: list[int] = []
 
