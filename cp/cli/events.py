@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from cp.cli.output import EXIT_BAD_INPUT, CliError, print_json, print_table
-from cp.cli.runs import control_plane, printable
+from cp.cli.runs import control_plane, printable, shown_time
 from cp.cli.time_options import parse_window
 from cp.event_log import KNOWN_KINDS, MAX_EVENTS, EventFilter, event_rows, unknown_kinds
 from cp.models import utcnow
@@ -16,7 +16,7 @@ from cp.run_detail import find_run
 MAX_KINDS = 32
 MAX_KIND_CHARS = 64
 EVENT_COLUMNS = [
-    ("AT", lambda e: (e["at"] or "")[:23].replace("T", " ")),
+    ("AT", lambda e: shown_time(e["at"])),
     ("KIND", lambda e: e["kind"]),
     ("DAEMON", lambda e: e["daemon"]),
     ("RUN", lambda e: f"{e['run_key']} #{e['attempt']}" if e["run_key"] else None),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from datetime import datetime
 from typing import Annotated, Any
 
 import typer
@@ -96,16 +97,16 @@ ATTEMPT_COLUMNS = [
     ("TRY", lambda a: a["attempt"]),
     ("DAEMON", lambda a: a["daemon"]),
     ("STATE", lambda a: a["state"]),
-    ("QUEUED", lambda a: _time(a["queued_at"])),
-    ("STARTED", lambda a: _time(a["started_at"])),
-    ("FINISHED", lambda a: _time(a["finished_at"])),
+    ("QUEUED", lambda a: shown_time(a["queued_at"])),
+    ("STARTED", lambda a: shown_time(a["started_at"])),
+    ("FINISHED", lambda a: shown_time(a["finished_at"])),
     ("SECONDS", lambda a: a["duration_s"]),
     ("READ", lambda a: a["rows_read"]),
     ("WRITTEN", lambda a: a["rows_written"]),
     ("ERROR", lambda a: printable(a["error"]) if a["error"] else None),
 ]
 CHANGE_COLUMNS = [
-    ("AT", lambda c: _time(c["at"])),
+    ("AT", lambda c: shown_time(c["at"])),
     ("TRY", lambda c: c["attempt"]),
     ("STATE", lambda c: f"{c['from_state'] or '-'} -> {c['to_state']}"),
     ("DAEMON", lambda c: c["daemon"]),
@@ -121,8 +122,12 @@ def printable(text: str) -> str:
     return CONTROL_CHARS.sub(lambda m: f"\\x{ord(m.group()):02x}", text).replace("\n", "\\n")
 
 
-def _time(value: str | None) -> str | None:
-    return value[:23].replace("T", " ") if value else None
+def shown_time(value: str | None) -> str | None:
+    """An ISO time as ``2026-01-31 12:00:00.250`` (UTC, as stored)."""
+    if not value:
+        return None
+    at = datetime.fromisoformat(value)
+    return f"{at:%Y-%m-%d %H:%M:%S}.{at.microsecond // 1000:03d}"
 
 
 def print_detail(detail: dict[str, Any]) -> None:
@@ -133,8 +138,8 @@ def print_detail(detail: dict[str, Any]) -> None:
     attempts = len(detail["attempts"])
     running = f", running {run['running_s']}s" if run["running_s"] is not None else ""
     info(
-        f"created {_time(run['created_at'])}, started {_time(run['started_at']) or '-'}, "
-        f"finished {_time(run['finished_at']) or '-'}, duration {run['duration_s'] or '-'}s{running}"
+        f"created {shown_time(run['created_at'])}, started {shown_time(run['started_at']) or '-'}, "
+        f"finished {shown_time(run['finished_at']) or '-'}, duration {run['duration_s'] or '-'}s{running}"
     )
     info(f"rows read {run['rows_read']}, written {run['rows_written']} over {attempts} attempt(s)")
     info("")
@@ -147,11 +152,8 @@ def print_detail(detail: dict[str, Any]) -> None:
     lines = detail["log_lines"]
     total = detail["log_lines_total"]
     info(f"log lines ({len(lines)} of {total}):" if len(lines) < total else f"log lines ({total}):")
-    print_lines(
-        [
-            printable(
-                f"{_time(line['ts'])} {line['daemon']} {line['level']} {line['logger']}: {line['message']}"
-            )
-            for line in lines
-        ]
-    )
+    print_lines([printable(log_line(line)) for line in lines])
+
+
+def log_line(line: dict[str, Any]) -> str:
+    return f"{shown_time(line['ts'])} {line['daemon']} {line['level']} {line['logger']}: {line['message']}"
