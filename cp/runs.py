@@ -326,7 +326,7 @@ def record_run_event(
     elif event.state == "progress":
         if run.state is RunState.QUEUED:
             # its "started" is late or lost: the attempt runs all the same
-            _now_running(session, run, at=event.at)
+            _now_running(session, run, at=event.at, attempt=_current_attempt(session, run))
     elif event.state == "succeeded":
         run.started_at = run.started_at or event.at
         finish(session, run, RunState.SUCCEEDED, error=None, at=event.at)
@@ -350,19 +350,18 @@ def record_run_event(
 def _started(session: Session, run: Run, event: RunEvent) -> None:
     """Each ``started`` is one delivery of the job: counted, so a redelivery loop is visible in SQL."""
     run.deliveries += 1
+    attempt = _current_attempt(session, run)
     if run.state in (RunState.QUEUED, RunState.SCHEDULED):
         run.error = None
-        _now_running(session, run, at=event.at)
-    attempt = _current_attempt(session, run)
+        _now_running(session, run, at=event.at, attempt=attempt)
     if attempt is not None:
         attempt.deliveries += 1
         session.add(attempt)
 
 
-def _now_running(session: Session, run: Run, *, at: datetime) -> None:
+def _now_running(session: Session, run: Run, *, at: datetime, attempt: RunAttempt | None) -> None:
     note_change(session, run, RunState.RUNNING, at=at, reason=f"on daemon {run.daemon}", from_state=run.state)
     run.state, run.started_at = RunState.RUNNING, at
-    attempt = _current_attempt(session, run)
     if attempt is not None and not attempt.state.finished:
         attempt.state = RunState.RUNNING
         attempt.started_at = attempt.started_at or at
