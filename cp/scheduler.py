@@ -120,7 +120,7 @@ def fire_due_runs(session: Session, *, now: datetime) -> int:
             rows.append(_new_run_row(pipeline.name, fire, now=now, skipped_because=skipped))
     created = insert_new_runs(session, rows)
     if created:
-        log.info("fired %d run(s) for %d due fire(s)", created, len(rows))
+        log.info("fired %d run(s) for %d due fire(s)", len(created), len(rows))
         insert_changes(
             session,
             [
