@@ -11,6 +11,7 @@ from sqlalchemy import event, func
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, SQLModel, select
 
+from beat_schedule import beat_schedule
 from cp.db import create_schema, make_engine, session_scope
 from cp.models import DaemonEvent, LogRecord, Run, RunAttempt, RunState, RunStateChange, RunTrigger
 from cp.retention import RetentionPolicy, Sessions, purge_old_records
@@ -128,3 +129,9 @@ def test_the_periods_and_chunk_come_from_the_settings() -> None:
     assert RetentionPolicy.from_settings(settings) == RetentionPolicy(
         run_days=90, event_days=15, log_days=3, chunk=500
     )
+
+
+def test_beat_sends_the_purge_on_the_control_queue_at_the_configured_interval() -> None:
+    entry = beat_schedule(Settings(retention_interval=120))["purge-old-records"]  # type: ignore[call-arg]
+    assert (entry["task"], entry["schedule"]) == ("cp.purge_old_records", 120)
+    assert entry["options"] == {"queue": "mycelial.cp.control", "expires": 120}
