@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Callable
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +20,7 @@ from tests.conftest import Stack, wait_for
 
 pytestmark = pytest.mark.integration
 
-ROWS = 20_000
+ROWS = 200_000  # at batch_size 10 the copy takes seconds, not a fraction of one
 
 CONFIG = """
 daemons: [{{name: edge-r}}]
@@ -52,6 +55,52 @@ def landed(path: Path) -> int:
     return count
 
 
+FIRST_ROWS_BYTES = 64 * 1024  # a few hundred rows; the whole copy is several MiB
+
+
+def written_bytes(path: Path) -> int:
+    sizes = [p.stat().st_size for p in (path, path.with_name(path.name + "-wal")) if p.exists()]
+    return sum(sizes)
+
+
+@contextmanager
+def copy_paused_mid_way(path: Path) -> Iterator[threading.Event]:
+    """Hold ``path``'s write lock for a while once its first rows landed: the copy then still has
+    most of its rows to go, and its next commit is more than a second after its start, so the
+    daemon reports progress (at most once a second) with it. The event is set when the lock is let
+    go. (Holding it until the kill starves the test's own re-lock: a daemon that commits all the
+    time wins every race for SQLite's lock.)
+
+    "Landed" is read from the files' size, not by a query: a reader can wait behind a writer that
+    commits all the time and see the rows only when the copy is over."""
+    resumed, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        deadline = time.monotonic() + 90
+        while written_bytes(path) < FIRST_ROWS_BYTES:
+            if time.monotonic() > deadline or release.is_set():
+                return
+            time.sleep(0.002)
+        lock = sqlite3.connect(path, timeout=30, isolation_level=None)
+        try:
+            lock.execute("BEGIN EXCLUSIVE")
+            time.sleep(1.2)  # longer than the daemon's progress interval
+            lock.execute("ROLLBACK")
+            resumed.set()
+        finally:
+            if lock.in_transaction:
+                lock.execute("ROLLBACK")
+            lock.close()
+
+    holder = threading.Thread(target=hold, name="copy pauser", daemon=True)
+    holder.start()
+    try:
+        yield resumed
+    finally:
+        release.set()
+        holder.join(30)
+
+
 def test_a_run_lost_on_its_first_attempt_and_finished_by_the_retry_shows_both_attempts(
     make_stack: Callable[..., Stack], make_database_url: Callable[[str], str]
 ) -> None:
@@ -65,17 +114,18 @@ def test_a_run_lost_on_its_first_attempt_and_finished_by_the_retry_shows_both_at
     stack.start("daemon", "daemon", "--name", "edge-r")
     stack.wait_online("edge-r", timeout=90)
 
-    key = json.loads(stack.cli("run", "orders", "--json", check=True).stdout)["run_key"]
-
     def listed() -> dict[str, Any]:
         return next(r for r in stack.json("runs")["runs"] if r["run_key"] == key)
 
     # killed mid-copy, once the control plane has counted some of the first attempt's rows
-    wait_for(
-        lambda: listed()["rows_written"] > 0, timeout=60, what="the first attempt's progress", stack=stack
-    )
-    stack.stop("daemon", kill=True)
-    assert 0 < landed(destination) < ROWS, "the copy ended before the daemon was killed: too fast to test"
+    with copy_paused_mid_way(destination) as resumed:
+        key = json.loads(stack.cli("run", "orders", "--json", check=True).stdout)["run_key"]
+        assert resumed.wait(90), "the run never wrote its first batches\n" + stack.logs()
+        wait_for(
+            lambda: listed()["rows_written"] > 0, timeout=20, what="the first attempt's progress", stack=stack
+        )
+        stack.stop("daemon", kill=True)
+    assert 0 < landed(destination) < ROWS, "the copy ended before the daemon was killed"
     stack.start("daemon-again", "daemon", "--name", "edge-r")
     run = wait_for(
         lambda: (r := listed())["state"] not in ("scheduled", "queued", "running") and r,
