@@ -38,6 +38,7 @@ from workers.deliveries import DeliveryLog
 from workers.heartbeat_key import HeartbeatWriter
 from workers.local_state import LocalState
 from workers.outbox import Envelope, Outbox
+from workers.progress import ProgressBoard
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,7 @@ class DaemonRuntime:
         self.deliveries = DeliveryLog(settings.home / "daemons" / name / "deliveries")
         self._running: set[str] = set()
         self._finished: set[str] = set()
+        self.progress = ProgressBoard()  # rows and rows per second of running jobs, for heartbeats
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._heartbeat_thread: threading.Thread | None = None
@@ -180,6 +182,7 @@ class DaemonRuntime:
             running_runs=self.running(),
             cpu_percent=self._cpu_percent(),
             memory_mb=_rss_mb(),
+            progress=self.progress.snapshot(),
         )
         if not self.heartbeats.write(beat):  # a broker without keys: the cp.heartbeat task instead
             self.send(CP_HEARTBEAT, beat, argsrepr=f"daemon={self.name}")

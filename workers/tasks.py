@@ -207,13 +207,18 @@ def _run(daemon: DaemonRuntime, job: RunJob, *, task_id: str, delivery: int) -> 
     send = _sender(daemon, job, delivery=delivery)
     log.info("run %s of pipeline %s started", job.run_key, job.pipeline.name)
     # `mycelial cancel` revokes the task id; Celery's revoke reaches a busy worker by broadcast
-    outcome = execute(
-        job,
-        home=daemon.home,
-        confinement=daemon.confinement,
-        report=Report(send),
-        should_stop=lambda: task_id in worker_state.revoked,
-    )
+    board = daemon.progress
+    board.start(task_id, run_key=job.run_key, pipeline=job.pipeline.name, attempt=job.attempt)
+    try:
+        outcome = execute(
+            job,
+            home=daemon.home,
+            confinement=daemon.confinement,
+            report=Report(send, track=lambda read, written: board.rows(task_id, read=read, written=written)),
+            should_stop=lambda: task_id in worker_state.revoked,
+        )
+    finally:
+        board.finish(task_id)
     if outcome.state == "succeeded":
         log.info("run %s succeeded: %d rows", job.run_key, outcome.rows_written)
     else:

@@ -26,9 +26,11 @@ from cp.cli.output import (
     print_table,
     warn,
 )
+from cp.cli.status import METRIC_COLUMNS, status_cell, status_command
 from cp.config.limits import ConfigLimits
 from cp.config_file import ConfigError, load_config_file
 from cp.config_store import apply_document, current_author, plan_diff
+from cp.health import HealthLimits
 from cp.models import Pipeline, Run, RunState, RunTrigger, utcnow
 from cp.private_files import UnsafeHomeError, prepare_home, restrict_umask
 from cp.runs import (
@@ -55,6 +57,7 @@ app = typer.Typer(
 config_app = typer.Typer(help="Configuration versions.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 app.add_typer(broker_app, name="broker")
+app.command("status")(status_command)
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document.")]
 LogLevel = Annotated[str, typer.Option("--loglevel", help="debug, info, warning or error.")]
@@ -310,8 +313,11 @@ def daemons(ctx: typer.Context, json_: JsonOption = False) -> None:
     """List daemons with status, heartbeat age and desired/applied config versions."""
     if ctx.invoked_subcommand is not None:
         return
-    with ControlPlane(settings()).session() as session:
-        rows = daemon_rows(session, now=utcnow())
+    s = settings()
+    with ControlPlane(s).session() as session:
+        rows = daemon_rows(
+            session, now=utcnow(), limits=HealthLimits.from_settings(s), stale_after=s.checker_stale_after
+        )
     if json_:
         print_json({"daemons": rows})
         return
@@ -319,7 +325,7 @@ def daemons(ctx: typer.Context, json_: JsonOption = False) -> None:
         rows,
         [
             ("NAME", lambda r: r["name"]),
-            ("STATUS", lambda r: r["status"]),
+            ("STATUS", status_cell),
             ("SINCE", lambda r: (r["status_since"] or "")[:19]),
             (
                 "HEARTBEAT",
@@ -336,6 +342,7 @@ def daemons(ctx: typer.Context, json_: JsonOption = False) -> None:
             ),
             ("QUEUE", lambda r: r["queue_depth"]),
             ("RUNNING", lambda r: r["running_runs"]),
+            *METRIC_COLUMNS,
             ("DESIRED", lambda r: r["desired_config_version"]),
             ("APPLIED", lambda r: r["applied_config_version"]),
             ("KEY", lambda r: r["key"]),
