@@ -92,9 +92,9 @@ def summarise(
         beats = [process_entry(p, now=now, seen_within=seen_within) for p in processes if p.kind == BEAT]
         doc["workers"], doc["beat"] = workers, beats
         if not any(w["alive"] for w in workers):
-            problems.append(f"no control-plane worker seen within {seen_within:.0f}s{_last(workers)}")
+            problems.append(f"no control-plane worker running ({_last(workers, seen_within)})")
         if not any(b["alive"] for b in beats):
-            problems.append(f"beat not seen within {seen_within:.0f}s{_last(beats)}")
+            problems.append(f"beat not running ({_last(beats, seen_within)})")
         age = (now - checker_ran_at).total_seconds() if checker_ran_at is not None else None
         stale = age is None or age > checker_stale_after
         doc["health_check"] = {
@@ -117,13 +117,14 @@ def summarise(
     return doc
 
 
-def _last(entries: Sequence[dict[str, Any]]) -> str:
-    """`` (last seen 42s ago, stopped)`` for the newest of ``entries``, or nothing."""
+def _last(entries: Sequence[dict[str, Any]], seen_within: float) -> str:
+    """What became of the newest of ``entries``, none of them alive."""
     if not entries:
-        return " (never seen)"
+        return "never seen"
     newest = min(entries, key=lambda e: e["seen_age_s"])
-    stopped = ", stopped" if newest["stopped_at"] else ""
-    return f" (last seen {newest['seen_age_s']:.0f}s ago{stopped})"
+    if newest["stopped_at"]:
+        return f"the last one, {newest['name']}, stopped {newest['seen_age_s']:.0f}s ago"
+    return f"{newest['name']} last seen {newest['seen_age_s']:.0f}s ago, over {seen_within:.0f}s"
 
 
 def _iso(value: datetime | None) -> str | None:

@@ -119,14 +119,16 @@ def test_a_worker_not_seen_within_the_window_or_stopped_is_down() -> None:
     late = summary(processes=[seen(WORKER, s_ago=16), seen(BEAT, s_ago=1)])
     stopped = summary(processes=[seen(WORKER, s_ago=1, stopped=True), seen(BEAT, s_ago=1)])
 
-    assert late["problems"] == ["no control-plane worker seen within 15s (last seen 16s ago)"]
-    assert stopped["problems"] == ["no control-plane worker seen within 15s (last seen 1s ago, stopped)"]
+    assert late["problems"] == ["no control-plane worker running (cp-host:1 last seen 16s ago, over 15s)"]
+    assert stopped["problems"] == [
+        "no control-plane worker running (the last one, cp-host:1, stopped 1s ago)"
+    ]
 
 
 def test_no_beat_ever_seen_is_down() -> None:
     doc = summary(processes=[seen(WORKER, s_ago=1)])
 
-    assert doc["problems"] == ["beat not seen within 15s (never seen)"]
+    assert doc["problems"] == ["beat not running (never seen)"]
 
 
 def test_health_checks_that_stopped_are_down() -> None:
