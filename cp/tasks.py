@@ -471,13 +471,14 @@ def register_cp_tasks(app: Celery, cp: ControlPlane) -> None:
                         daemon.queue_depth = depths.get(daemon.name)
                         session.add(daemon)
             update_statuses(session, now=now, limits=limits, listening_since=cp.consuming_since)
-            note_health_check(session, this_worker, now=now)  # views show statuses stale without it
             revoke = fail_over(session, now=now, lost_after=settings.lost_after, rng=_rng)
             pushes = [
                 push
                 for daemon in stale_config_daemons(session, now=now, repush_after=settings.offline_after)
                 if (push := current_push(session, daemon)) is not None
             ]
+            # last, so the one row every check writes is locked only until the commit
+            note_health_check(session, this_worker, now=now)  # views show statuses stale without it
         if revoke:
             cp.app.control.revoke(revoke)
         cp.push_configs(pushes)

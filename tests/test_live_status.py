@@ -5,9 +5,13 @@ or the broker is gone."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 from collections.abc import Callable
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -157,3 +161,28 @@ def test_a_running_runs_rows_per_second_reach_mycelial_daemons(
     assert 0 < progress["rows_written"] < 200_000
     assert "ROWS/S" in stack.cli("daemons", check=True).stdout
     stack.cli("cancel", key, check=True)
+
+
+def test_status_of_a_control_plane_never_started_names_every_missing_part(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MYCELIAL_")}
+    env.update(MYCELIAL_HOME=str(home), MYCELIAL_BROKER_URL="redis://127.0.0.1:1/0")
+    result = subprocess.run(
+        [sys.executable, "-m", "cp.cli", "status", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert result.returncode == 1, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["ok"] is False and doc["database"]["reachable"] is True  # SQLite in the home
+    assert doc["problems"][0].startswith("broker unreachable: ")
+    assert doc["problems"][1:] == [
+        "no control-plane worker running (never seen)",
+        "beat not running (never seen)",
+        "health checks not running: never ran (stale after 15s)",
+    ]
+    assert (doc["workers"], doc["beat"], doc["runs_last_hour"]) == ([], [], {})
