@@ -146,7 +146,7 @@ def test_a_running_runs_rows_per_second_reach_mycelial_daemons(
     make_source(stack.home / "shop.db", rows=200_000)
     stack.start("worker", "worker")
     slow = PIPELINE.format(
-        name="slow", table="items", extra="    batch_size: 20\n    retries: {max_attempts: 1}"
+        name="slow", table="items", extra="    batch_size: 5\n    retries: {max_attempts: 1}"
     )
     start_edge(stack, slow)
     key = json.loads(stack.cli("run", "slow", "--json", check=True).stdout)["run_key"]
@@ -160,7 +160,7 @@ def test_a_running_runs_rows_per_second_reach_mycelial_daemons(
     assert progress["pipeline"] == "slow" and progress["attempt"] == 1
     assert 0 < progress["rows_written"] < 200_000
     assert "ROWS/S" in stack.cli("daemons", check=True).stdout
-    stack.cli("cancel", key, check=True)
+    stack.cli("cancel", key, check=True)  # 40,000 batches: it would take many seconds more
 
 
 def test_status_of_a_control_plane_never_started_names_every_missing_part(tmp_path: Path) -> None:
