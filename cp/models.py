@@ -116,7 +116,7 @@ class Daemon(SQLModel, table=True):
     running_runs: int = 0
     cpu_percent: float | None = None
     memory_mb: float | None = None
-    # the newest heartbeat's RunProgress entries (cp/protocol.py), at most MAX_PROGRESS_RUNS
+    # the newest heartbeat's JobProgress entries (cp/protocol.py), at most MAX_PROGRESS_RUNS
     running_progress: list[dict[str, Any]] = Field(
         default_factory=list, sa_column=Column(JSON, nullable=False)
     )

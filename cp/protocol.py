@@ -32,6 +32,7 @@ CP_DAEMON_HELLO = "cp.daemon_hello"
 CP_HEARTBEAT = "cp.heartbeat"
 CP_RUN_EVENT = "cp.run_event"
 CP_CONFIG_APPLIED = "cp.config_applied"
+CP_CONFIG_REQUEST = "cp.config_request"
 CP_LOGS = "cp.logs"
 CP_CHECK_DAEMON_HEALTH = "cp.check_daemon_health"
 CP_PURGE_OLD_RECORDS = "cp.purge_old_records"
@@ -116,7 +117,7 @@ class DaemonHello(Message):
     orphaned_task_ids: RunKeys = Field(default_factory=list)
 
 
-class RunProgress(BaseModel):
+class JobProgress(BaseModel):
     """How far one running job has got, as its daemon saw it when it sent the heartbeat."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -136,7 +137,7 @@ class Heartbeat(Message):
     running_runs: RunKeys = Field(default_factory=list)
     cpu_percent: float | None = Field(default=None, ge=0, le=1e6, allow_inf_nan=False)
     memory_mb: float | None = Field(default=None, ge=0, le=1e12, allow_inf_nan=False)
-    progress: Annotated[list[RunProgress], Field(max_length=MAX_PROGRESS_RUNS)] = Field(default_factory=list)
+    progress: Annotated[list[JobProgress], Field(max_length=MAX_PROGRESS_RUNS)] = Field(default_factory=list)
 
 
 RunEventState = Literal["started", "progress", "succeeded", "failed", "timed_out", "cancelled"]
@@ -163,6 +164,13 @@ class ConfigApplied(Message):
     version: Version
     ok: bool
     error: ErrorText | None = None
+
+
+class ConfigRequest(Message):
+    """A daemon asks for its desired config again (an admin's `control mycelial_refresh_config`)."""
+
+    name: Name
+    applied_config_version: Version | None = None
 
 
 class LogEntry(BaseModel):

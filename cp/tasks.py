@@ -17,6 +17,7 @@ from pydantic import BaseModel
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import col, select
 
+from cp.config_requests import answer_config_request
 from cp.config_store import current_push
 from cp.db_errors import describe, is_transient
 from cp.dispatch import enrolled_message, probe_message
@@ -43,6 +44,7 @@ from cp.models import Daemon, DaemonKey, DaemonStatus, utcnow
 from cp.protocol import (
     CP_CHECK_DAEMON_HEALTH,
     CP_CONFIG_APPLIED,
+    CP_CONFIG_REQUEST,
     CP_DAEMON_HELLO,
     CP_ENROLL,
     CP_HEARTBEAT,
@@ -53,6 +55,7 @@ from cp.protocol import (
     CP_RUN_EVENT,
     CP_SEND_PROBES,
     ConfigApplied,
+    ConfigRequest,
     DaemonEnroll,
     DaemonHello,
     Heartbeat,
@@ -386,6 +389,14 @@ def register_cp_tasks(app: Celery, cp: ControlPlane) -> None:
     def config_applied(msg: ConfigApplied) -> None:
         with cp.session() as session:
             record_config_applied(session, msg, now=utcnow())
+
+    @contract_task(CP_CONFIG_REQUEST, ConfigRequest)
+    def config_request(request: ConfigRequest) -> None:
+        with cp.session() as session:
+            push = answer_config_request(session, request, now=utcnow())
+        if push is not None:
+            log.info("daemon %s asked for its config again: pushing version %s", request.name, push.version)
+            cp.push_configs([push])
 
     @contract_task(CP_MESSAGE_REJECTED, MessageRejected, send_events=False)
     def message_rejected(report: MessageRejected) -> None:

@@ -36,6 +36,7 @@ from cp.protocol import (
     daemon_queue,
     parse,
 )
+from workers.admin_commands import attach as attach_admin_commands
 from workers.identity import DaemonKeyStore
 from workers.jobs import Outcome, Report, execute
 from workers.rejections import report_to_control_plane
@@ -52,6 +53,7 @@ def register_daemon_tasks(app: Celery, daemon: DaemonRuntime, keys: DaemonKeySto
     after_setup_task_logger.connect(install_log_scrubbing, weak=False)
     guard = guard_of(app)
     guard.record_with(report_to_control_plane(daemon))
+    attach_admin_commands(app, daemon)  # `celery inspect mycelial_*`: daemons only
 
     def rejected(task: str, exc: MessageError, task_id: str | None) -> None:
         log.error("rejected %s message: %s", task, exc)
@@ -206,19 +208,20 @@ def _sender(daemon: DaemonRuntime, job: RunJob, *, delivery: int) -> Callable[[O
 def _run(daemon: DaemonRuntime, job: RunJob, *, task_id: str, delivery: int) -> None:
     send = _sender(daemon, job, delivery=delivery)
     log.info("run %s of pipeline %s started", job.run_key, job.pipeline.name)
-    # `mycelial cancel` revokes the task id; Celery's revoke reaches a busy worker by broadcast
-    board = daemon.progress
-    board.start(task_id, run_key=job.run_key, pipeline=job.pipeline.name, attempt=job.attempt)
+    daemon.progress.started(
+        task_id=task_id, run_key=job.run_key, pipeline=job.pipeline.name, attempt=job.attempt, now=utcnow()
+    )
     try:
+        # `mycelial cancel` revokes the task id; Celery's revoke reaches a busy worker by broadcast
         outcome = execute(
             job,
             home=daemon.home,
             confinement=daemon.confinement,
-            report=Report(send, track=lambda read, written: board.rows(task_id, read=read, written=written)),
+            report=Report(send, on_rows=daemon.progress.rows_of(task_id)),
             should_stop=lambda: task_id in worker_state.revoked,
         )
     finally:
-        board.finish(task_id)
+        daemon.progress.ended(task_id)
     if outcome.state == "succeeded":
         log.info("run %s succeeded: %d rows", job.run_key, outcome.rows_written)
     else:
