@@ -230,8 +230,25 @@ class RunAttempt(SQLModel, table=True):
     started_at: datetime | None = _ts()
     finished_at: datetime | None = _ts()
     deliveries: int = 0
+    rows_read: int = 0
     rows_written: int = 0
     error: str | None = Field(default=None, sa_column=Column(Text))
+
+
+class RunStateChange(SQLModel, table=True):
+    """A run moved from one state to another (cp/run_history.py): written in the transaction
+    that moved it. ``to_state`` is a RunState value, or ``retrying`` / ``moved`` when an attempt
+    ended and the run went back to ``scheduled`` for the next one."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False, index=True))
+    run_key: str = Field(index=True)
+    pipeline: str = Field(index=True)
+    attempt: int
+    daemon: str | None = None
+    from_state: str | None = Field(default=None, max_length=32)
+    to_state: str = Field(max_length=32)
+    reason: str = Field(default="", sa_column=Column(Text, nullable=False))
 
 
 class DaemonEvent(SQLModel, table=True):

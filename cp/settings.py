@@ -76,7 +76,19 @@ class Settings(BaseSettings):
     # seconds past a run's timeout before the control plane ends a run its daemon has not stopped:
     # covers the daemon's cancel latency and clock skew, so the daemon always stops the job first
     timeout_grace: float = Field(default=30.0, ge=0)
+    # retention (cp/retention.py), purged by beat every retention_interval seconds, in chunks of
+    # retention_chunk rows per transaction: finished runs and their attempts after retention_days,
+    # daemon events and run state changes after event_retention_days, log records after
+    # log_retention_days
     retention_days: float = Field(default=30.0, gt=0)
+    event_retention_days: float = Field(default=30.0, gt=0)
+    log_retention_days: float = Field(default=14.0, gt=0)
+    retention_interval: float = Field(default=3600.0, ge=60)
+    retention_chunk: int = Field(default=10_000, ge=100, le=100_000)
+    # `mycelial up`: each child's output file under MYCELIAL_HOME/logs is rotated past this size,
+    # keeping this many earlier files (NAME.log.1 the newest)
+    process_log_max_bytes: int = Field(default=10 * 2**20, ge=64 * 2**10)
+    process_log_backups: int = Field(default=5, ge=1, le=100)
     # heartbeats are kept in memory, newest per daemon, and written in one UPDATE this often
     heartbeat_flush_interval: float = Field(default=0.5, gt=0)
     # distinct daemons whose heartbeats wait for one flush; more are dropped (and logged)

@@ -66,7 +66,7 @@ from cp.protocol import (
     parse,
 )
 from cp.queue_depth import queue_depths
-from cp.retention import purge_old_records
+from cp.retention import RetentionPolicy, purge_old_records
 from cp.runs import record_run_event
 from cp.runtime import ControlPlane
 from cp.security.cp_auth import ControlPlaneAuthenticator, DaemonKeys, DaemonKeyView, Nonces
@@ -185,7 +185,7 @@ def register_cp_tasks(app: Celery, cp: ControlPlane) -> None:
         return decorate
 
     running: dict[str, threading.Lock] = {
-        name: threading.Lock() for name in (CP_SEND_PROBES, CP_CHECK_DAEMON_HEALTH)
+        name: threading.Lock() for name in (CP_SEND_PROBES, CP_CHECK_DAEMON_HEALTH, CP_PURGE_OLD_RECORDS)
     }
 
     depths_due = [0.0]  # monotonic time of the next queue-depth reading in this process
@@ -432,8 +432,11 @@ def register_cp_tasks(app: Celery, cp: ControlPlane) -> None:
 
     @app.task(name=CP_PURGE_OLD_RECORDS, shared=False, ignore_result=True, send_events=False)
     def purge_old_records_task() -> None:
-        with cp.session() as session:
-            deleted = purge_old_records(session, now=utcnow(), keep_days=cp.settings.retention_days)
+        alone(CP_PURGE_OLD_RECORDS, _purge_old_records)
+
+    def _purge_old_records() -> None:
+        policy = RetentionPolicy.from_settings(settings)
+        deleted = purge_old_records(cp.session, now=utcnow(), policy=policy)
         log.info("retention: deleted %s", deleted)
 
     @contract_task(CP_PROBE_REPLY, ProbeReply, send_events=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -22,8 +23,10 @@ from cp.models import (
     Pipeline,
     ProcessSeen,
     Run,
+    RunAttempt,
     UndeclaredDaemon,
 )
+from cp.run_totals import run_totals
 from cp.shown_status import shown_status
 
 
@@ -174,10 +177,9 @@ def pipeline_rows(session: Session) -> list[dict[str, Any]]:
     return rows
 
 
-def run_row(run: Run) -> dict[str, Any]:
-    duration = (
-        (run.finished_at - run.started_at).total_seconds() if run.finished_at and run.started_at else None
-    )
+def run_row(run: Run, attempts: Iterable[RunAttempt] = ()) -> dict[str, Any]:
+    """A run with rows and times over all of its ``attempts`` (cp/run_totals.py)."""
+    totals = run_totals(run, attempts)
     return {
         "run_key": run.run_key,
         "pipeline": run.pipeline,
@@ -189,11 +191,12 @@ def run_row(run: Run) -> dict[str, Any]:
         "next_attempt_at": _iso(run.next_attempt_at),
         "scheduled_for": _iso(run.scheduled_for),
         "created_at": _iso(run.created_at),
-        "started_at": _iso(run.started_at),
+        "started_at": _iso(totals.first_started_at),
         "finished_at": _iso(run.finished_at),
-        "duration_s": round(duration, 3) if duration is not None else None,
-        "rows_read": run.rows_read,
-        "rows_written": run.rows_written,
+        "duration_s": totals.duration_s,
+        "running_s": totals.running_s,
+        "rows_read": totals.rows_read,
+        "rows_written": totals.rows_written,
         "error": run.error,
         "error_retryable": run.error_retryable,
     }
@@ -207,7 +210,28 @@ def run_rows(
         query = query.where(Run.pipeline == pipeline)
     if state:
         query = query.where(col(Run.state) == state)
-    return [run_row(r) for r in session.exec(query)]
+    runs = list(session.exec(query))
+    attempts = attempts_of(session, [r.run_key for r in runs])
+    return [run_row(r, attempts.get(r.run_key, ())) for r in runs]
+
+
+ATTEMPT_KEYS_PER_QUERY = 500  # run keys in one IN list: well under every database's limit
+
+
+def attempts_of(session: Session, run_keys: Sequence[str]) -> dict[str, list[RunAttempt]]:
+    """Each run's attempt rows, oldest first, in a query per few hundred runs."""
+    found: dict[str, list[RunAttempt]] = {}
+    for start in range(0, len(run_keys), ATTEMPT_KEYS_PER_QUERY):
+        chunk = run_keys[start : start + ATTEMPT_KEYS_PER_QUERY]
+        query = select(RunAttempt).where(col(RunAttempt.run_key).in_(chunk)).order_by(col(RunAttempt.attempt))
+        for attempt in session.exec(query):
+            found.setdefault(attempt.run_key, []).append(attempt)
+    return found
+
+
+def run_view(session: Session, run: Run) -> dict[str, Any]:
+    """``run_row`` of one run, its attempts read here."""
+    return run_row(run, attempts_of(session, [run.run_key]).get(run.run_key, ()))
 
 
 class json_list_length(FunctionElement[int]):  # noqa: N801 - SQL functions read as SQL

@@ -21,8 +21,9 @@ from cp.cli.backoff import RestartBackoff
 from cp.cli.demo import prepare_demo
 from cp.cli.flower_server import announce, flower_credentials
 from cp.cli.output import EXIT_OK, info, warn
+from cp.cli.rotating_output import ChildOutput, Rotation, child_output
 from cp.embedded_redis import EmbeddedRedis
-from cp.private_files import open_private, private_dir
+from cp.private_files import private_dir
 from cp.settings import Settings
 
 STOP_GRACE = 10.0  # seconds a child gets after SIGTERM before SIGKILL
@@ -44,18 +45,22 @@ class Child:
 class Stack:
     children: list[Child] = field(default_factory=list)
     stopping: bool = False
+    rotation: Rotation = field(default_factory=Rotation)
+    outputs: list[ChildOutput] = field(default_factory=list)
 
     def start(self, env: dict[str, str], *, log_dir: Path, only: list[Child] | None = None) -> None:
         """Start every child (or those in ``only``), each writing to its own log file."""
         private_dir(log_dir)
+        self.outputs = [output for output in self.outputs if not output.wait(timeout=0)]
         for child in self.children if only is None else only:
             log_path = log_dir / f"{child.name.replace(' ', '-')}.log"
-            with os.fdopen(open_private(log_path, os.O_WRONLY | os.O_APPEND), "ab") as log:
+            with child_output(log_path, self.rotation) as log:
+                self.outputs.append(log)
                 # own session: a terminal's Ctrl-C reaches only `up`, which then stops children in order
                 child.process = subprocess.Popen(
                     child.argv,
                     env={**env, **child.env},
-                    stdout=log,
+                    stdout=log.write_fd,
                     stderr=subprocess.STDOUT,
                     preexec_fn=_die_with_parent,
                     start_new_session=True,
@@ -97,6 +102,8 @@ class Stack:
                 warn(f"{child.name} did not stop within {STOP_GRACE:.0f}s; killing it")
                 child.process.kill()
                 child.process.wait()
+        for output in self.outputs:  # the children's last lines, into their files
+            output.wait(timeout=2.0)
 
 
 def exit_description(returncode: int) -> str:
@@ -145,7 +152,8 @@ def run_stack(settings: Settings, *, demo: bool) -> int:
                 env=local_env,
             ),
             Child("flower", _cli("flower")),
-        ]
+        ],
+        rotation=Rotation(max_bytes=settings.process_log_max_bytes, backups=settings.process_log_backups),
     )
     received: list[int] = []
 
