@@ -22,6 +22,7 @@ MAX_LOG_BATCH_RECORDS = 1_000  # records in one cp.logs batch
 MAX_LABELS = 64  # labels of a daemon or a pipeline selector
 MAX_LABEL_VALUE_CHARS = 1_024
 MAX_RUN_KEYS = 1_000  # running_runs in a heartbeat, orphaned_task_ids in a hello
+MAX_PROGRESS_RUNS = 64  # running runs whose progress one heartbeat reports (the key stays < 256 KiB)
 MAX_CURSOR_CHARS = 65_536  # an incremental cursor position
 MAX_QUERY_CHARS = 1_000_000  # a pipeline's source query
 MAX_PIPELINES = 10_000  # pipelines in one daemon's desired state
@@ -92,6 +93,8 @@ class Settings(BaseSettings):
     heartbeat_flush_interval: float = Field(default=0.5, gt=0)
     # distinct daemons whose heartbeats wait for one flush; more are dropped (and logged)
     heartbeat_pending_max: int = Field(default=100_000, ge=1)
+    # control-plane workers and beat note that they are alive this often (`mycelial status`)
+    liveness_interval: float = Field(default=5.0, gt=0)
     # an undeclared name is recorded (an event, its last-seen time) at most this often
     undeclared_record_interval: float = Field(default=600.0, gt=0)
     # undeclared names kept, in SQL and in each worker's memory; the least recently seen go first
@@ -206,6 +209,16 @@ class Settings(BaseSettings):
     def offline_after(self) -> float:
         """Seconds without a heartbeat after which a daemon counts as offline."""
         return self.heartbeat_interval * self.offline_after_missed
+
+    @property
+    def seen_within(self) -> float:
+        """A worker or beat that noted itself alive within this many seconds counts as running."""
+        return 3 * self.liveness_interval
+
+    @property
+    def checker_stale_after(self) -> float:
+        """Statuses written by a health checker that has not run for this long are shown as stale."""
+        return max(self.offline_after, 5 * self.health_check_interval)
 
     @property
     def embedded_redis_socket(self) -> Path:

@@ -35,6 +35,7 @@ from cp.health import (
 )
 from cp.heartbeat_intake import HeartbeatIntake
 from cp.heartbeats import Flusher, HeartbeatCoalescer, ReceivedHeartbeat
+from cp.liveness import WORKER, ProcessIdentity, forget_old, note_health_check, note_seen, note_stopped
 from cp.messaging.broker_client import broker_client
 from cp.messaging.cp_events import database_sink, event_reason
 from cp.messaging.install import guard_of
@@ -286,10 +287,37 @@ def register_cp_tasks(app: Celery, cp: ControlPlane) -> None:
 
     flusher = Flusher(flush_heartbeats, interval=settings.heartbeat_flush_interval)
     worker_ready.connect(lambda **_: flusher.ensure_running(), weak=False)
+    this_worker = ProcessIdentity(WORKER)
+
+    def note_alive() -> None:
+        try:
+            with cp.session() as session:
+                note_seen(session, this_worker, now=utcnow())
+        except SQLAlchemyError as exc:  # the database is away: the next interval tries again
+            log.warning("could not note this worker alive: %s", describe(exc))
+
+    liveness = Flusher(note_alive, interval=settings.liveness_interval, name="liveness")
+
+    def start_liveness(**_: object) -> None:
+        note_alive()  # seen at once, not one interval later
+        try:
+            with cp.session() as session:
+                forget_old(session, now=utcnow())
+        except SQLAlchemyError as exc:
+            log.warning("could not forget long-gone processes: %s", describe(exc))
+        liveness.ensure_running()
+
+    worker_ready.connect(start_liveness, weak=False)
 
     def stop_heartbeats(**_: object) -> None:
         flusher.stop()
         intake.close()
+        liveness.stop()
+        try:
+            with cp.session() as session:
+                note_stopped(session, this_worker, now=utcnow())
+        except SQLAlchemyError as exc:
+            log.warning("could not note this worker stopped: %s", describe(exc))
 
     worker_shutdown.connect(stop_heartbeats, weak=False)
     worker_process_shutdown.connect(lambda **_: flusher.stop(), weak=False)
@@ -442,11 +470,7 @@ def register_cp_tasks(app: Celery, cp: ControlPlane) -> None:
     def _check_daemon_health() -> None:
         """Queue depths, statuses, failover of offline daemons' runs, re-push of lagging configs."""
         now = utcnow()
-        limits = HealthLimits(
-            offline_after=settings.offline_after,
-            probe_timeout=settings.probe_timeout,
-            backlog_threshold=settings.backlog_threshold,
-        )
+        limits = HealthLimits.from_settings(settings)
         depths: dict[str, int] | None = None
         if time.monotonic() >= depths_due[0]:
             # the backlog rule needs no fresher figures, and reading every queue costs the most
@@ -467,6 +491,8 @@ def register_cp_tasks(app: Celery, cp: ControlPlane) -> None:
                 for daemon in stale_config_daemons(session, now=now, repush_after=settings.offline_after)
                 if (push := current_push(session, daemon)) is not None
             ]
+            # last, so the one row every check writes is locked only until the commit
+            note_health_check(session, this_worker, now=now)  # views show statuses stale without it
         if revoke:
             cp.app.control.revoke(revoke)
         cp.push_configs(pushes)

@@ -40,6 +40,7 @@ from workers.heartbeat_key import HeartbeatWriter
 from workers.local_state import LocalState
 from workers.outbox import Envelope, Outbox
 from workers.progress import RunBoard
+from workers.run_rates import RunRates
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,7 @@ class DaemonRuntime:
         self._running: set[str] = set()
         self.progress = RunBoard()  # what each running job has done so far
         self._finished: set[str] = set()
+        self.rates = RunRates()  # each heartbeat's rows per second of the jobs on the board
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._heartbeat_thread: threading.Thread | None = None
@@ -177,12 +179,14 @@ class DaemonRuntime:
         self.heartbeats.close()
 
     def heartbeat(self) -> None:
+        now = utcnow()
         beat = Heartbeat(
             name=self.name,
-            sent_at=utcnow(),
+            sent_at=now,
             running_runs=self.running(),
             cpu_percent=self._cpu_percent(),
             memory_mb=_rss_mb(),
+            progress=self.rates.report(self.progress.snapshot(), now=now),
         )
         if not self.heartbeats.write(beat):  # a broker without keys: the cp.heartbeat task instead
             self.send(CP_HEARTBEAT, beat, argsrepr=f"daemon={self.name}")

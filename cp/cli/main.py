@@ -28,9 +28,11 @@ from cp.cli.output import (
     warn,
 )
 from cp.cli.runs import run_json, runs_app
+from cp.cli.status import METRIC_COLUMNS, status_cell, status_command
 from cp.config.limits import ConfigLimits
 from cp.config_file import ConfigError, load_config_file
 from cp.config_store import apply_document, current_author, plan_diff
+from cp.health import HealthLimits
 from cp.models import Pipeline, Run, RunState, RunTrigger, utcnow
 from cp.private_files import UnsafeHomeError, prepare_home, restrict_umask
 from cp.runs import (
@@ -59,6 +61,7 @@ app.add_typer(config_app, name="config")
 app.add_typer(broker_app, name="broker")
 app.add_typer(runs_app, name="runs")
 app.command("events")(events)
+app.command("status")(status_command)
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document.")]
 LogLevel = Annotated[str, typer.Option("--loglevel", help="debug, info, warning or error.")]
@@ -314,8 +317,11 @@ def daemons(ctx: typer.Context, json_: JsonOption = False) -> None:
     """List daemons with status, heartbeat age and desired/applied config versions."""
     if ctx.invoked_subcommand is not None:
         return
-    with ControlPlane(settings()).session() as session:
-        rows = daemon_rows(session, now=utcnow())
+    s = settings()
+    with ControlPlane(s).session() as session:
+        rows = daemon_rows(
+            session, now=utcnow(), limits=HealthLimits.from_settings(s), stale_after=s.checker_stale_after
+        )
     if json_:
         print_json({"daemons": rows})
         return
@@ -323,7 +329,7 @@ def daemons(ctx: typer.Context, json_: JsonOption = False) -> None:
         rows,
         [
             ("NAME", lambda r: r["name"]),
-            ("STATUS", lambda r: r["status"]),
+            ("STATUS", status_cell),
             ("SINCE", lambda r: (r["status_since"] or "")[:19]),
             (
                 "HEARTBEAT",
@@ -340,6 +346,7 @@ def daemons(ctx: typer.Context, json_: JsonOption = False) -> None:
             ),
             ("QUEUE", lambda r: r["queue_depth"]),
             ("RUNNING", lambda r: r["running_runs"]),
+            *METRIC_COLUMNS,
             ("DESIRED", lambda r: r["desired_config_version"]),
             ("APPLIED", lambda r: r["applied_config_version"]),
             ("KEY", lambda r: r["key"]),
