@@ -156,10 +156,11 @@ def job_argsrepr(*, pipeline: str, run_key: str, attempt: int, max_attempts: int
     """What Flower shows of a job instead of its payload, whose connector options may hold secrets.
 
     Each attempt of a run is a task of its own (cp/runs.py ``task_id_for``): ``attempt 2/3`` tells
-    they belong together. An attempt moved off a lost daemon before it started is numbered but not
-    counted as a try, so after a move the number can pass the maximum.
+    they belong together. It comes first and the run key (also the task id) last, so Flower's
+    narrow column shows the attempt. An attempt moved off a lost daemon before it started is
+    numbered but not counted as a try, so after a move the number can pass the maximum.
     """
-    return f"pipeline={pipeline} run={run_key} attempt {attempt}/{max_attempts} daemon={daemon}"
+    return f"attempt {attempt}/{max_attempts} pipeline={pipeline} daemon={daemon} run={run_key}"
 
 
 def probe_message(daemon: str, *, probe_id: str, sent_at: datetime, expires: float) -> Outgoing:

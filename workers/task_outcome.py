@@ -37,7 +37,7 @@ class RunCancelled(RunFailed):
     """The run was cancelled (shown by the task-revoked event, never raised to Celery)."""
 
 
-class DuplicateDelivery(Ignore):  # type: ignore[misc]
+class DuplicateDelivery(Ignore):
     """This daemon is running or has run this task id: the copy ends without an event of its own,
     which would otherwise overwrite the original's state in Flower."""
 

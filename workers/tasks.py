@@ -143,7 +143,9 @@ def register_daemon_tasks(app: Celery, daemon: DaemonRuntime, keys: DaemonKeySto
             daemon.release(task_id)
 
         def announce_revoked(exception: str) -> None:
-            run_job.send_event("task-revoked", terminated=False, signum=None, expired=False, exception=exception)
+            run_job.send_event(
+                "task-revoked", terminated=False, signum=None, expired=False, exception=exception
+            )
 
         # the outcome's run event goes out before Flower hears how the task ended (a broker away:
         # it waits in the outbox, and the task ends anyway)

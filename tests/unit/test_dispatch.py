@@ -53,7 +53,7 @@ def test_a_job_goes_to_its_daemons_own_queue_with_an_expiry_and_the_run_key_as_t
 def test_a_job_argsrepr_names_pipeline_run_attempt_of_max_and_daemon_and_no_connector_option() -> None:
     message = job()
 
-    assert message.argsrepr == "pipeline=orders run=orders@2025-06-02T11:00:00Z attempt 2/3 daemon=edge-1"
+    assert message.argsrepr == "attempt 2/3 pipeline=orders daemon=edge-1 run=orders@2025-06-02T11:00:00Z"
     for hidden in ("PG_PASSWORD", "${", "db.internal", "etl", "/run/secrets"):
         assert hidden not in message.argsrepr
 
@@ -84,7 +84,7 @@ def test_the_scheduler_and_a_single_queued_run_describe_a_job_alike() -> None:
     )
 
     assert from_tick.argsrepr == job(run_key="orders@1", task_id="orders@1", attempt=1).argsrepr
-    assert from_tick.argsrepr == "pipeline=orders run=orders@1 attempt 1/3 daemon=edge-1"
+    assert from_tick.argsrepr == "attempt 1/3 pipeline=orders daemon=edge-1 run=orders@1"
 
 
 def test_a_job_payload_is_a_valid_run_job_carrying_references_not_values() -> None:

@@ -162,7 +162,7 @@ def test_publishing_a_housekeeping_task_sends_no_task_sent_event(
 
 def test_publishing_a_job_sends_task_sent_with_its_argsrepr_only(cp_app: Celery) -> None:
     events = SentEvents()
-    shown = "pipeline=orders run=orders@1 attempt 2/3 daemon=edge-1"
+    shown = "attempt 2/3 pipeline=orders daemon=edge-1 run=orders@1"
 
     cp_app.send_task(
         DAEMON_RUN_JOB,
@@ -175,5 +175,6 @@ def test_publishing_a_job_sends_task_sent_with_its_argsrepr_only(cp_app: Celery)
     )
 
     [(kind, fields)] = events.sent
-    assert (kind, fields["uuid"], fields["name"], fields["args"]) == ("task-sent", "orders@1#2", DAEMON_RUN_JOB, shown)
+    assert (kind, fields["uuid"], fields["name"]) == ("task-sent", "orders@1#2", DAEMON_RUN_JOB)
+    assert fields["args"] == shown
     assert "Hunter2" not in repr(fields)
