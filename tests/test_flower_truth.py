@@ -22,11 +22,13 @@ from typing import Any
 import httpx
 import pytest
 
-from cp.celery_app import unacked_keys
+from cp.celery_app import make_celery, unacked_keys
 from cp.cli.flower_server import CREDENTIALS_FILE
 from cp.embedded_redis import redis_client
+from cp.messaging.install import guard_of
 from cp.messaging.unlisted import UNLISTED_TASKS
-from cp.protocol import DAEMON_RUN_JOB
+from cp.protocol import CP_QUEUE, CP_RUN_EVENT, DAEMON_RUN_JOB
+from cp.settings import Settings
 from tests.conftest import IN_CI, Broker, Stack, wait_for
 from tests.test_up import free_port
 
@@ -35,6 +37,7 @@ pytestmark = pytest.mark.integration
 DAEMON = "edge-f"
 WH_SECRET = "wh-Passw0rd-9532"  # in the DSN of a warehouse that does not answer
 SLOW_ROWS = 200_000
+FORGED_ID = "forged-run-event-1"
 CHROMIUM = Path("/usr/bin/chromium")
 SCREENSHOT_COPY = Path("/work/notes/flower-failed.png")
 
@@ -124,6 +127,15 @@ def probed_since(stack: Stack, since: datetime) -> bool:
     return bool(replied) and datetime.fromisoformat(replied) > since
 
 
+def send_unsigned_run_event(stack: Stack, *, task_id: str) -> None:
+    """A run event no daemon signed, as a forger without a key would send it (task-sent and all)."""
+    app = make_celery(Settings(broker_url=stack.env["MYCELIAL_BROKER_URL"], home=stack.home))
+    guard_of(app).signer = None
+    forged = {"v": 1, "run_key": "orders-ok@forged", "daemon": DAEMON, "state": "failed", "attempt": 1}
+    app.send_task(CP_RUN_EVENT, args=[forged], queue=CP_QUEUE, task_id=task_id, argsrepr="forged")
+    app.close()
+
+
 @pytest.fixture(scope="module")
 def observed(broker: Broker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Observed]:
     tmp = tmp_path_factory.mktemp("flower")
@@ -184,6 +196,7 @@ def observed(broker: Broker, tmp_path_factory: pytest.TempPathFactory) -> Iterat
             what="the slow run cancelled",
             stack=stack,
         )
+        send_unsigned_run_event(stack, task_id=FORGED_ID)
         # several seconds of health checks and probes, all seen through to the daemon and back
         wait_for(
             lambda: probed_since(stack, listening_since + timedelta(seconds=5)),
@@ -201,13 +214,15 @@ def job_tasks(tasks: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 def settled(seen: Observed) -> dict[str, dict[str, Any]] | None:
-    """Flower's tasks once every job shows its final state (events arrive a moment apart)."""
+    """Flower's tasks once every job shows its final state and no task is still on its way
+    (events arrive a moment apart; a message refused unprocessed ends REJECTED, not PENDING)."""
     tasks = seen.tasks()
     jobs = job_tasks(tasks)
     retried = seen.runs["orders-retried"]["run_key"]
     wanted = [r["run_key"] for r in seen.runs.values()] + [f"{retried}#2"]
     final = ("SUCCESS", "FAILURE", "REVOKED")
-    if all(key in jobs and jobs[key]["state"] in final for key in wanted):
+    pending = [t for t in tasks.values() if t["state"] in ("PENDING", "RECEIVED", "STARTED")]
+    if all(key in jobs and jobs[key]["state"] in final for key in wanted) and not pending:
         return tasks
     return None
 
@@ -243,6 +258,9 @@ def test_flowers_api_shows_each_run_as_it_ended_and_no_housekeeping_task(observe
     assert second["exception"].startswith("RunFailed: pipeline orders-retried: destination wh-down: ")
     assert runs["orders-retried"]["attempt"] == 2  # each attempt once: no redelivery, no extra retry
     assert len(jobs) == 5, sorted(jobs)
+
+    # a message the control plane refused unprocessed is not left PENDING for ever
+    assert tasks[FORGED_ID]["state"] == "REJECTED", tasks[FORGED_ID]
 
     cancelled = jobs[slow]
     assert cancelled["state"] == "REVOKED", cancelled

@@ -7,9 +7,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import fakeredis
 import pytest
 from celery import Celery
 from celery.exceptions import Ignore
+from celery.worker.consumer import Consumer
 
 from cp.celery_app import make_celery
 from cp.messaging.unlisted import UNLISTED_TASKS
@@ -25,6 +27,7 @@ from cp.protocol import (
 from cp.runtime import ControlPlane
 from cp.settings import Settings
 from cp.tasks import register_cp_tasks
+from tests.unit.test_guard import FakeMessage
 from workers.jobs import Outcome
 from workers.runtime import DaemonRuntime
 from workers.secrets import resolve
@@ -178,3 +181,65 @@ def test_publishing_a_job_sends_task_sent_with_its_argsrepr_only(cp_app: Celery)
     assert (kind, fields["uuid"], fields["name"]) == ("task-sent", "orders@1#2", DAEMON_RUN_JOB)
     assert fields["args"] == shown
     assert "Hunter2" not in repr(fields)
+
+
+# --- messages the guard refuses --------------------------------------------------------------
+
+
+class ConsumerEvents:
+    """Stands in for a worker's event dispatcher."""
+
+    enabled = True
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, dict[str, Any]]] = []
+
+    def send(self, type: str, **fields: Any) -> None:
+        self.sent.append((type, fields))
+
+
+def refusing_consumer(monkeypatch: pytest.MonkeyPatch, events: ConsumerEvents) -> Any:
+    """A guarded consumer's task handler whose checks refuse a malformed body; Celery never runs."""
+    app = make_celery(Settings(), url="redis://127.0.0.1:1/0")
+    for name in (CP_RUN_EVENT, CP_PROBE_REPLY):
+        app.task(name=name, shared=False)(handled)
+    monkeypatch.setattr(Consumer, "create_task_handler", lambda self, promise=None: never_called)
+    consumer = object.__new__(app.conf.worker_consumer)
+    consumer.app = app
+    consumer.connection_errors = (ConnectionError,)
+    consumer.event_dispatcher = events
+    return consumer.create_task_handler()
+
+
+def handled(payload: Any) -> None:
+    """A task body; the refused messages never get here."""
+
+
+def never_called(message: Any) -> None:
+    raise AssertionError("a refused message reached Celery")
+
+
+def test_a_message_the_guard_refuses_is_announced_rejected_so_flower_stops_showing_it_pending(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    events = ConsumerEvents()
+    handle = refusing_consumer(monkeypatch, events)
+    message = FakeMessage(
+        task=CP_RUN_EVENT, body=b'{"not": "a protocol-2 body"}', client=fakeredis.FakeRedis()
+    )
+
+    handle(message)
+
+    assert message.acknowledged
+    assert events.sent == [
+        ("task-rejected", {"uuid": message.headers["id"], "name": CP_RUN_EVENT, "requeue": False})
+    ]
+
+
+def test_a_refused_housekeeping_message_is_not_announced(monkeypatch: pytest.MonkeyPatch) -> None:
+    events = ConsumerEvents()
+    handle = refusing_consumer(monkeypatch, events)
+
+    handle(FakeMessage(task=CP_PROBE_REPLY, body=b"[]", client=fakeredis.FakeRedis()))
+
+    assert events.sent == []
