@@ -33,6 +33,10 @@ class RunTimedOut(RunFailed):
     """The attempt reached its time limit."""
 
 
+class JobRefused(RunFailed):
+    """The job message was malformed; it was refused (and reported) without running anything."""
+
+
 class RunCancelled(RunFailed):
     """The run was cancelled (shown by the task-revoked event, never raised to Celery)."""
 
@@ -44,6 +48,11 @@ class DuplicateDelivery(Ignore):
 
 def one_line(text: str) -> str:
     return " ".join(text.split())
+
+
+def refused(reason: str) -> JobRefused:
+    """What a refused job's task raises, once the refusal is recorded: it ends FAILURE too."""
+    return JobRefused(one_line(scrubbed(reason)))
 
 
 def end_task(outcome: Outcome, *, announce_revoked: Callable[[str], None]) -> None:

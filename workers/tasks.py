@@ -42,7 +42,7 @@ from workers.jobs import Outcome, Report, execute
 from workers.rejections import report_to_control_plane
 from workers.runtime import DaemonRuntime
 from workers.secrets import install_log_scrubbing
-from workers.task_outcome import DuplicateDelivery, RunFailed, end_task
+from workers.task_outcome import DuplicateDelivery, RunFailed, end_task, refused
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ def register_daemon_tasks(app: Celery, daemon: DaemonRuntime, keys: DaemonKeySto
             job = parse(RunJob, _single_payload(args, kwargs))
         except MessageError as exc:
             rejected(DAEMON_RUN_JOB, exc, run_job.request.id)
-            return
+            raise refused(str(exc)) from None
         task_id = run_job.request.id or job.run_key
         if not daemon.claim(task_id):
             log.warning("run %s is already running or done here; duplicate delivery ignored", task_id)

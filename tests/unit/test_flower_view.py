@@ -134,6 +134,15 @@ def test_a_run_job_task_acknowledges_its_message_on_failure_and_expects_run_fail
     assert run_job.throws == (RunFailed,) and not getattr(run_job, "autoretry_for", ())
 
 
+def test_a_malformed_job_is_refused_and_its_task_ends_failed_not_succeeded(daemon_app: Celery) -> None:
+    result = daemon_app.tasks[DAEMON_RUN_JOB].apply(
+        args=[{"v": 1, "run_key": "orders@1"}], task_id="orders@1"
+    )
+
+    assert result.state == "FAILURE"
+    assert repr(result.result).startswith("JobRefused: ") and "\n" not in repr(result.result)
+
+
 class SentEvents:
     """Stands in for the event dispatcher a producer sends ``task-sent`` with."""
 
