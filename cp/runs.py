@@ -169,6 +169,7 @@ def job_message(session: Session, run: Run, pipeline: Pipeline, *, expires: floa
         pipeline=pipeline_spec(session, pipeline),
         cursor=None,
         expires=expires,
+        max_attempts=pipeline.max_attempts,
         timeout_seconds=pipeline.timeout,
     )
 

@@ -295,7 +295,12 @@ def dispatch_ready_runs(session: Session, *, now: datetime, expires: float) -> l
         task_id = task_id_for(run_key, attempt)
         messages.append(
             job_outgoing(
-                daemon=daemon, task_id=task_id, payload=payload, pipeline_name=pipeline_name, expires=expires
+                daemon=daemon,
+                task_id=task_id,
+                payload=payload,
+                pipeline_name=pipeline_name,
+                max_attempts=pipelines[pipeline_name].max_attempts,
+                expires=expires,
             )
         )
     return messages
