@@ -3,7 +3,6 @@ time options it takes."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -12,21 +11,16 @@ from sqlmodel import Session
 
 from cp.cli.output import EXIT_BAD_INPUT, CliError
 from cp.cli.time_options import parse_time, parse_window
-from cp.db import create_schema, make_engine
 from cp.event_log import EventFilter, event_rows, unknown_kinds
 from cp.models import DaemonEvent, RunStateChange
-from cp.settings import normalize_database_url
 
 T0 = datetime(2025, 6, 2, 12, 0, tzinfo=UTC)
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def engine(request: pytest.FixtureRequest, make_database_url: Callable[[str], str]) -> Iterator[Engine]:
+@pytest.fixture
+def engine(engine_on_both: Engine) -> Engine:
     """Every test here on SQLite and on PostgreSQL (the unit suite's own fixtures build on this)."""
-    engine = make_engine(normalize_database_url(make_database_url(request.param)))
-    create_schema(engine)
-    yield engine
-    engine.dispose()
+    return engine_on_both
 
 
 def at(minutes: float) -> datetime:

@@ -3,7 +3,6 @@ active run; on SQLite and PostgreSQL alike."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -12,21 +11,19 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, SQLModel, select
 
 from beat_schedule import beat_schedule
-from cp.db import create_schema, make_engine, session_scope
+from cp.db import session_scope
 from cp.models import DaemonEvent, LogRecord, Run, RunAttempt, RunState, RunStateChange, RunTrigger
 from cp.retention import RetentionPolicy, Sessions, purge_old_records
-from cp.settings import Settings, normalize_database_url
+from cp.settings import Settings
 
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
 POLICY = RetentionPolicy(run_days=30, event_days=20, log_days=7, chunk=100)
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def engine(request: pytest.FixtureRequest, make_database_url: Callable[[str], str]) -> Iterator[Engine]:
-    engine = make_engine(normalize_database_url(make_database_url(request.param)))
-    create_schema(engine)
-    yield engine
-    engine.dispose()
+@pytest.fixture
+def engine(engine_on_both: Engine) -> Engine:
+    """Every test here on SQLite and on PostgreSQL (the unit suite's own fixtures build on this)."""
+    return engine_on_both
 
 
 def sessions_of(engine: Engine) -> Sessions:

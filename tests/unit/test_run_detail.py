@@ -4,7 +4,7 @@ whole, and the listing's rows and times over all attempts."""
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -12,7 +12,6 @@ import pytest
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from cp.db import create_schema, make_engine
 from cp.failover import fail_over
 from cp.models import Daemon, DaemonStatus, LogRecord, Pipeline, Run, RunAttempt, RunState, RunTrigger
 from cp.protocol import RunEvent
@@ -20,19 +19,15 @@ from cp.run_detail import find_run, run_detail
 from cp.run_totals import run_totals
 from cp.runs import create_run, mark_unpublished, queue_run, record_run_event, request_cancel
 from cp.scheduler import dispatch_ready_runs, fire_due_runs
-from cp.settings import normalize_database_url
 from cp.views import run_rows
 
 T0 = datetime(2025, 6, 2, 12, 0, tzinfo=UTC)
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def engine(request: pytest.FixtureRequest, make_database_url: Callable[[str], str]) -> Iterator[Engine]:
+@pytest.fixture
+def engine(engine_on_both: Engine) -> Engine:
     """Every test here on SQLite and on PostgreSQL (the unit suite's own fixtures build on this)."""
-    engine = make_engine(normalize_database_url(make_database_url(request.param)))
-    create_schema(engine)
-    yield engine
-    engine.dispose()
+    return engine_on_both
 
 
 def at(seconds: float) -> datetime:
