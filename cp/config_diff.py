@@ -4,12 +4,19 @@ from __future__ import annotations
 
 from typing import Any
 
-SECTIONS = (("daemons", "daemon"), ("connectors", "connector"), ("pipelines", "pipeline"))
+SECTIONS = (
+    ("daemons", "daemon"),
+    ("connectors", "connector"),
+    ("pipelines", "pipeline"),
+    ("notifiers", "notifier"),
+    ("alert_rules", "alert rule"),
+)
 
 
 def diff_documents(old: dict[str, Any] | None, new: dict[str, Any]) -> list[str]:
     """One line per added (+), removed (-) or changed (~) item, in section order."""
     lines: list[str] = []
+    old, new = _with_alert_rules(old or {}), _with_alert_rules(new)
     for section, noun in SECTIONS:
         before = {item["name"]: item for item in (old or {}).get(section, [])}
         after = {item["name"]: item for item in new.get(section, [])}
@@ -21,7 +28,15 @@ def diff_documents(old: dict[str, Any] | None, new: dict[str, Any]) -> list[str]
             changes = _changed_fields(before[name], after[name])
             if changes:
                 lines.append(f"~ {noun} {name}: " + "; ".join(changes))
+    settings = _changed_fields(old.get("alert_settings") or {}, new.get("alert_settings") or {})
+    if settings:
+        lines.append("~ alert settings: " + "; ".join(settings))
     return lines
+
+
+def _with_alert_rules(document: dict[str, Any]) -> dict[str, Any]:
+    alerts = document.get("alerts") or {}
+    return {**document, "alert_rules": alerts.get("rules", []), "alert_settings": alerts.get("settings")}
 
 
 def _changed_fields(before: dict[str, Any], after: dict[str, Any], prefix: str = "") -> list[str]:

@@ -19,6 +19,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from croniter import CroniterBadDateError, croniter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from cp.alerts.notifier_spec import NotifierSpec
+from cp.alerts.rules import AlertsDecl, alert_problems, normalize_alerts
 from cp.config.errors import ConfigError as ConfigError
 from cp.config.errors import shown
 from cp.config.limits import ConfigLimits
@@ -92,6 +94,8 @@ class ConfigDocument(_Strict):
     daemons: list[DaemonDecl] = Field(default_factory=list)
     connectors: list[ConnectorDecl] = Field(default_factory=list)
     pipelines: list[PipelineDecl] = Field(default_factory=list)
+    notifiers: list[NotifierSpec] = Field(default_factory=list, max_length=100)
+    alerts: AlertsDecl | None = None
 
 
 def load_config_file(
@@ -147,6 +151,8 @@ def _loc(loc: Iterable[int | str]) -> str:
 def _msg(err: Any) -> str:
     if err["type"] == "extra_forbidden":
         return "unknown field"
+    if err["type"] == "value_error":
+        return str(err["msg"]).removeprefix("Value error, ")
     if err["type"] == "string_pattern_mismatch":
         return f"invalid name {shown(err['input'])} (letters, digits, '_', '.', '-'; at most 63)"
     return str(err["msg"])
@@ -165,6 +171,14 @@ def _semantic_problems(doc: ConfigDocument) -> list[str]:
     problems += _duplicates("daemons", [d.name for d in doc.daemons])
     problems += _duplicates("connectors", [c.name for c in doc.connectors])
     problems += _duplicates("pipelines", [p.name for p in doc.pipelines])
+    problems += _duplicates("notifiers", [n.name for n in doc.notifiers])
+    if doc.alerts is not None:
+        problems += alert_problems(
+            doc.alerts,
+            notifiers={n.name for n in doc.notifiers},
+            daemons={d.name for d in doc.daemons},
+            pipelines={p.name for p in doc.pipelines},
+        )
 
     for i, conn in enumerate(doc.connectors):
         problems += _connector_problems(f"connectors[{i}]", conn)
@@ -326,8 +340,9 @@ def matches_selector(labels: dict[str, str], selector: dict[str, str]) -> bool:
 
 
 def normalize(doc: ConfigDocument) -> dict[str, Any]:
-    """A canonical, JSON-ready document: sorted by name, defaults filled in."""
-    return {
+    """A canonical, JSON-ready document: sorted by name, defaults filled in; ``notifiers`` and
+    ``alerts`` only when the file has them, so older documents keep their checksum."""
+    document = {
         "daemons": sorted(
             ({"name": d.name, "labels": dict(sorted(d.labels.items()))} for d in doc.daemons),
             key=lambda d: str(d["name"]),
@@ -345,6 +360,13 @@ def normalize(doc: ConfigDocument) -> dict[str, Any]:
         ),
         "pipelines": sorted((p.model_dump(mode="json") for p in doc.pipelines), key=lambda p: str(p["name"])),
     }
+    if doc.notifiers:
+        document["notifiers"] = sorted(
+            (n.model_dump(mode="json") for n in doc.notifiers), key=lambda n: str(n["name"])
+        )
+    if doc.alerts is not None:
+        document["alerts"] = normalize_alerts(doc.alerts)
+    return document
 
 
 def checksum(document: Any) -> str:

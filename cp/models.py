@@ -338,3 +338,80 @@ class ProcessSeen(SQLModel, table=True):
     started_at: datetime | None = _ts()
     seen_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False, index=True))
     stopped_at: datetime | None = _ts()  # a clean shutdown says so
+
+
+class AlertState(enum.StrEnum):
+    PENDING = "pending"
+    FIRING = "firing"
+    RESOLVED = "resolved"
+
+
+class Alert(SQLModel, table=True):
+    """One alert: a rule × a subject (``daemon:edge-1``, ``pipeline:orders``), see docs/alerts.md.
+
+    Evaluators move it with conditional UPDATEs on ``version``, so two of them at once make one
+    transition; a pending alert whose condition clears is deleted (history says ``cleared``).
+    """
+
+    __table_args__ = (UniqueConstraint("rule", "subject", name="uq_alert_rule_subject"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    rule: str = Field(max_length=64, index=True)
+    subject: str = Field(max_length=128)
+    subject_kind: str = Field(max_length=16)  # daemon or pipeline
+    state: AlertState = _enum(AlertState, AlertState.PENDING, index=True)
+    severity: str = Field(default="warning", max_length=16)
+    version: int = 1  # bumped by every transition
+    active_since: datetime | None = _ts()  # when the condition became true (pending start)
+    fired_at: datetime | None = _ts()
+    resolved_at: datetime | None = _ts()
+    last_evaluated_at: datetime | None = _ts()
+    summary: str = Field(default="", max_length=500)
+    labels: dict[str, str] = _json()
+    inhibited_by: str | None = Field(default=None, max_length=128)  # e.g. ``daemon:edge-1 offline``
+    silenced_until: datetime | None = _ts()
+    silence_reason: str | None = Field(default=None, max_length=500)
+
+
+class AlertHistory(SQLModel, table=True):
+    """Every state transition of an alert; ``to_state`` ``cleared`` is a pending that never fired."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False, index=True))
+    rule: str = Field(max_length=64, index=True)
+    subject: str = Field(max_length=128)
+    from_state: str | None = Field(default=None, max_length=16)
+    to_state: str = Field(max_length=16)
+    summary: str = Field(default="", max_length=500)
+
+
+class AlertSilence(SQLModel, table=True):
+    """``mycelial alerts silence``: mutes every alert whose rule or subject is ``matcher``."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    matcher: str = Field(max_length=128, index=True)
+    until: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+    reason: str = Field(default="", max_length=500)
+    author: str = Field(default="", max_length=64)
+    created_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+    removed_at: datetime | None = _ts()
+
+
+class AlertNotice(SQLModel, table=True):
+    """The outbox of notifications: one row per group notice and notifier, written once thanks to
+    its deterministic ``dedup_key``; the delivery side claims and sends it (docs/alerts.md)."""
+
+    # the evaluator asks for each group's newest notice per notifier
+    __table_args__ = (Index("ix_alertnotice_notifier_group", "notifier", "group_key"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    dedup_key: str = Field(max_length=64, unique=True)
+    created_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False, index=True))
+    notifier: str = Field(max_length=64)
+    group_key: str = Field(max_length=500)
+    status: str = Field(max_length=16)  # firing or resolved
+    body: dict[str, Any] = _json()
+    delivered_at: datetime | None = _ts()
+    attempts: int = 0
+    next_attempt_at: datetime | None = _ts()
+    last_error: str | None = Field(default=None, sa_column=Column(Text))

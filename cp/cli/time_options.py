@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, datetime, timedelta
 
 from cp.cli.output import EXIT_BAD_INPUT, CliError
-
-AGE = re.compile(r"(\d{1,9}(?:\.\d{1,6})?)\s*(s|m|h|d|w)")
-UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
-MAX_CHARS = 64
+from cp.durations import AGE, MAX_CHARS, UNIT_SECONDS
 
 
 def parse_time(option: str, text: str, *, now: datetime) -> datetime:

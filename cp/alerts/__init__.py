@@ -1,0 +1,1 @@
+"""Alert rules from the configuration, their evaluation, grouping, inhibition and silences."""
