@@ -151,6 +151,8 @@ def _loc(loc: Iterable[int | str]) -> str:
 def _msg(err: Any) -> str:
     if err["type"] == "extra_forbidden":
         return "unknown field"
+    if err["type"] == "enum":
+        return f"unknown value {shown(str(err['input']))} (expected {err.get('ctx', {}).get('expected', '')})"
     if err["type"] == "value_error":
         return str(err["msg"]).removeprefix("Value error, ")
     if err["type"] == "string_pattern_mismatch":
@@ -342,7 +344,7 @@ def matches_selector(labels: dict[str, str], selector: dict[str, str]) -> bool:
 def normalize(doc: ConfigDocument) -> dict[str, Any]:
     """A canonical, JSON-ready document: sorted by name, defaults filled in; ``notifiers`` and
     ``alerts`` only when the file has them, so older documents keep their checksum."""
-    document = {
+    document: dict[str, Any] = {
         "daemons": sorted(
             ({"name": d.name, "labels": dict(sorted(d.labels.items()))} for d in doc.daemons),
             key=lambda d: str(d["name"]),

@@ -72,6 +72,8 @@ class Settings(BaseSettings):
     # heartbeats (cp clock): a job that just ended has its last event this long to arrive
     reconcile_grace: float = Field(default=15.0, ge=0)
     schedule_poll_interval: float = Field(default=0.5, gt=0)
+    # beat asks a worker to evaluate every alert rule this often (docs/alerts.md)
+    alerts_interval: float = Field(default=2.0, gt=0, le=5.0)
     max_deliveries: int = Field(default=3, ge=1)
     # seconds past a run's timeout before the control plane ends a run its daemon has not stopped:
     # covers the daemon's cancel latency and clock skew, so the daemon always stops the job first

@@ -17,6 +17,8 @@ from pydantic import BaseModel
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import col, select
 
+from cp.alerts.evaluator import evaluate_alerts
+from cp.alerts.queue_age import oldest_ages
 from cp.config_requests import answer_config_request
 from cp.config_store import current_push
 from cp.db_errors import describe, is_transient
@@ -47,6 +49,7 @@ from cp.protocol import (
     CP_CONFIG_REQUEST,
     CP_DAEMON_HELLO,
     CP_ENROLL,
+    CP_EVALUATE_ALERTS,
     CP_HEARTBEAT,
     CP_MESSAGE_REJECTED,
     CP_PROBE_REPLY,
@@ -185,7 +188,8 @@ def register_cp_tasks(app: Celery, cp: ControlPlane) -> None:
         return decorate
 
     running: dict[str, threading.Lock] = {
-        name: threading.Lock() for name in (CP_SEND_PROBES, CP_CHECK_DAEMON_HEALTH, CP_PURGE_OLD_RECORDS)
+        name: threading.Lock()
+        for name in (CP_SEND_PROBES, CP_CHECK_DAEMON_HEALTH, CP_PURGE_OLD_RECORDS, CP_EVALUATE_ALERTS)
     }
 
     depths_due = [0.0]  # monotonic time of the next queue-depth reading in this process
@@ -438,6 +442,19 @@ def register_cp_tasks(app: Celery, cp: ControlPlane) -> None:
         policy = RetentionPolicy.from_settings(settings)
         deleted = purge_old_records(cp.session, now=utcnow(), policy=policy)
         log.info("retention: deleted %s", deleted)
+
+    @app.task(name=CP_EVALUATE_ALERTS, shared=False, ignore_result=True, send_events=False)
+    def evaluate_alerts_task() -> None:
+        alone(CP_EVALUATE_ALERTS, _evaluate_alerts)
+
+    def _evaluate_alerts() -> None:
+        with cp.session() as session:
+            evaluate_alerts(
+                session,
+                now=utcnow(),
+                limits=HealthLimits.from_settings(settings),
+                oldest_ages=lambda names: oldest_ages(cp.app, names, now=utcnow()),
+            )
 
     @contract_task(CP_PROBE_REPLY, ProbeReply, send_events=False)
     def probe_reply(reply: ProbeReply) -> None:

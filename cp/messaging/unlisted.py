@@ -15,6 +15,7 @@ from typing import Any
 
 from cp.protocol import (
     CP_CHECK_DAEMON_HEALTH,
+    CP_EVALUATE_ALERTS,
     CP_HEARTBEAT,
     CP_LOGS,
     CP_MESSAGE_REJECTED,
@@ -32,6 +33,7 @@ UNLISTED_TASKS = frozenset(
         CP_CHECK_DAEMON_HEALTH,
         CP_SEND_PROBES,
         CP_PURGE_OLD_RECORDS,
+        CP_EVALUATE_ALERTS,
         DAEMON_PROBE,
         CP_PROBE_REPLY,
         CP_HEARTBEAT,
