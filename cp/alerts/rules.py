@@ -7,12 +7,12 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
-from cp.durations import DURATION_HELP, parse_duration
+from cp.durations import DURATION_HELP, MAX_DURATION_S, parse_duration
 from cp.protocol import NAME_PATTERN
 
 MAX_RULES = 500
 MAX_SELECTED = 1_000
-MAX_DURATION = 366 * 86_400.0
+MAX_DURATION = MAX_DURATION_S
 LABEL_TEXT = Field(min_length=1, max_length=64)
 
 

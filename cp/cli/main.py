@@ -13,6 +13,7 @@ from sqlmodel import select
 
 from cp.celery_app import BrokerNotConfiguredError
 from cp.cli import failures, flower_server, processes, security_commands
+from cp.cli.alerts import alerts_app
 from cp.cli.broker import broker_app
 from cp.cli.events import events
 from cp.cli.output import (
@@ -60,6 +61,7 @@ config_app = typer.Typer(help="Configuration versions.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 app.add_typer(broker_app, name="broker")
 app.add_typer(runs_app, name="runs")
+app.add_typer(alerts_app, name="alerts")
 app.command("events")(events)
 app.command("status")(status_command)
 
