@@ -124,8 +124,10 @@ def _apply(
             _insert(session)(table)
             .values(**values)
             .on_conflict_do_nothing(index_elements=["rule", "subject"])
+            .returning(table.c.id)
         )
-        changed = session.connection().execute(statement).rowcount == 1
+        # RETURNING, not rowcount: what an INSERT ... ON CONFLICT reports as rowcount varies by driver
+        changed = session.connection().execute(statement).first() is not None
     elif step.action == "delete":
         assert row is not None
         statement = sa_delete(table).where(table.c.id == row.id, table.c.version == row.version)
@@ -246,8 +248,13 @@ def _insert_notice(
         "attempts": 0,
         "next_attempt_at": now,
     }
-    statement = _insert(session)(table).values(**values).on_conflict_do_nothing(index_elements=["dedup_key"])
-    inserted = int(session.connection().execute(statement).rowcount == 1)
+    statement = (
+        _insert(session)(table)
+        .values(**values)
+        .on_conflict_do_nothing(index_elements=["dedup_key"])
+        .returning(table.c.id)
+    )
+    inserted = int(session.connection().execute(statement).first() is not None)
     if inserted:
         log.info("alert notice %s to %s: %s (%s)", group_key, notifier, status, body["sent_because"])
     return inserted
