@@ -153,7 +153,7 @@ def _msg(err: Any) -> str:
         return "unknown field"
     if err["type"] == "enum":
         return f"unknown value {shown(str(err['input']))} (expected {err.get('ctx', {}).get('expected', '')})"
-    if err["type"] == "value_error":
+    if err["type"] == "value_error" and tuple(err["loc"])[:1] == ("alerts",):
         return str(err["msg"]).removeprefix("Value error, ")
     if err["type"] == "string_pattern_mismatch":
         return f"invalid name {shown(err['input'])} (letters, digits, '_', '.', '-'; at most 63)"

@@ -14,8 +14,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import bindparam, func, text
 from sqlalchemy import delete as sa_delete
-from sqlalchemy import func, text
+from sqlalchemy import insert as sa_insert
+from sqlalchemy import select as sa_select
 from sqlalchemy import update as sa_update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -23,7 +25,7 @@ from sqlmodel import Session, col, select
 
 from cp.alerts.conditions import Condition, holding_conditions
 from cp.alerts.facts import OldestAges, gather_facts
-from cp.alerts.grouping import AlertView, LastNotice, plan_notices
+from cp.alerts.grouping import AlertView, LastNotice, PlannedNotice, plan_notices
 from cp.alerts.rules import AlertsDecl, RuleDecl
 from cp.alerts.silences import active_silences, silence_for
 from cp.alerts.state_machine import Current, Step, next_step
@@ -33,6 +35,10 @@ from cp.models import Alert, AlertHistory, AlertNotice, AlertState
 
 log = logging.getLogger(__name__)
 ALERT_LOCK_ID = 0x6D7963656C616C72  # "mycelalr": evaluations take turns on it
+ALERT = Alert.__table__  # type: ignore[attr-defined]
+NOTICE = AlertNotice.__table__  # type: ignore[attr-defined]
+CHUNK = 500
+LOGGED_TRANSITIONS = 20  # per evaluation; a thousand daemons going offline at once log one line more
 
 
 @dataclass
@@ -59,31 +65,35 @@ def evaluate_alerts(
     alerts: AlertsDecl | None = None,
 ) -> Outcome:
     """Evaluate every rule at ``now``: move alerts, write history, queue due notices."""
+    connection = session.connection()
     if session.get_bind().dialect.name == "postgresql":
-        session.connection().execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": ALERT_LOCK_ID})
+        connection.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": ALERT_LOCK_ID})
     config = alerts if alerts is not None else configured_alerts(session)
     facts = gather_facts(session, config.rules, now=now, limits=limits, oldest_ages=oldest_ages)
     holding = {(c.rule, c.subject): c for c in holding_conditions(config.rules, facts, now=now)}
     outcome = Outcome()
-    existing = {(a.rule, a.subject): a for a in session.exec(select(Alert))}
+    existing = {(r.rule, r.subject): r for r in connection.execute(sa_select(ALERT))}
+    new: list[tuple[Condition, Step]] = []
     for key in sorted(holding.keys() | existing.keys()):
         row, condition = existing.get(key), holding.get(key)
         current = Current(row.state, row.version, row.active_since) if row is not None else None
         step = next_step(
             current, holds=condition is not None, hold_for=condition.hold_for if condition else 0.0, now=now
         )
-        if step is not None and _apply(session, key, row, condition, step, now=now):
-            outcome.transitions.append(
-                (*key, step.from_state.value if step.from_state else None, str(step.to_state))
-            )
-    silences = active_silences(session, now=now)
-    _refresh(session, holding, silences=silences, now=now)
+        if step is None:
+            continue
+        if step.action == "insert":
+            assert condition is not None
+            new.append((condition, step))
+        elif apply_transition(session, key, row, condition, step, now=now):
+            outcome.transitions.append((*key, _value(step.from_state), str(step.to_state)))
+    for condition, step in _insert_new(session, new, now=now):
+        outcome.transitions.append((condition.rule, condition.subject, None, str(step.to_state)))
+    rows = _refresh(session, holding, silences=active_silences(session, now=now), now=now)
     rules = {r.name: r for r in config.rules}
-    views = [_view(a, rules.get(a.rule)) for a in session.exec(select(Alert))]
+    views = [_view(row, rules.get(row["rule"])) for row in rows]
     for notice in plan_notices(views, last=_last_notices(session), settings=config.settings, now=now):
-        outcome.notices += _insert_notice(
-            session, notice.dedup_key, notice.notifier, notice.group_key, notice.status, notice.body, now=now
-        )
+        outcome.notices += _insert_notice(session, notice, now=now)
     return outcome
 
 
@@ -91,90 +101,113 @@ def _insert(session: Session) -> Any:
     return postgresql_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
 
 
-def _apply(
+def _value(state: AlertState | None) -> str | None:
+    return state.value if state is not None else None
+
+
+def _new_values(condition: Condition, step: Step, *, now: datetime) -> dict[str, Any]:
+    return {
+        "rule": condition.rule,
+        "subject": condition.subject,
+        "subject_kind": condition.subject_kind,
+        "state": step.to_state,
+        "severity": condition.severity,
+        "version": 1,
+        "active_since": step.active_since,
+        "fired_at": step.fired_at,
+        "resolved_at": None,
+        "last_evaluated_at": now,
+        "summary": condition.summary,
+        "labels": condition.labels,
+        "inhibited_by": condition.inhibited_by,
+        "silenced_until": None,
+        "silence_reason": None,
+    }
+
+
+def _insert_new(
+    session: Session, new: list[tuple[Condition, Step]], *, now: datetime
+) -> list[tuple[Condition, Step]]:
+    """INSERT ... ON CONFLICT DO NOTHING the new alerts, in chunks; those this evaluator inserted."""
+    if not new:
+        return []
+    statement = (
+        _insert(session)(ALERT)
+        .on_conflict_do_nothing(index_elements=["rule", "subject"])
+        .returning(ALERT.c.rule, ALERT.c.subject)
+    )
+    connection = session.connection()
+    inserted: set[tuple[str, str]] = set()
+    for start in range(0, len(new), CHUNK):
+        chunk = [_new_values(c, s, now=now) for c, s in new[start : start + CHUNK]]
+        # RETURNING, not rowcount: what an INSERT ... ON CONFLICT reports as rowcount varies by driver
+        inserted.update((rule, subject) for rule, subject in connection.execute(statement, chunk))
+    made = [(c, s) for c, s in new if (c.rule, c.subject) in inserted]
+    _record(session, [(c.rule, c.subject, None, str(s.to_state), c.summary) for c, s in made], now=now)
+    return made
+
+
+def apply_transition(
     session: Session,
     key: tuple[str, str],
-    row: Alert | None,
+    row: Any,
     condition: Condition | None,
     step: Step,
     *,
     now: datetime,
 ) -> bool:
-    """Make ``step`` unless another evaluator made a transition first; True when this one did."""
+    """Make ``step`` on ``row`` (as read at the start) unless another evaluator moved the alert
+    first; True, and history written, when this one did."""
     rule, subject = key
-    table = Alert.__table__  # type: ignore[attr-defined]
-    summary = condition.summary if condition is not None else (row.summary if row is not None else "")
     if step.action == "insert":
         assert condition is not None
-        values = {
-            "rule": rule,
-            "subject": subject,
-            "subject_kind": condition.subject_kind,
-            "state": step.to_state,
-            "severity": condition.severity,
-            "version": 1,
-            "active_since": step.active_since,
-            "fired_at": step.fired_at,
-            "last_evaluated_at": now,
-            "summary": summary,
-            "labels": condition.labels,
-            "inhibited_by": condition.inhibited_by,
-        }
-        statement = (
-            _insert(session)(table)
-            .values(**values)
-            .on_conflict_do_nothing(index_elements=["rule", "subject"])
-            .returning(table.c.id)
-        )
-        # RETURNING, not rowcount: what an INSERT ... ON CONFLICT reports as rowcount varies by driver
-        changed = session.connection().execute(statement).first() is not None
-    elif step.action == "delete":
-        assert row is not None
-        statement = sa_delete(table).where(table.c.id == row.id, table.c.version == row.version)
-        changed = session.connection().execute(statement).rowcount == 1
+        return bool(_insert_new(session, [(condition, step)], now=now))
+    summary = condition.summary if condition is not None else row.summary
+    same_version = (ALERT.c.id == row.id) & (ALERT.c.version == row.version)
+    if step.action == "delete":
+        statement: Any = sa_delete(ALERT).where(same_version)
     else:
-        assert row is not None
-        values = {
-            "state": step.to_state,
-            "version": row.version + 1,
-            "last_evaluated_at": now,
-            "summary": summary,
-        }
+        values: dict[str, Any] = {"state": step.to_state, "version": row.version + 1, "summary": summary}
         if step.to_state is AlertState.PENDING:
             values |= {"active_since": step.active_since, "fired_at": None, "resolved_at": None}
         elif step.to_state is AlertState.FIRING:
             values |= {"active_since": step.active_since, "fired_at": step.fired_at, "resolved_at": None}
         else:
             values |= {"resolved_at": step.resolved_at}
-        statement = (
-            sa_update(table).where(table.c.id == row.id, table.c.version == row.version).values(**values)
-        )
-        changed = session.connection().execute(statement).rowcount == 1
-    if changed:
-        from_state = step.from_state.value if step.from_state else None
-        session.add(
-            AlertHistory(
-                at=now,
-                rule=rule,
-                subject=subject,
-                from_state=from_state,
-                to_state=str(step.to_state),
-                summary=summary[:500],
-            )
-        )
-        log.info("alert %s %s: %s -> %s (%s)", rule, subject, from_state, step.to_state, summary)
-    session.flush()
-    return changed
+        statement = sa_update(ALERT).where(same_version).values(**values)
+    if session.connection().execute(statement).rowcount != 1:
+        return False
+    _record(session, [(rule, subject, _value(step.from_state), str(step.to_state), summary)], now=now)
+    return True
+
+
+def _record(session: Session, changes: list[tuple[str, str, str | None, str, str]], *, now: datetime) -> None:
+    if not changes:
+        return
+    for rule, subject, before, after, summary in changes[:LOGGED_TRANSITIONS]:
+        log.info("alert %s %s: %s -> %s (%s)", rule, subject, before, after, summary)
+    if len(changes) > LOGGED_TRANSITIONS:
+        log.info("... and %d more alert transitions", len(changes) - LOGGED_TRANSITIONS)
+    rows = [
+        {"at": now, "rule": r, "subject": s, "from_state": b, "to_state": a, "summary": summary[:500]}
+        for r, s, b, a, summary in changes
+    ]
+    session.connection().execute(sa_insert(AlertHistory.__table__), rows)  # type: ignore[attr-defined]
+
+
+REFRESHED = ("summary", "labels", "severity", "inhibited_by", "silenced_until", "silence_reason")
 
 
 def _refresh(
     session: Session, holding: dict[tuple[str, str], Condition], *, silences: list[Any], now: datetime
-) -> None:
-    """Summary, labels, inhibition and silence of every alert; only rows that differ are written."""
-    session.expire_all()
-    for alert in session.exec(select(Alert)):
-        condition = holding.get((alert.rule, alert.subject))
-        silence = silence_for(silences, rule=alert.rule, subject=alert.subject)
+) -> list[dict[str, Any]]:
+    """Summary, labels, inhibition and silence of every alert, as dicts; rows that differ are written."""
+    connection = session.connection()
+    rows = [dict(r._mapping) for r in connection.execute(sa_select(ALERT))]
+    changed = []
+    for row in rows:
+        condition = holding.get((row["rule"], row["subject"]))
+        silence = silence_for(silences, rule=row["rule"], subject=row["subject"])
         wanted: dict[str, Any] = {
             "silenced_until": silence.until if silence else None,
             "silence_reason": silence.reason if silence else None,
@@ -186,32 +219,36 @@ def _refresh(
                 "severity": condition.severity,
                 "inhibited_by": condition.inhibited_by,
             }
-        elif alert.state is not AlertState.RESOLVED:
+        elif row["state"] is not AlertState.RESOLVED:
             wanted["inhibited_by"] = None
-        if any(getattr(alert, k) != v for k, v in wanted.items()):
-            for k, v in wanted.items():
-                setattr(alert, k, v)
-            session.add(alert)
-    session.flush()
-    table = Alert.__table__  # type: ignore[attr-defined]
-    session.connection().execute(
-        sa_update(table).where(table.c.state != AlertState.RESOLVED.value).values(last_evaluated_at=now)
+        if any(row[k] != v for k, v in wanted.items()):
+            row.update(wanted)
+            changed.append({"b_id": row["id"], **{f"b_{k}": row[k] for k in REFRESHED}})
+    if changed:
+        statement = (
+            sa_update(ALERT)
+            .where(ALERT.c.id == bindparam("b_id"))
+            .values(**{k: bindparam(f"b_{k}") for k in REFRESHED})
+        )
+        connection.execute(statement, changed)
+    connection.execute(
+        sa_update(ALERT).where(ALERT.c.state != AlertState.RESOLVED.value).values(last_evaluated_at=now)
     )
-    session.expire_all()
+    return rows
 
 
-def _view(alert: Alert, rule: RuleDecl | None) -> AlertView:
+def _view(row: dict[str, Any], rule: RuleDecl | None) -> AlertView:
     return AlertView(
-        rule=alert.rule,
-        subject=alert.subject,
-        state=AlertState(alert.state),
-        severity=alert.severity,
-        summary=alert.summary,
-        labels=dict(alert.labels),
-        fired_at=alert.fired_at,
-        resolved_at=alert.resolved_at,
+        rule=row["rule"],
+        subject=row["subject"],
+        state=AlertState(row["state"]),
+        severity=row["severity"],
+        summary=row["summary"],
+        labels=dict(row["labels"]),
+        fired_at=row["fired_at"],
+        resolved_at=row["resolved_at"],
         notify=tuple(rule.notify) if rule is not None else (),
-        muted=alert.silenced_until is not None or alert.inhibited_by is not None,
+        muted=row["silenced_until"] is not None or row["inhibited_by"] is not None,
     )
 
 
@@ -226,35 +263,31 @@ def _last_notices(session: Session) -> dict[tuple[str, str], LastNotice]:
     }
 
 
-def _insert_notice(
-    session: Session,
-    dedup_key: str,
-    notifier: str,
-    group_key: str,
-    status: str,
-    body: dict[str, Any],
-    *,
-    now: datetime,
-) -> int:
+def _insert_notice(session: Session, notice: PlannedNotice, *, now: datetime) -> int:
     """1 when this evaluator queued the notice, 0 when another one already had."""
-    table = AlertNotice.__table__  # type: ignore[attr-defined]
     values = {
-        "dedup_key": dedup_key,
+        "dedup_key": notice.dedup_key,
         "created_at": now,
-        "notifier": notifier,
-        "group_key": group_key,
-        "status": status,
-        "body": body,
+        "notifier": notice.notifier,
+        "group_key": notice.group_key,
+        "status": notice.status,
+        "body": notice.body,
         "attempts": 0,
         "next_attempt_at": now,
     }
     statement = (
-        _insert(session)(table)
+        _insert(session)(NOTICE)
         .values(**values)
         .on_conflict_do_nothing(index_elements=["dedup_key"])
-        .returning(table.c.id)
+        .returning(NOTICE.c.id)
     )
     inserted = int(session.connection().execute(statement).first() is not None)
     if inserted:
-        log.info("alert notice %s to %s: %s (%s)", group_key, notifier, status, body["sent_because"])
+        log.info(
+            "alert notice %s to %s: %s (%s)",
+            notice.group_key,
+            notice.notifier,
+            notice.status,
+            notice.body["sent_because"],
+        )
     return inserted

@@ -29,26 +29,42 @@ def gather_facts(
     """Facts for ``rules``: only what some rule needs is read."""
     rules = list(rules)
     kinds = {r.kind for r in rules}
-    daemons = list(session.exec(select(Daemon).where(col(Daemon.declared).is_(True))))
+    d = Daemon.__table__.c  # type: ignore[attr-defined]
+    # columns, not ORM objects: a thousand daemons every few seconds
+    daemons = list(
+        session.connection().execute(
+            sa_select(
+                d.name,
+                d.labels,
+                d.status,
+                d.last_heartbeat_at,
+                d.last_probe_sent_at,
+                d.last_probe_reply_at,
+                d.queue_depth,
+                d.desired_config_version,
+                d.applied_config_version,
+            ).where(d.declared.is_(True))
+        )
+    )
     ages: dict[str, float | None] = {}
     wants_age = [
         r for r in rules if r.kind is RuleKind.QUEUE_BACKLOG and r.threshold and r.threshold.oldest_age
     ]
     if wants_age and oldest_ages is not None:
-        ages = oldest_ages([d.name for d in daemons])
+        ages = oldest_ages([row.name for row in daemons])
     daemon_facts = []
-    for d in daemons:
-        status, reason = evaluate(d, now=now, limits=limits)
+    for row in daemons:
+        status, reason = evaluate(row, now=now, limits=limits)
         daemon_facts.append(
             DaemonFacts(
-                name=d.name,
-                labels=dict(d.labels),
+                name=row.name,
+                labels=dict(row.labels),
                 status=status,
                 status_reason=reason,
-                queue_depth=d.queue_depth,
-                oldest_age=ages.get(d.name),
-                desired_version=d.desired_config_version,
-                applied_version=d.applied_config_version,
+                queue_depth=row.queue_depth,
+                oldest_age=ages.get(row.name),
+                desired_version=row.desired_config_version,
+                applied_version=row.applied_config_version,
             )
         )
     pipeline_kinds = kinds & {RuleKind.RUN_FAILURES, RuleKind.RUN_DURATION, RuleKind.FRESHNESS}
@@ -62,17 +78,19 @@ def gather_facts(
     succeeded = _last_success(session) if RuleKind.FRESHNESS in kinds else {}
     newest_daemon = _newest_run_daemon(session)
     pipeline_facts = []
-    for p in session.exec(select(Pipeline)):
-        started = running.get(p.name)
+    p = Pipeline.__table__.c  # type: ignore[attr-defined]
+    query = sa_select(p.name, p.daemon, p.schedule_since, p.enabled, p.paused)
+    for line in session.connection().execute(query):
+        started = running.get(line.name)
         pipeline_facts.append(
             PipelineFacts(
-                name=p.name,
-                daemon=p.daemon or newest_daemon.get(p.name),
-                recent_outcomes=tuple(outcomes.get(p.name, ())),
+                name=line.name,
+                daemon=line.daemon or newest_daemon.get(line.name),
+                recent_outcomes=tuple(outcomes.get(line.name, ())),
                 longest_running=(now - started).total_seconds() if started is not None else None,
-                last_success_at=succeeded.get(p.name),
-                since=p.schedule_since,
-                enabled=p.enabled and not p.paused,
+                last_success_at=succeeded.get(line.name),
+                since=line.schedule_since,
+                enabled=line.enabled and not line.paused,
             )
         )
     return Facts(daemons=daemon_facts, pipelines=pipeline_facts)

@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from cp.alerts.evaluator import _apply, evaluate_alerts
+from cp.alerts.evaluator import apply_transition, evaluate_alerts
 from cp.alerts.rules import AlertsDecl
 from cp.alerts.silences import add_silence, remove_silences
 from cp.alerts.state_machine import Current, next_step
@@ -224,7 +224,7 @@ def test_a_transition_another_evaluator_made_first_is_not_made_again(
         )
         assert step is not None
         with session_scope(engine) as session:
-            outcomes.append(_apply(session, key, row, None, step, now=at(30)))
+            outcomes.append(apply_transition(session, key, row, None, step, now=at(30)))
 
     assert outcomes == [True, False]
     assert [h[3] for h in history(engine)] == ["pending", "firing"]
