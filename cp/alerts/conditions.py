@@ -18,6 +18,8 @@ from cp.models import DaemonStatus, RunState
 
 FAILED_STATES = frozenset({RunState.FAILED, RunState.TIMED_OUT, RunState.LOST})
 SUMMARY_MAX = 500
+# a declared daemon never heard from is as unreachable as one that went silent
+UNREACHABLE = frozenset({DaemonStatus.OFFLINE, DaemonStatus.UNKNOWN})
 
 
 @dataclass(frozen=True)
@@ -66,7 +68,7 @@ class Condition:
 
 def holding_conditions(rules: Iterable[RuleDecl], facts: Facts, *, now: datetime) -> list[Condition]:
     """Every condition that holds now, inhibited where an offline daemon explains it."""
-    offline = {d.name for d in facts.daemons if d.status is DaemonStatus.OFFLINE}
+    offline = {d.name for d in facts.daemons if d.status in UNREACHABLE}
     found: list[Condition] = []
     for rule in rules:
         if rule.kind in DAEMON_KINDS:
@@ -92,7 +94,7 @@ def _daemon_conditions(rule: RuleDecl, daemons: list[DaemonFacts]) -> Iterator[C
     for daemon in _selected_daemons(rule, daemons):
         summary: str | None = None
         hold_for = rule.for_
-        if rule.kind is RuleKind.DAEMON_OFFLINE and daemon.status is DaemonStatus.OFFLINE:
+        if rule.kind is RuleKind.DAEMON_OFFLINE and daemon.status in UNREACHABLE:
             summary = f"daemon {daemon.name} offline: {daemon.status_reason}"
         elif rule.kind is RuleKind.DAEMON_DEGRADED and daemon.status is DaemonStatus.DEGRADED:
             summary = f"daemon {daemon.name} degraded: {daemon.status_reason}"

@@ -258,3 +258,49 @@ def test_evaluators_running_at_once_make_one_transition_and_one_notice_each(
     assert sorted(history(engine)) == [("edge-offline", f"daemon:edge-{i}", None, "firing") for i in range(5)]
     [notice] = notices(engine)
     assert len(notice.body["alerts"]) == 5
+
+
+def test_queue_backlog_by_age_asks_the_broker_only_for_such_rules(
+    engine: Engine, add_daemon: Callable[..., Daemon]
+) -> None:
+    add_daemon("edge-1", last_heartbeat_at=at(1000))
+    add_daemon("edge-2", last_heartbeat_at=at(1000))
+    asked: list[list[str]] = []
+
+    def oldest_ages(names: list[str]) -> dict[str, float | None]:
+        asked.append(sorted(names))
+        return {"edge-1": 600.0, "edge-2": None}
+
+    by_depth = config({"name": "deep", "kind": "queue_backlog", "threshold": {"depth": 10}})
+    with session_scope(engine) as session:
+        evaluate_alerts(session, now=at(0), limits=LIMITS, alerts=by_depth, oldest_ages=oldest_ages)
+    assert asked == []
+
+    by_age = config({"name": "old", "kind": "queue_backlog", "threshold": {"oldest_age": "5m"}})
+    with session_scope(engine) as session:
+        evaluate_alerts(session, now=at(0), limits=LIMITS, alerts=by_age, oldest_ages=oldest_ages)
+    assert asked == [["edge-1", "edge-2"]]
+    firing = alert(engine, "old", "daemon:edge-1")
+    assert (
+        firing is not None
+        and firing.state is AlertState.FIRING
+        and "oldest message waiting 10m" in firing.summary
+    )
+    assert alert(engine, "old", "daemon:edge-2") is None
+
+
+def test_rules_come_from_the_newest_applied_configuration(
+    engine: Engine, apply: Callable[..., Any], raw_config: dict[str, Any]
+) -> None:
+    raw_config["notifiers"] = [{"name": "ops", "kind": "log"}]
+    raw_config["alerts"] = {"rules": [{**OFFLINE, "for": "0s", "daemons": {"labels": {"site": "paris"}}}]}
+    apply(raw_config, now=at(0))
+
+    evaluate(engine, None, at(1))  # type: ignore[arg-type]
+
+    # never heard from since it was declared: as unreachable as a silent one
+    paris = alert(engine, "edge-offline", "daemon:edge-paris")
+    assert (
+        paris is not None and paris.state is AlertState.FIRING and paris.summary.endswith("never heard from")
+    )
+    assert alert(engine, "edge-offline", "daemon:edge-berlin-1") is None
