@@ -41,11 +41,14 @@ CHUNK = 500
 LOGGED_TRANSITIONS = 20  # per evaluation; a thousand daemons going offline at once log one line more
 
 
+Transition = tuple[str, str, str | None, str]  # rule, subject, from state, to state
+
+
 @dataclass
 class Outcome:
-    transitions: list[tuple[str, str, str | None, str]] = field(
-        default_factory=list
-    )  # rule, subject, from, to
+    """What one evaluation did: the transitions it made and how many notices it queued."""
+
+    transitions: list[Transition] = field(default_factory=list)
     notices: int = 0
 
 

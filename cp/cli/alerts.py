@@ -11,7 +11,7 @@ from cp.alerts.evaluator import configured_alerts
 from cp.alerts.silences import add_silence, remove_silences
 from cp.alerts.views import alert_rows, history_rows, known_matchers, silence_rows
 from cp.cli.output import EXIT_BAD_INPUT, CliError, info, print_json, print_table
-from cp.cli.runs import control_plane
+from cp.cli.runs import control_plane, printable
 from cp.config_store import current_author
 from cp.durations import DURATION_HELP, MAX_DURATION_S, parse_duration
 from cp.models import AlertState, utcnow
@@ -41,14 +41,14 @@ ALERT_COLUMNS = [
     ("SEVERITY", lambda r: r["severity"]),
     ("SINCE", lambda r: str(r["fired_at"] or r["active_since"] or "")[:19]),
     ("MUTED", _mute),
-    ("SUMMARY", lambda r: r["summary"]),
+    ("SUMMARY", lambda r: printable(r["summary"])),
 ]
 HISTORY_COLUMNS = [
     ("AT", lambda h: str(h["at"])[:19]),
     ("RULE", lambda h: h["rule"]),
     ("SUBJECT", lambda h: h["subject"]),
     ("CHANGE", lambda h: f"{h['from'] or '-'} -> {h['to']}"),
-    ("SUMMARY", lambda h: h["summary"]),
+    ("SUMMARY", lambda h: printable(h["summary"])),
 ]
 
 
