@@ -18,8 +18,9 @@ from cp.models import DaemonStatus, RunState
 
 FAILED_STATES = frozenset({RunState.FAILED, RunState.TIMED_OUT, RunState.LOST})
 SUMMARY_MAX = 500
-# a declared daemon never heard from is as unreachable as one that went silent
-UNREACHABLE = frozenset({DaemonStatus.OFFLINE, DaemonStatus.UNKNOWN})
+# only a daemon that was heard from and went silent: one declared and never heard from is
+# ``unknown`` (cp/health.py), as in every view; alerting on it would page for every new daemon
+UNREACHABLE = frozenset({DaemonStatus.OFFLINE})
 
 
 @dataclass(frozen=True)
