@@ -100,6 +100,17 @@ class Settings(BaseSettings):
     # undeclared names kept, in SQL and in each worker's memory; the least recently seen go first
     undeclared_daemons_max: int = Field(default=1_000, ge=1)
 
+    # alert notices (cp/alerts/delivery.py, docs/notifications.md): beat asks for delivery this
+    # often; a failed attempt is tried again after notify_first_retry seconds, doubling (with
+    # jitter) up to notify_max_retry, until notify_give_up_after seconds after the notice was
+    # written or notify_max_attempts attempts; a claim lasts notify_claim_lease seconds
+    notify_interval: float = Field(default=1.0, gt=0)
+    notify_first_retry: float = Field(default=5.0, gt=0)
+    notify_max_retry: float = Field(default=600.0, gt=0)
+    notify_give_up_after: float = Field(default=86_400.0, gt=0)
+    notify_max_attempts: int = Field(default=200, ge=1)
+    notify_claim_lease: float = Field(default=300.0, ge=200)
+
     # configuration files are untrusted input; limits and their reasons in docs/configuration.md.
     # 4 MiB holds about 10,000 pipelines and parses in a few seconds:
     config_max_bytes: int = Field(default=4 * 1024 * 1024, ge=1)

@@ -17,6 +17,7 @@ from pydantic import BaseModel
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import col, select
 
+from cp.alerts.delivery_task import register_delivery_task
 from cp.config_requests import answer_config_request
 from cp.config_store import current_push
 from cp.db_errors import describe, is_transient
@@ -126,6 +127,7 @@ def register_cp_tasks(app: Celery, cp: ControlPlane) -> None:
         daemon_queues=frozenset({CP_QUEUE}),
     )
     guard.authenticator = authenticator
+    register_delivery_task(app, cp)
 
     def reject(name: str, *, sender: object, reason: str, kind: str = "message_rejected") -> None:
         """Log once and record a message taken off the queue unprocessed; never raises."""
