@@ -126,7 +126,7 @@ def parse_config_text(
         raise ConfigError(
             [f"{source}: {_loc(without_kind_tag(err['loc']))}: {_msg(err)}" for err in exc.errors()]
         ) from None
-    if not (doc.daemons or doc.connectors or doc.pipelines or allow_empty):
+    if not (doc.daemons or doc.connectors or doc.pipelines or doc.notifiers or allow_empty):
         raise ConfigError(
             [f"{source}: empty configuration; it would remove everything (pass --allow-empty to do that)"]
         )
