@@ -48,6 +48,8 @@ class Receiver:
     port: int = 0
     received: list[Received] = field(default_factory=list)
     script: dict[str, list[int]] = field(default_factory=dict)
+    # seconds each answer takes: deliveries overlap other workers' claims, as they would in the field
+    delay: float = 0.0
     _server: ThreadingHTTPServer | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -57,6 +59,7 @@ class Receiver:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 raw = self.rfile.read(int(self.headers.get("content-length", "0")))
+                time.sleep(receiver.delay)
                 webhook_id, stamp = self.headers.get("webhook-id"), self.headers.get("webhook-timestamp")
                 signed = webhook_id is not None and stamp is not None and stamp.isdigit()
                 ok = signed and verify(
@@ -179,6 +182,7 @@ def test_each_notice_arrives_exactly_once_signed_with_two_workers_and_two_beats(
     make_stack: Callable[..., Stack], make_database_url: Callable[[str], str], receiver: Receiver
 ) -> None:
     stack = make_stack(make_database_url("postgres"))
+    receiver.delay = 0.2
     config = "notifiers:\n" + hook("ops-hook", f"http://127.0.0.1:{receiver.port}/hook")
     config += "  - {name: audit-log, kind: log, level: warning}\n"
     engine = start_control_plane(stack, config, workers=2, beats=2)
@@ -195,7 +199,10 @@ def test_each_notice_arrives_exactly_once_signed_with_two_workers_and_two_beats(
         assert {r.body["status"] for r in receiver.received} == {"firing", "resolved"}
         assert all(attempts(engine, key) == [(True, 200)] for key in keys)
         assert attempts(engine, logged[0]) == [(True, None)]
-        worker_logs = "".join((stack.home / f"worker-{i}.log").read_text() for i in range(2))
+        each_log = [(stack.home / f"worker-{i}.log").read_text() for i in range(2)]
+        # both workers took part, so the claims really were contended
+        assert all(" delivered, " in text for text in each_log), "one worker delivered everything"
+        worker_logs = "".join(each_log)
         assert worker_logs.count(f'"webhook_id": "{logged[0]}"') == 1
         assert SECRET not in stack.logs()
     finally:
