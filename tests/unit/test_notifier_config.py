@@ -49,6 +49,10 @@ def test_a_file_without_notifiers_keeps_the_document_it_had(raw_config: dict[str
     assert "notifiers" not in validate(raw_config)
 
 
+def test_a_file_with_only_notifiers_is_not_empty() -> None:
+    assert [n["name"] for n in validate({"notifiers": [HOOK]})["notifiers"]] == ["ops-hook"]
+
+
 def test_adding_a_notifier_shows_in_the_diff(raw_config: dict[str, Any]) -> None:
     before = validate(raw_config)
     after = validate(with_notifiers(raw_config, HOOK))
