@@ -52,7 +52,7 @@ class WebhookSender:
 
     def __init__(
         self, *, clock: Callable[[], float] = time.time, transport: httpx.BaseTransport | None = None
-    ):
+    ) -> None:
         self._clock = clock
         self._transport = transport
 
@@ -96,7 +96,7 @@ class WebhookSender:
                 )
         except httpx.TimeoutException:
             return SendResult(ok=False, error=f"timed out after {spec.timeout:g}s")
-        except (httpx.HTTPError, OSError) as exc:
+        except (httpx.HTTPError, OSError, ValueError) as exc:  # ValueError: a header httpx cannot encode
             return SendResult(ok=False, error=_clean(f"{type(exc).__name__}: {exc}", secrets))
 
 

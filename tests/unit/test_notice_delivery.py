@@ -134,6 +134,16 @@ def test_a_missing_secret_is_named_and_retried(monkeypatch: pytest.MonkeyPatch) 
     assert result.error == "notifier ops-hook: environment variable HOOK_SECRET is not set"
 
 
+def test_a_header_value_that_cannot_be_sent_is_an_error_that_never_shows_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("HOOK_TOKEN", "tök-3f9a7c1e")
+    hook = HOOK.model_copy(update={"headers": {"Authorization": "${env:HOOK_TOKEN}"}})
+    result = post_with(lambda _: httpx.Response(200))(hook, a_notice())
+    assert not result.ok and result.retryable and result.error
+    assert "3f9a7c1e" not in result.error
+
+
 def test_the_log_notifier_writes_one_json_line(caplog: pytest.LogCaptureFixture) -> None:
     notice = a_notice()
     with caplog.at_level(logging.INFO, logger="mycelial.alerts.notices"):
