@@ -37,6 +37,7 @@ from workers.confinement.policy import Confinement
 from workers.deliveries import DeliveryLog
 from workers.heartbeat_key import HeartbeatWriter
 from workers.local_state import LocalState
+from workers.logs.shipping import LogShipping
 from workers.outbox import Envelope, Outbox
 
 log = logging.getLogger(__name__)
@@ -79,6 +80,7 @@ class DaemonRuntime:
             retry_max=settings.outbox_retry_max,
             name=f"daemon {name} outbox",
         )
+        self.logs = LogShipping(settings, app, name=name, directory=settings.home / "daemons" / name / "logs")
         self.heartbeats = HeartbeatWriter(lambda: broker_client(app), sign=self._sign_heartbeat)
 
     def _sign_heartbeat(self, key: str, payload: dict[str, Any]) -> dict[str, Any] | None:
@@ -123,6 +125,7 @@ class DaemonRuntime:
     # --- lifecycle
 
     def start(self) -> None:
+        self.logs.start()  # first: what starting says is shipped too
         self.confinement.announce()
         self.outbox.start()
         if self.enroll_request is not None:
@@ -171,6 +174,7 @@ class DaemonRuntime:
                     beat_at = time.monotonic()
                 time.sleep(poll)
         self.outbox.close(timeout=self.settings.outbox_close_timeout)
+        self.logs.close(timeout=self.settings.outbox_close_timeout)
         self.heartbeats.close()
 
     def heartbeat(self) -> None:

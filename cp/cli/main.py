@@ -14,6 +14,7 @@ from sqlmodel import select
 from cp.celery_app import BrokerNotConfiguredError
 from cp.cli import failures, flower_server, processes, security_commands
 from cp.cli.broker import broker_app
+from cp.cli.logs import logs as logs_command
 from cp.cli.output import (
     EXIT_BAD_INPUT,
     EXIT_FAILED,
@@ -55,6 +56,7 @@ app = typer.Typer(
 config_app = typer.Typer(help="Configuration versions.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 app.add_typer(broker_app, name="broker")
+app.command("logs")(logs_command)
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document.")]
 LogLevel = Annotated[str, typer.Option("--loglevel", help="debug, info, warning or error.")]
