@@ -144,7 +144,7 @@ def test_a_batch_reports_the_records_the_full_spool_dropped(tmp_path: Path) -> N
         cp.publish(payload)
 
     spool, ship = shipper(tmp_path, cp, publish=publish)
-    for i in range(2_000):  # far more than the spool holds, before anything is sent
+    for _ in range(2_000):  # far more than the spool holds, before anything is sent
         spool.append(
             {"ts": "2026-12-01T12:00:00+00:00", "level": "INFO", "logger": "t", "message": "x" * 500}
         )
