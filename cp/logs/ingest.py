@@ -2,50 +2,59 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Insert
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, select
 
-from cp.models import DaemonEvent, LogRecord
+from cp.models import DaemonEvent
 from cp.protocol import LogBatch
 
+COLUMNS = ("daemon", "seq", "ts", "level", "logger", "pipeline", "run_key", "attempt", "message")
+# the ORM's per-value type processing cost more than the insert itself: the statement goes to the
+# driver as it is, with the time in the form LogRecord.ts stores (UTCDateTime: naive UTC text on
+# SQLite, timestamptz on PostgreSQL)
+_INSERT = {
+    "sqlite": (
+        f"INSERT INTO logrecord ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))}) "
+        "ON CONFLICT (daemon, seq) DO NOTHING"
+    ),
+    "postgresql": (
+        f"INSERT INTO logrecord ({', '.join(COLUMNS)}) VALUES ({', '.join(['%s'] * len(COLUMNS))}) "
+        "ON CONFLICT (daemon, seq) DO NOTHING"
+    ),
+}
 
-def record_rows(batch: LogBatch) -> list[dict[str, Any]]:
-    """The LogRecord rows of ``batch``, all for its sender."""
+
+def record_rows(batch: LogBatch, *, dialect: str) -> list[tuple[Any, ...]]:
+    """The LogRecord rows of ``batch``, all for its sender, as the driver takes them."""
+    if dialect == "sqlite":
+
+        def when(ts: datetime) -> Any:
+            return ts.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+    else:
+
+        def when(ts: datetime) -> Any:
+            return ts.astimezone(UTC)
+
+    name = batch.name
     return [
-        {
-            "daemon": batch.name,
-            "seq": r.seq,
-            "ts": r.ts,
-            "level": r.level,
-            "logger": r.logger,
-            "pipeline": r.pipeline,
-            "run_key": r.run_key,
-            "attempt": r.attempt,
-            "message": r.message,
-        }
+        (name, r.seq, when(r.ts), r.level, r.logger, r.pipeline, r.run_key, r.attempt, r.message)
         for r in batch.records
     ]
 
 
-def insert_ignoring_duplicates(session: Session) -> Insert:
-    """``INSERT INTO logrecord ... ON CONFLICT (daemon, seq) DO NOTHING`` for this session's database."""
-    dialect = session.get_bind().dialect.name
-    if dialect == "postgresql":
-        return postgresql.insert(LogRecord).on_conflict_do_nothing(index_elements=["daemon", "seq"])
-    if dialect == "sqlite":
-        return sqlite.insert(LogRecord).on_conflict_do_nothing(index_elements=["daemon", "seq"])
-    raise NotImplementedError(f"log records on {dialect} are not supported (SQLite or PostgreSQL)")
-
-
 def store_batch(session: Session, batch: LogBatch) -> int:
-    """Store ``batch``; returns how many of its records were new (a redelivery adds none)."""
-    rows = record_rows(batch)
-    result = session.connection().execute(insert_ignoring_duplicates(session), rows)
-    return int(result.rowcount) if result.rowcount is not None and result.rowcount >= 0 else len(rows)
+    """Store ``batch`` in one bulk INSERT that skips records stored before (a redelivery adds
+    none); returns how many were new, where the driver tells."""
+    dialect = session.get_bind().dialect.name
+    statement = _INSERT.get(dialect)
+    if statement is None:
+        raise NotImplementedError(f"log records on {dialect} are not supported (SQLite or PostgreSQL)")
+    result = session.connection().exec_driver_sql(statement, record_rows(batch, dialect=dialect))
+    return (
+        int(result.rowcount) if result.rowcount is not None and result.rowcount >= 0 else len(batch.records)
+    )
 
 
 LOGS_DROPPED = "logs_dropped"  # the DaemonEvent kind of a report of records a daemon dropped
