@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlmodel import Session, select
@@ -26,12 +26,16 @@ _INSERT = {
 }
 
 
+_ZERO = timedelta(0)
+
+
 def record_rows(batch: LogBatch, *, dialect: str) -> list[tuple[Any, ...]]:
     """The LogRecord rows of ``batch``, all for its sender, as the driver takes them."""
     if dialect == "sqlite":
 
         def when(ts: datetime) -> Any:
-            return ts.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+            utc = ts if ts.utcoffset() == _ZERO else ts.astimezone(UTC)  # daemons send UTC
+            return utc.replace(tzinfo=None).isoformat(" ", "microseconds")
     else:
 
         def when(ts: datetime) -> Any:
