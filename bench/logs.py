@@ -21,14 +21,15 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sqlite3
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -50,12 +51,11 @@ from cp.protocol import CP_LOGS, CP_QUEUE
 from cp.security.envelope import daemon_sender
 from cp.security.keys import Identity
 from cp.security.signer import Signer
-from cp.settings import Settings
+from cp.settings import Settings, normalize_database_url
 from workers.logs.shipping import LogShipping
 
 DAEMONS = 10
 BATCH = 1_000
-RATIO_TARGET = 0.5
 LATENCY_TARGET_S = 2.0
 LOG_RATE = 20  # records a second in the latency phase
 COLUMNS = ("daemon", "seq", "ts", "level", "logger", "pipeline", "run_key", "attempt", "message")
@@ -112,24 +112,75 @@ def count_rows(engine_url: str) -> int:
         engine.dispose()
 
 
-def hand_written_insert(path: Path, made: list[tuple[str, list[dict[str, Any]]]]) -> float:
-    """Records/s of plain sqlite3 executemany into an empty copy of the table, a commit per batch."""
-    engine = make_engine(f"sqlite:///{path}")
+def hand_written_insert(engine_url: str, made: list[tuple[str, list[dict[str, Any]]]]) -> float:
+    """Records/s of the driver's own executemany into an empty copy of the table (same indexes
+    and unique constraint), one transaction per batch."""
+    engine = make_engine(engine_url)
     SQLModel.metadata.create_all(engine, tables=[LogRecord.__table__])  # type: ignore[list-item]
-    engine.dispose()
     rows = [[(name, *(r[c] for c in COLUMNS[1:])) for r in records] for name, records in made]
-    sql = f"INSERT INTO logrecord ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
-    conn = sqlite3.connect(path, isolation_level=None)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=NORMAL")
-    started = time.perf_counter()
-    for batch in rows:
-        conn.execute("BEGIN IMMEDIATE")
-        conn.executemany(sql, batch)
-        conn.execute("COMMIT")
-    elapsed = time.perf_counter() - started
-    conn.close()
+    # the statement the control plane runs (cp/logs/ingest.py), without the conflict clause
+    mark = "?" if engine.dialect.name == "sqlite" else "%s"
+    sql = f"INSERT INTO logrecord ({', '.join(COLUMNS)}) VALUES ({', '.join([mark] * len(COLUMNS))})"
+    conn = engine.raw_connection()
+    try:
+        if engine.dialect.name == "sqlite":
+            conn.isolation_level = None
+        cursor = conn.cursor()
+        started = time.perf_counter()
+        for batch in rows:
+            if engine.dialect.name == "sqlite":
+                cursor.execute("BEGIN IMMEDIATE")
+                cursor.executemany(sql, batch)
+                cursor.execute("COMMIT")
+            else:
+                cursor.executemany(sql, batch)
+                conn.commit()
+        elapsed = time.perf_counter() - started
+    finally:
+        conn.close()
+        engine.dispose()
     return sum(len(b) for b in rows) / elapsed
+
+
+@dataclass
+class Database:
+    """Where the control plane and the baseline write: SQLite files, or two PostgreSQL schemas."""
+
+    kind: str
+    cp_url: str  # as MYCELIAL_DATABASE_URL
+    baseline_url: str
+    schemas: tuple[str, ...] = ()
+    server: str = ""
+
+    @property
+    def engine_url(self) -> str:
+        return normalize_database_url(self.cp_url)
+
+    def drop(self) -> None:
+        if self.schemas:
+            import psycopg
+
+            with psycopg.connect(self.server, autocommit=True) as conn:
+                for schema in self.schemas:
+                    conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+
+
+def database(home: Path) -> Database:
+    server = os.environ.get("MYCELIAL_BENCH_POSTGRES_URL")
+    if not server:
+        return Database("sqlite", f"sqlite:///{home}/mycelial.db", f"sqlite:///{home}/baseline.db")
+    import psycopg
+
+    tag = uuid.uuid4().hex[:8]
+    schemas = (f"mycelial_bench_{tag}", f"mycelial_bench_base_{tag}")
+    with psycopg.connect(server, autocommit=True) as conn:
+        for schema in schemas:
+            conn.execute(f"CREATE SCHEMA {schema}")
+
+    def url(schema: str) -> str:
+        return f"{server}{'&' if '?' in server else '?'}options=-csearch_path%3D{schema}"
+
+    return Database("postgresql", url(schemas[0]), normalize_database_url(url(schemas[1])), schemas, server)
 
 
 def ingest(url: str, client: redis.Redis, home: Path, engine_url: str, *, total: int) -> float:
@@ -229,37 +280,62 @@ def run(*, quick: bool) -> list[Result]:
     with broker() as url, tempfile.TemporaryDirectory(prefix="mycbl") as tmp:
         home = Path(tmp)
         os.chmod(home, 0o700)
+        db = database(home)
         env = {k: v for k, v in os.environ.items() if not k.startswith("MYCELIAL_")}
-        env.update(MYCELIAL_HOME=str(home), MYCELIAL_BROKER_URL=url, PYTHONUNBUFFERED="1")
-        engine_url = f"sqlite:///{home}/mycelial.db"
+        env.update(
+            MYCELIAL_HOME=str(home),
+            MYCELIAL_BROKER_URL=url,
+            MYCELIAL_DATABASE_URL=db.cp_url,
+            PYTHONUNBUFFERED="1",
+        )
         client = redis_client(url)
         client.delete(CP_QUEUE)
-        progress(f"baseline: {total} records by hand into an empty copy of the table")
-        baseline = hand_written_insert(home / "baseline.db", batches(total))
-        progress(f"baseline: {baseline:,.0f} records/s")
-        with (home / "worker.log").open("wb") as wlog:
-            worker = subprocess.Popen(
-                [sys.executable, "-m", "cp.cli", "worker"], env=env, stdout=wlog, stderr=subprocess.STDOUT
+        try:
+            progress(
+                f"database: {db.kind}; baseline: {total} records by hand into an empty copy of the table"
             )
-            try:
-                time.sleep(5)  # the worker consumes
-                progress(f"ingest: {total} records in batches of {BATCH} from {DAEMONS} daemons")
-                ingested = ingest(url, client, home, engine_url, total=total)
-                progress(f"ingest: {ingested:,.0f} records/s ({ingested / baseline:.2f} of the baseline)")
-                seconds = 10.0 if quick else 30.0
-                progress(f"latency: {LOG_RATE} records/s for {seconds:.0f} s through a daemon's shipping")
-                lags = latency(url, home, engine_url, env, seconds=seconds)
-                progress(f"latency: p50 {percentile(lags, 50):.2f}s p99 {percentile(lags, 99):.2f}s")
-            finally:
-                worker.terminate()
+            made = batches(total)
+            baselines = [hand_written_insert(db.baseline_url, made)]
+            progress(f"baseline: {baselines[0]:,.0f} records/s")
+            with (home / "worker.log").open("wb") as wlog:
+                worker = subprocess.Popen(
+                    [sys.executable, "-m", "cp.cli", "worker"], env=env, stdout=wlog, stderr=subprocess.STDOUT
+                )
                 try:
-                    worker.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    worker.kill()
-        client.delete(CP_QUEUE)
+                    time.sleep(5)  # the worker consumes
+                    progress(f"ingest: {total} records in batches of {BATCH} from {DAEMONS} daemons")
+                    ingested = ingest(url, client, home, db.engine_url, total=total)
+                    progress(f"ingest: {ingested:,.0f} records/s")
+                    seconds = 10.0 if quick else 30.0
+                    progress(f"latency: {LOG_RATE} records/s for {seconds:.0f} s through a daemon's shipping")
+                    lags = latency(url, home, db.engine_url, env, seconds=seconds)
+                    progress(f"latency: p50 {percentile(lags, 50):.2f}s p99 {percentile(lags, 99):.2f}s")
+                finally:
+                    worker.terminate()
+                    try:
+                        worker.wait(timeout=30)
+                    except subprocess.TimeoutExpired:
+                        worker.kill()
+            # again, into a fresh copy: the better of the two is the baseline (a conservative ratio)
+            db2_url = db.baseline_url.replace("baseline.db", "baseline2.db") if db.kind == "sqlite" else None
+            if db2_url is None:
+                _truncate(db.baseline_url)
+                db2_url = db.baseline_url
+            baselines.append(hand_written_insert(db2_url, made))
+            baseline = max(baselines)
+            progress(f"baseline again: {baselines[1]:,.0f} records/s; ratio {ingested / baseline:.2f}")
+        finally:
+            client.delete(CP_QUEUE)
+            db.drop()
     return [
-        Result("ingest through cp.logs", ingested, "records/s", baseline),
-        Result("ingest ratio target", ingested / baseline, "x", RATIO_TARGET),
+        Result(f"ingest through cp.logs ({db.kind})", ingested, "records/s", baseline),
         Result("log call to --follow p50", 1000 * percentile(lags, 50), "ms", 1000 * LATENCY_TARGET_S),
         Result("log call to --follow p99", 1000 * percentile(lags, 99), "ms", 1000 * LATENCY_TARGET_S),
     ]
+
+
+def _truncate(engine_url: str) -> None:
+    engine = make_engine(engine_url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("DROP TABLE logrecord")
+    engine.dispose()

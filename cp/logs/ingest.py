@@ -13,16 +13,14 @@ from cp.protocol import LogBatch
 COLUMNS = ("daemon", "seq", "ts", "level", "logger", "pipeline", "run_key", "attempt", "message")
 # the ORM's per-value type processing cost more than the insert itself: the statement goes to the
 # driver as it is, with the time in the form LogRecord.ts stores (UTCDateTime: naive UTC text on
-# SQLite, timestamptz on PostgreSQL)
-_INSERT = {
-    "sqlite": (
-        f"INSERT INTO logrecord ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))}) "
+# SQLite, timestamptz on PostgreSQL), as one executemany (psycopg pipelines it; one statement
+# with every row in it measured half as fast)
+INSERT_IGNORING_DUPLICATES = {
+    dialect: (
+        f"INSERT INTO logrecord ({', '.join(COLUMNS)}) VALUES ({', '.join([mark] * len(COLUMNS))}) "
         "ON CONFLICT (daemon, seq) DO NOTHING"
-    ),
-    "postgresql": (
-        f"INSERT INTO logrecord ({', '.join(COLUMNS)}) VALUES ({', '.join(['%s'] * len(COLUMNS))}) "
-        "ON CONFLICT (daemon, seq) DO NOTHING"
-    ),
+    )
+    for dialect, mark in (("sqlite", "?"), ("postgresql", "%s"))
 }
 
 
@@ -52,13 +50,12 @@ def store_batch(session: Session, batch: LogBatch) -> int:
     """Store ``batch`` in one bulk INSERT that skips records stored before (a redelivery adds
     none); returns how many were new, where the driver tells."""
     dialect = session.get_bind().dialect.name
-    statement = _INSERT.get(dialect)
+    statement = INSERT_IGNORING_DUPLICATES.get(dialect)
     if statement is None:
         raise NotImplementedError(f"log records on {dialect} are not supported (SQLite or PostgreSQL)")
-    result = session.connection().exec_driver_sql(statement, record_rows(batch, dialect=dialect))
-    return (
-        int(result.rowcount) if result.rowcount is not None and result.rowcount >= 0 else len(batch.records)
-    )
+    rows = record_rows(batch, dialect=dialect)
+    stored = session.connection().exec_driver_sql(statement, rows).rowcount
+    return int(stored) if stored is not None and stored >= 0 else len(rows)
 
 
 LOGS_DROPPED = "logs_dropped"  # the DaemonEvent kind of a report of records a daemon dropped
