@@ -41,7 +41,17 @@ def record_rows(batch: LogBatch, *, dialect: str) -> list[tuple[Any, ...]]:
 
     name = batch.name
     return [
-        (name, r.seq, when(r.ts), r.level, r.logger, r.pipeline, r.run_key, r.attempt, r.message)
+        (
+            name,
+            r["seq"],
+            when(r["ts"]),
+            r["level"],
+            r["logger"],
+            r.get("pipeline"),
+            r.get("run_key"),
+            r.get("attempt"),
+            r["message"],
+        )
         for r in batch.records
     ]
 
@@ -66,7 +76,7 @@ def record_dropped(session: Session, batch: LogBatch, *, now: datetime) -> None:
     often the batch is delivered)."""
     reason = (
         f"{batch.dropped} log record(s) dropped by the daemon's full spool (oldest first) "
-        f"before seq {batch.records[0].seq}"
+        f"before seq {batch.records[0]['seq']}"
     )
     seen = select(DaemonEvent.id).where(
         DaemonEvent.daemon == batch.name, DaemonEvent.kind == LOGS_DROPPED, DaemonEvent.reason == reason

@@ -4,6 +4,7 @@ dropped first and counted, numbering that survives a restart."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -58,9 +59,14 @@ def test_numbering_goes_on_after_everything_was_acknowledged(tmp_path: Path) -> 
     assert LogSpool(tmp_path, max_bytes=SMALL).append(record(9)) == last + 1
 
 
-def test_a_lost_spool_numbers_past_anything_numbered_before(tmp_path: Path) -> None:
+def test_a_lost_spool_numbers_past_anything_numbered_before(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    started = time.time() - 1  # the lost spool began a second ago, and logged 900 records since
+    monkeypatch.setattr("workers.logs.spool.time.time", lambda: started)
     old = LogSpool(tmp_path / "a", max_bytes=SMALL)
-    before = [old.append(record(i)) for i in range(100)][-1]
+    before = [old.append(record(i)) for i in range(900)][-1]
+    monkeypatch.undo()
     fresh = LogSpool(tmp_path / "b", max_bytes=SMALL)  # a new, empty directory
     assert fresh.append(record(0)) > before
 
