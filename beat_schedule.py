@@ -26,7 +26,7 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
         },
         "purge-old-records": {
             "task": CP_PURGE_OLD_RECORDS,
-            "schedule": 3600.0,
-            "options": {"queue": CP_CONTROL_QUEUE, "expires": 3600.0},
+            "schedule": settings.retention_interval,
+            "options": {"queue": CP_CONTROL_QUEUE, "expires": settings.retention_interval},
         },
     }

@@ -91,13 +91,19 @@ def run_job_message(
     pipeline: PipelineSpec,
     cursor: str | None,
     expires: float,
+    max_attempts: int,
     timeout_seconds: float | None = None,
 ) -> Outgoing:
     payload = RunJob(
         run_key=run_key, attempt=attempt, pipeline=pipeline, cursor=cursor, timeout_seconds=timeout_seconds
     )
     return job_outgoing(
-        daemon=daemon, task_id=task_id, payload=dump(payload), pipeline_name=pipeline.name, expires=expires
+        daemon=daemon,
+        task_id=task_id,
+        payload=dump(payload),
+        pipeline_name=pipeline.name,
+        max_attempts=max_attempts,
+        expires=expires,
     )
 
 
@@ -121,16 +127,40 @@ def job_payload(
 
 
 def job_outgoing(
-    *, daemon: str, task_id: str, payload: dict[str, Any], pipeline_name: str, expires: float
+    *,
+    daemon: str,
+    task_id: str,
+    payload: dict[str, Any],
+    pipeline_name: str,
+    max_attempts: int,
+    expires: float,
 ) -> Outgoing:
+    argsrepr = job_argsrepr(
+        pipeline=pipeline_name,
+        run_key=payload["run_key"],
+        attempt=payload["attempt"],
+        max_attempts=max_attempts,
+        daemon=daemon,
+    )
     return Outgoing(
         task=DAEMON_RUN_JOB,
         queue=daemon_queue(daemon),
         payload=payload,
-        argsrepr=f"pipeline={pipeline_name} run={payload['run_key']} attempt={payload['attempt']}",
+        argsrepr=argsrepr,
         task_id=task_id,
         expires=expires,
     )
+
+
+def job_argsrepr(*, pipeline: str, run_key: str, attempt: int, max_attempts: int, daemon: str) -> str:
+    """What Flower shows of a job instead of its payload, whose connector options may hold secrets.
+
+    Each attempt of a run is a task of its own (cp/runs.py ``task_id_for``): ``attempt 2/3`` tells
+    they belong together. It comes first and the run key (also the task id) last, so Flower's
+    narrow column shows the attempt. An attempt moved off a lost daemon before it started is
+    numbered but not counted as a try, so after a move the number can pass the maximum.
+    """
+    return f"attempt {attempt}/{max_attempts} pipeline={pipeline} daemon={daemon} run={run_key}"
 
 
 def probe_message(daemon: str, *, probe_id: str, sent_at: datetime, expires: float) -> Outgoing:

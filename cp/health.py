@@ -16,6 +16,7 @@ from sqlmodel import Session, col, select
 from cp.heartbeats import ReceivedHeartbeat
 from cp.models import Daemon, DaemonEvent, DaemonStatus
 from cp.protocol import ConfigApplied, DaemonHello, ProbeReply
+from cp.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +105,7 @@ def record_heartbeats(session: Session, beats: Sequence[ReceivedHeartbeat]) -> H
                 running_runs=bindparam("b_running"),
                 cpu_percent=bindparam("b_cpu"),
                 memory_mb=bindparam("b_memory"),
+                running_progress=bindparam("b_progress"),
             )
         )
         session.connection().execute(
@@ -115,6 +117,7 @@ def record_heartbeats(session: Session, beats: Sequence[ReceivedHeartbeat]) -> H
                     "b_running": len(r.beat.running_runs),
                     "b_cpu": r.beat.cpu_percent,
                     "b_memory": r.beat.memory_mb,
+                    "b_progress": [p.model_dump(mode="json") for p in r.beat.progress],
                 }
                 for r in applied
             ],
@@ -138,6 +141,15 @@ class HealthLimits:
     offline_after: float  # seconds without a heartbeat
     probe_timeout: float  # seconds a canary probe may stay unanswered
     backlog_threshold: int  # messages waiting in the daemon's queue
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> HealthLimits:
+        """The thresholds of these settings: the checker and every view use the same."""
+        return cls(
+            offline_after=settings.offline_after,
+            probe_timeout=settings.probe_timeout,
+            backlog_threshold=settings.backlog_threshold,
+        )
 
 
 class HealthFacts(Protocol):

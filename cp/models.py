@@ -116,6 +116,10 @@ class Daemon(SQLModel, table=True):
     running_runs: int = 0
     cpu_percent: float | None = None
     memory_mb: float | None = None
+    # the newest heartbeat's JobProgress entries (cp/protocol.py), at most MAX_PROGRESS_RUNS
+    running_progress: list[dict[str, Any]] = Field(
+        default_factory=list, sa_column=Column(JSON, nullable=False)
+    )
     desired_config_version: int | None = None
     desired_checksum: str | None = None
     applied_config_version: int | None = None
@@ -226,8 +230,25 @@ class RunAttempt(SQLModel, table=True):
     started_at: datetime | None = _ts()
     finished_at: datetime | None = _ts()
     deliveries: int = 0
+    rows_read: int = 0
     rows_written: int = 0
     error: str | None = Field(default=None, sa_column=Column(Text))
+
+
+class RunStateChange(SQLModel, table=True):
+    """A run moved from one state to another (cp/run_history.py): written in the transaction
+    that moved it. ``to_state`` is a RunState value, or ``retrying`` / ``moved`` when an attempt
+    ended and the run went back to ``scheduled`` for the next one."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False, index=True))
+    run_key: str = Field(index=True)
+    pipeline: str = Field(index=True)
+    attempt: int
+    daemon: str | None = None
+    from_state: str | None = Field(default=None, max_length=32)
+    to_state: str = Field(max_length=32)
+    reason: str = Field(default="", sa_column=Column(Text, nullable=False))
 
 
 class DaemonEvent(SQLModel, table=True):
@@ -309,3 +330,22 @@ class EnrollmentToken(SQLModel, table=True):
     expires_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
     used_at: datetime | None = _ts()
     used_by_key: str | None = None
+
+
+class ProcessSeen(SQLModel, table=True):
+    """A control-plane process (worker or beat) or the health check, seen alive (cp/liveness.py).
+
+    Workers and beat overwrite their row every ``liveness_interval``; the health check its one row
+    each time it runs. `mycelial status` reads them; a stopped process leaves its row behind.
+    """
+
+    __table_args__ = (UniqueConstraint("kind", "name", name="uq_processseen_kind_name"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    kind: str  # worker, beat or health_check
+    name: str  # host:pid of the process (the health check: the process that ran it last)
+    hostname: str = ""
+    pid: int | None = None
+    started_at: datetime | None = _ts()
+    seen_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False, index=True))
+    stopped_at: datetime | None = _ts()  # a clean shutdown says so

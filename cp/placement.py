@@ -46,4 +46,8 @@ class Placement:
 
 def choose_daemon(session: Session, pipeline: Pipeline) -> str | None:
     """Placement for a single run (a manual trigger)."""
+    if pipeline.daemon is not None:
+        # a pinned run needs only its daemon's status, not every daemon's active-run count
+        status = session.exec(select(Daemon.status).where(Daemon.name == pipeline.daemon)).first()
+        return None if status == DaemonStatus.OFFLINE else pipeline.daemon
     return Placement.load(session).choose(pipeline)

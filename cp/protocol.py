@@ -28,6 +28,7 @@ from cp.settings import (
     MAX_NAME_CHARS,
     MAX_OPTIONS,
     MAX_PIPELINES,
+    MAX_PROGRESS_RUNS,
     MAX_QUERY_CHARS,
     MAX_RUN_KEYS,
     MAX_TEXT_CHARS,
@@ -41,6 +42,7 @@ CP_DAEMON_HELLO = "cp.daemon_hello"
 CP_HEARTBEAT = "cp.heartbeat"
 CP_RUN_EVENT = "cp.run_event"
 CP_CONFIG_APPLIED = "cp.config_applied"
+CP_CONFIG_REQUEST = "cp.config_request"
 CP_LOGS = "cp.logs"
 CP_CHECK_DAEMON_HEALTH = "cp.check_daemon_health"
 CP_PURGE_OLD_RECORDS = "cp.purge_old_records"
@@ -125,12 +127,27 @@ class DaemonHello(Message):
     orphaned_task_ids: RunKeys = Field(default_factory=list)
 
 
+class JobProgress(BaseModel):
+    """How far one running job has got, as its daemon saw it when it sent the heartbeat."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    run_key: Id
+    pipeline: Name
+    attempt: int = Field(ge=1, le=1_000_000)
+    rows_read: Count = 0
+    rows_written: Count = 0
+    # rows written per second since the previous heartbeat (since the start for the first one)
+    rows_per_second: float = Field(default=0.0, ge=0, le=1e12, allow_inf_nan=False)
+    running_s: float = Field(default=0.0, ge=0, le=1e9, allow_inf_nan=False)
+
+
 class Heartbeat(Message):
     name: Name
     sent_at: AwareDatetime
     running_runs: RunKeys = Field(default_factory=list)
     cpu_percent: float | None = Field(default=None, ge=0, le=1e6, allow_inf_nan=False)
     memory_mb: float | None = Field(default=None, ge=0, le=1e12, allow_inf_nan=False)
+    progress: Annotated[list[JobProgress], Field(max_length=MAX_PROGRESS_RUNS)] = Field(default_factory=list)
 
 
 RunEventState = Literal["started", "progress", "succeeded", "failed", "timed_out", "cancelled"]
@@ -157,6 +174,13 @@ class ConfigApplied(Message):
     version: Version
     ok: bool
     error: ErrorText | None = None
+
+
+class ConfigRequest(Message):
+    """A daemon asks for its desired config again (an admin's `control mycelial_refresh_config`)."""
+
+    name: Name
+    applied_config_version: Version | None = None
 
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]

@@ -1,30 +1,86 @@
-"""Delete what is older than the retention period: finished runs and their attempts, daemon
-events and log records. Config versions are kept: they are the audit trail."""
+"""Delete what is older than its retention period: finished runs with their attempts, daemon
+events and run state changes, log records. Config versions are kept: they are the audit trail.
+
+Rows go in chunks of the oldest ids, each chunk its own short transaction, so a large purge never
+holds a lock (SQLite's one write lock above all) long enough to stall heartbeats or run events."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import delete
-from sqlmodel import Session, col, select
+from sqlalchemy import ColumnElement, delete
+from sqlmodel import Session, SQLModel, col, select
 
-from cp.models import FINISHED_RUN_STATES, DaemonEvent, LogRecord, Run, RunAttempt
+from cp.models import FINISHED_RUN_STATES, DaemonEvent, LogRecord, Run, RunAttempt, RunStateChange
+from cp.settings import Settings
+
+Sessions = Callable[[], AbstractContextManager[Session]]  # each one commits when its block ends
 
 
-def purge_old_records(session: Session, *, now: datetime, keep_days: float) -> dict[str, int]:
+@dataclass(frozen=True)
+class RetentionPolicy:
+    run_days: float  # finished runs and their attempts
+    event_days: float  # daemon events and run state changes
+    log_days: float  # log records
+    chunk: int = 10_000  # rows deleted per transaction
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RetentionPolicy:
+        return cls(
+            run_days=settings.retention_days,
+            event_days=settings.event_retention_days,
+            log_days=settings.log_retention_days,
+            chunk=settings.retention_chunk,
+        )
+
+
+def purge_old_records(sessions: Sessions, *, now: datetime, policy: RetentionPolicy) -> dict[str, int]:
     """Rows deleted per table. Active runs are never deleted, however old."""
-    cutoff = now - timedelta(days=keep_days)
-    old_runs = select(Run.run_key).where(
-        col(Run.state).in_(FINISHED_RUN_STATES), col(Run.finished_at) < cutoff
+    run_cutoff = now - timedelta(days=policy.run_days)
+    event_cutoff = now - timedelta(days=policy.event_days)
+    log_cutoff = now - timedelta(days=policy.log_days)
+    old_runs = (col(Run.state).in_(FINISHED_RUN_STATES), col(Run.finished_at) < run_cutoff)
+    deleted = {"run_attempts": 0, "runs": 0}
+    while True:
+        with sessions() as session:
+            attempts, runs = _delete_old_runs(session, *old_runs, chunk=policy.chunk)
+        deleted["run_attempts"] += attempts
+        deleted["runs"] += runs
+        if runs < policy.chunk:
+            break
+    deleted["run_state_changes"] = _delete_in_chunks(
+        sessions, RunStateChange, col(RunStateChange.at) < event_cutoff, chunk=policy.chunk
     )
-    deleted = {
-        "run_attempts": session.exec(
-            delete(RunAttempt).where(col(RunAttempt.run_key).in_(old_runs))
-        ).rowcount,
-        "runs": session.exec(
-            delete(Run).where(col(Run.state).in_(FINISHED_RUN_STATES), col(Run.finished_at) < cutoff)
-        ).rowcount,
-        "daemon_events": session.exec(delete(DaemonEvent).where(col(DaemonEvent.at) < cutoff)).rowcount,
-        "log_records": session.exec(delete(LogRecord).where(col(LogRecord.ts) < cutoff)).rowcount,
-    }
+    deleted["daemon_events"] = _delete_in_chunks(
+        sessions, DaemonEvent, col(DaemonEvent.at) < event_cutoff, chunk=policy.chunk
+    )
+    deleted["log_records"] = _delete_in_chunks(
+        sessions, LogRecord, col(LogRecord.ts) < log_cutoff, chunk=policy.chunk
+    )
     return deleted
+
+
+def _delete_old_runs(session: Session, *where: ColumnElement[bool], chunk: int) -> tuple[int, int]:
+    """The oldest ``chunk`` matching runs and their attempts, in one transaction."""
+    oldest = select(Run.id).where(*where).order_by(col(Run.id)).limit(chunk)
+    their_keys = select(Run.run_key).where(col(Run.id).in_(oldest))
+    attempts = session.exec(delete(RunAttempt).where(col(RunAttempt.run_key).in_(their_keys))).rowcount
+    runs = session.exec(delete(Run).where(col(Run.id).in_(oldest))).rowcount
+    return attempts, runs
+
+
+def _delete_in_chunks(sessions: Sessions, table: type[SQLModel], where: Any, *, chunk: int) -> int:
+    """Delete the matching rows of ``table``, the ``chunk`` lowest ids per transaction."""
+    ids: Any = table.id  # type: ignore[attr-defined]  # every table here has an integer id
+    total = 0
+    while True:
+        oldest = select(ids).where(where).order_by(ids).limit(chunk)
+        with sessions() as session:
+            count = session.exec(delete(table).where(col(ids).in_(oldest))).rowcount
+        total += count
+        if count < chunk:
+            return total

@@ -20,6 +20,8 @@ from cp.models import ACTIVE_RUN_STATES, DaemonEvent, Pipeline, Run, RunAttempt,
 from cp.placement import choose_daemon
 from cp.protocol import RunEvent
 from cp.retry import retry_delay
+from cp.run_history import MOVED as MOVED_STATE
+from cp.run_history import RETRYING, note_change
 
 log = logging.getLogger(__name__)
 WAITING_FOR_DAEMON = "waiting: no online daemon matches the pipeline's placement"
@@ -94,6 +96,8 @@ def create_run(
     except IntegrityError:
         log.info("run %s exists already; not creating it again", key)
         return None
+    why = skipped_because or ("scheduled fire" if trigger is RunTrigger.SCHEDULE else "manual run")
+    note_change(session, run, run.state, at=now, reason=why, from_state=None)
     return run
 
 
@@ -126,6 +130,9 @@ def queue_run(
     session.refresh(run)
     session.add(
         RunAttempt(run_key=run.run_key, attempt=run.attempt, daemon=daemon, task_id=task_id, queued_at=now)
+    )
+    note_change(
+        session, run, RunState.QUEUED, at=now, reason=f"on daemon {daemon}", from_state=RunState.SCHEDULED
     )
     return job_message(session, run, pipeline, expires=expires)
 
@@ -162,6 +169,7 @@ def job_message(session: Session, run: Run, pipeline: Pipeline, *, expires: floa
         pipeline=pipeline_spec(session, pipeline),
         cursor=None,
         expires=expires,
+        max_attempts=pipeline.max_attempts,
         timeout_seconds=pipeline.timeout,
     )
 
@@ -175,8 +183,7 @@ def mark_unpublished(session: Session, run_key: str, *, error: str, now: datetim
     """A manual run whose job could not be published fails at once instead of waiting unseen."""
     run = session.exec(select(Run).where(Run.run_key == run_key)).one()
     if run.state is RunState.QUEUED:
-        run.state, run.finished_at, run.error = RunState.FAILED, now, error
-        session.add(run)
+        finish(session, run, RunState.FAILED, error=error, at=now)
 
 
 def request_cancel(session: Session, run_key: str, *, now: datetime) -> Run:
@@ -197,6 +204,8 @@ def request_cancel(session: Session, run_key: str, *, now: datetime) -> Run:
 
 
 def finish(session: Session, run: Run, state: RunState, *, error: str | None, at: datetime) -> None:
+    outcome = error or f"{run.rows_read} rows read, {run.rows_written} written"
+    note_change(session, run, state, at=at, reason=outcome, from_state=run.state)
     run.state, run.finished_at, run.error = state, at, error
     _close_attempt(session, run, state, error=error, at=at)
     session.add(run)
@@ -233,6 +242,8 @@ def fail_or_retry(
         )
     )
     log.info("run %s attempt %d %s; retrying in %.1fs", run.run_key, run.attempt, state, delay)
+    why = f"attempt {run.attempt} {state}: {error}; attempt {run.attempt + 1} in {delay:.0f}s"
+    note_change(session, run, RETRYING, at=at, reason=why, from_state=run.state)
     run.attempt += 1
     run.last_event_seq = run.unlisted_since = None
     run.state = RunState.SCHEDULED
@@ -251,7 +262,9 @@ def move_to_another_daemon(session: Session, run: Run, *, reason: str, at: datet
     return.
     """
     _close_attempt(session, run, RunState.LOST, error=f"{MOVED}{reason}", at=at)
+    note_change(session, run, MOVED_STATE, at=at, reason=reason, from_state=run.state)
     run.attempt += 1
+    run.rows_read = run.rows_written = 0  # counted in the moved attempt's row now
     run.last_event_seq = run.unlisted_since = None
     run.state = RunState.SCHEDULED
     run.daemon = run.task_id = run.published_at = None
@@ -272,12 +285,11 @@ def _moves(session: Session, run: Run) -> int:
 
 
 def _close_attempt(session: Session, run: Run, state: RunState, *, error: str | None, at: datetime) -> None:
-    attempt = session.exec(
-        select(RunAttempt).where(RunAttempt.run_key == run.run_key, RunAttempt.attempt == run.attempt)
-    ).first()
+    attempt = _current_attempt(session, run)
     if attempt is not None and not attempt.state.finished:
         attempt.state, attempt.finished_at, attempt.error = state, at, error
-        attempt.rows_written = run.rows_written
+        attempt.rows_read, attempt.rows_written = run.rows_read, run.rows_written
+        attempt.started_at = attempt.started_at or run.started_at
         session.add(attempt)
 
 
@@ -314,7 +326,8 @@ def record_run_event(
         _started(session, run, event)
     elif event.state == "progress":
         if run.state is RunState.QUEUED:
-            run.state, run.started_at = RunState.RUNNING, event.at
+            # its "started" is late or lost: the attempt runs all the same
+            _now_running(session, run, at=event.at, attempt=_current_attempt(session, run))
     elif event.state == "succeeded":
         run.started_at = run.started_at or event.at
         finish(session, run, RunState.SUCCEEDED, error=None, at=event.at)
@@ -338,13 +351,25 @@ def record_run_event(
 def _started(session: Session, run: Run, event: RunEvent) -> None:
     """Each ``started`` is one delivery of the job: counted, so a redelivery loop is visible in SQL."""
     run.deliveries += 1
+    attempt = _current_attempt(session, run)
     if run.state in (RunState.QUEUED, RunState.SCHEDULED):
-        run.state, run.started_at, run.error = RunState.RUNNING, event.at, None
-    attempt = session.exec(
-        select(RunAttempt).where(RunAttempt.run_key == run.run_key, RunAttempt.attempt == run.attempt)
-    ).first()
+        run.error = None
+        _now_running(session, run, at=event.at, attempt=attempt)
     if attempt is not None:
         attempt.deliveries += 1
-        attempt.state = RunState.RUNNING
-        attempt.started_at = attempt.started_at or event.at
         session.add(attempt)
+
+
+def _now_running(session: Session, run: Run, *, at: datetime, attempt: RunAttempt | None) -> None:
+    note_change(session, run, RunState.RUNNING, at=at, reason=f"on daemon {run.daemon}", from_state=run.state)
+    run.state, run.started_at = RunState.RUNNING, at
+    if attempt is not None and not attempt.state.finished:
+        attempt.state = RunState.RUNNING
+        attempt.started_at = attempt.started_at or at
+        session.add(attempt)
+
+
+def _current_attempt(session: Session, run: Run) -> RunAttempt | None:
+    return session.exec(
+        select(RunAttempt).where(RunAttempt.run_key == run.run_key, RunAttempt.attempt == run.attempt)
+    ).first()

@@ -25,6 +25,7 @@ from cp.db import take_dispatch_turn
 from cp.dispatch import Outgoing, job_outgoing, job_payload
 from cp.models import ACTIVE_RUN_STATES, Pipeline, Run, RunAttempt, RunState, RunTrigger
 from cp.placement import Placement
+from cp.run_history import change_row, insert_changes
 from cp.runs import (
     WAITING_FOR_DAEMON,
     fail_or_retry,
@@ -119,8 +120,24 @@ def fire_due_runs(session: Session, *, now: datetime) -> int:
             rows.append(_new_run_row(pipeline.name, fire, now=now, skipped_because=skipped))
     created = insert_new_runs(session, rows)
     if created:
-        log.info("fired %d run(s) for %d due fire(s)", created, len(rows))
-    return created
+        log.info("fired %d run(s) for %d due fire(s)", len(created), len(rows))
+        insert_changes(
+            session,
+            [
+                change_row(
+                    at=now,
+                    run_key=str(row["run_key"]),
+                    pipeline=str(row["pipeline"]),
+                    attempt=1,
+                    to_state=str(row["state"]),
+                    from_state=None,
+                    reason=str(row["error"] or "scheduled fire"),
+                )
+                for row in rows
+                if row["run_key"] in created
+            ],
+        )
+    return len(created)
 
 
 def _new_run_row(
@@ -143,18 +160,18 @@ def _new_run_row(
     }
 
 
-def insert_new_runs(session: Session, rows: list[dict[str, object]]) -> int:
-    """INSERT ... ON CONFLICT (run_key) DO NOTHING, in chunks; the number of rows inserted."""
+def insert_new_runs(session: Session, rows: list[dict[str, object]]) -> set[str]:
+    """INSERT ... ON CONFLICT (run_key) DO NOTHING, in chunks; the run keys inserted."""
     if not rows:
-        return 0
+        return set()
     dialect = session.get_bind().dialect.name
     insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
     statement = insert(Run).on_conflict_do_nothing(index_elements=["run_key"]).returning(col(Run.run_key))
-    created = 0
+    created: set[str] = set()
     connection = session.connection()
     for chunk in _chunks(rows, CHUNK):
         # RETURNING with executemany works on SQLite and PostgreSQL ("insertmanyvalues")
-        created += len(connection.execute(statement, chunk).all())
+        created.update(key for (key,) in connection.execute(statement, chunk))
     return created
 
 
@@ -243,9 +260,26 @@ def dispatch_ready_runs(session: Session, *, now: datetime, expires: float) -> l
                 "state": RunState.QUEUED,
                 "queued_at": now,
                 "deliveries": 0,
+                "rows_read": 0,
                 "rows_written": 0,
             }
             for _, key, _, attempt, daemon in assignments
+        ],
+    )
+    insert_changes(
+        session,
+        [
+            change_row(
+                at=now,
+                run_key=key,
+                pipeline=pipeline_name,
+                attempt=attempt,
+                daemon=daemon,
+                to_state=RunState.QUEUED,
+                from_state=RunState.SCHEDULED,
+                reason=f"on daemon {daemon}",
+            )
+            for _, key, pipeline_name, attempt, daemon in assignments
         ],
     )
     messages = []
@@ -261,7 +295,12 @@ def dispatch_ready_runs(session: Session, *, now: datetime, expires: float) -> l
         task_id = task_id_for(run_key, attempt)
         messages.append(
             job_outgoing(
-                daemon=daemon, task_id=task_id, payload=payload, pipeline_name=pipeline_name, expires=expires
+                daemon=daemon,
+                task_id=task_id,
+                payload=payload,
+                pipeline_name=pipeline_name,
+                max_attempts=pipelines[pipeline_name].max_attempts,
+                expires=expires,
             )
         )
     return messages

@@ -23,6 +23,7 @@ MAX_LOG_BATCH_CHARS = 2_000_000  # characters of all messages of one cp.logs bat
 MAX_LABELS = 64  # labels of a daemon or a pipeline selector
 MAX_LABEL_VALUE_CHARS = 1_024
 MAX_RUN_KEYS = 1_000  # running_runs in a heartbeat, orphaned_task_ids in a hello
+MAX_PROGRESS_RUNS = 64  # running runs whose progress one heartbeat reports (the key stays < 256 KiB)
 MAX_CURSOR_CHARS = 65_536  # an incremental cursor position
 MAX_QUERY_CHARS = 1_000_000  # a pipeline's source query
 MAX_PIPELINES = 10_000  # pipelines in one daemon's desired state
@@ -76,11 +77,25 @@ class Settings(BaseSettings):
     # seconds past a run's timeout before the control plane ends a run its daemon has not stopped:
     # covers the daemon's cancel latency and clock skew, so the daemon always stops the job first
     timeout_grace: float = Field(default=30.0, ge=0)
+    # retention (cp/retention.py), purged by beat every retention_interval seconds, in chunks of
+    # retention_chunk rows per transaction: finished runs and their attempts after retention_days,
+    # daemon events and run state changes after event_retention_days, log records after
+    # log_retention_days
     retention_days: float = Field(default=30.0, gt=0)
+    event_retention_days: float = Field(default=30.0, gt=0)
+    log_retention_days: float = Field(default=14.0, gt=0)
+    retention_interval: float = Field(default=3600.0, ge=60)
+    retention_chunk: int = Field(default=10_000, ge=100, le=100_000)
+    # `mycelial up`: each child's output file under MYCELIAL_HOME/logs is rotated past this size,
+    # keeping this many earlier files (NAME.log.1 the newest)
+    process_log_max_bytes: int = Field(default=10 * 2**20, ge=64 * 2**10)
+    process_log_backups: int = Field(default=5, ge=1, le=100)
     # heartbeats are kept in memory, newest per daemon, and written in one UPDATE this often
     heartbeat_flush_interval: float = Field(default=0.5, gt=0)
     # distinct daemons whose heartbeats wait for one flush; more are dropped (and logged)
     heartbeat_pending_max: int = Field(default=100_000, ge=1)
+    # control-plane workers and beat note that they are alive this often (`mycelial status`)
+    liveness_interval: float = Field(default=5.0, gt=0)
     # an undeclared name is recorded (an event, its last-seen time) at most this often
     undeclared_record_interval: float = Field(default=600.0, gt=0)
     # undeclared names kept, in SQL and in each worker's memory; the least recently seen go first
@@ -206,6 +221,16 @@ class Settings(BaseSettings):
     def offline_after(self) -> float:
         """Seconds without a heartbeat after which a daemon counts as offline."""
         return self.heartbeat_interval * self.offline_after_missed
+
+    @property
+    def seen_within(self) -> float:
+        """A worker or beat that noted itself alive within this many seconds counts as running."""
+        return 3 * self.liveness_interval
+
+    @property
+    def checker_stale_after(self) -> float:
+        """Statuses written by a health checker that has not run for this long are shown as stale."""
+        return max(self.offline_after, 5 * self.health_check_interval)
 
     @property
     def embedded_redis_socket(self) -> Path:

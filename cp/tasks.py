@@ -17,6 +17,7 @@ from pydantic import BaseModel
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import col, select
 
+from cp.config_requests import answer_config_request
 from cp.config_store import current_push
 from cp.db_errors import describe, is_transient
 from cp.dispatch import enrolled_message, probe_message
@@ -34,6 +35,7 @@ from cp.health import (
 )
 from cp.heartbeat_intake import HeartbeatIntake
 from cp.heartbeats import Flusher, HeartbeatCoalescer, ReceivedHeartbeat
+from cp.liveness import WORKER, ProcessIdentity, forget_old, note_health_check, note_seen, note_stopped
 from cp.logs.acks import LogAcks
 from cp.logs.ingest import record_dropped, store_batch
 from cp.messaging.broker_client import broker_client
@@ -44,6 +46,7 @@ from cp.models import Daemon, DaemonKey, DaemonStatus, utcnow
 from cp.protocol import (
     CP_CHECK_DAEMON_HEALTH,
     CP_CONFIG_APPLIED,
+    CP_CONFIG_REQUEST,
     CP_DAEMON_HELLO,
     CP_ENROLL,
     CP_HEARTBEAT,
@@ -55,6 +58,7 @@ from cp.protocol import (
     CP_RUN_EVENT,
     CP_SEND_PROBES,
     ConfigApplied,
+    ConfigRequest,
     DaemonEnroll,
     DaemonHello,
     Heartbeat,
@@ -66,7 +70,7 @@ from cp.protocol import (
     parse,
 )
 from cp.queue_depth import queue_depths
-from cp.retention import purge_old_records
+from cp.retention import RetentionPolicy, purge_old_records
 from cp.runs import record_run_event
 from cp.runtime import ControlPlane
 from cp.security.cp_auth import ControlPlaneAuthenticator, DaemonKeys, DaemonKeyView, Nonces
@@ -185,7 +189,7 @@ def register_cp_tasks(app: Celery, cp: ControlPlane) -> None:
         return decorate
 
     running: dict[str, threading.Lock] = {
-        name: threading.Lock() for name in (CP_SEND_PROBES, CP_CHECK_DAEMON_HEALTH)
+        name: threading.Lock() for name in (CP_SEND_PROBES, CP_CHECK_DAEMON_HEALTH, CP_PURGE_OLD_RECORDS)
     }
 
     depths_due = [0.0]  # monotonic time of the next queue-depth reading in this process
@@ -287,10 +291,37 @@ def register_cp_tasks(app: Celery, cp: ControlPlane) -> None:
 
     flusher = Flusher(flush_heartbeats, interval=settings.heartbeat_flush_interval)
     worker_ready.connect(lambda **_: flusher.ensure_running(), weak=False)
+    this_worker = ProcessIdentity(WORKER)
+
+    def note_alive() -> None:
+        try:
+            with cp.session() as session:
+                note_seen(session, this_worker, now=utcnow())
+        except SQLAlchemyError as exc:  # the database is away: the next interval tries again
+            log.warning("could not note this worker alive: %s", describe(exc))
+
+    liveness = Flusher(note_alive, interval=settings.liveness_interval, name="liveness")
+
+    def start_liveness(**_: object) -> None:
+        note_alive()  # seen at once, not one interval later
+        try:
+            with cp.session() as session:
+                forget_old(session, now=utcnow())
+        except SQLAlchemyError as exc:
+            log.warning("could not forget long-gone processes: %s", describe(exc))
+        liveness.ensure_running()
+
+    worker_ready.connect(start_liveness, weak=False)
 
     def stop_heartbeats(**_: object) -> None:
         flusher.stop()
         intake.close()
+        liveness.stop()
+        try:
+            with cp.session() as session:
+                note_stopped(session, this_worker, now=utcnow())
+        except SQLAlchemyError as exc:
+            log.warning("could not note this worker stopped: %s", describe(exc))
 
     worker_shutdown.connect(stop_heartbeats, weak=False)
     worker_process_shutdown.connect(lambda **_: flusher.stop(), weak=False)
@@ -374,6 +405,14 @@ def register_cp_tasks(app: Celery, cp: ControlPlane) -> None:
         with cp.session() as session:
             record_config_applied(session, msg, now=utcnow())
 
+    @contract_task(CP_CONFIG_REQUEST, ConfigRequest)
+    def config_request(request: ConfigRequest) -> None:
+        with cp.session() as session:
+            push = answer_config_request(session, request, now=utcnow())
+        if push is not None:
+            log.info("daemon %s asked for its config again: pushing version %s", request.name, push.version)
+            cp.push_configs([push])
+
     @contract_task(CP_MESSAGE_REJECTED, MessageRejected, send_events=False)
     def message_rejected(report: MessageRejected) -> None:
         reason = event_reason(queue=report.queue, reason=report.reason, suppressed=report.suppressed)
@@ -408,8 +447,11 @@ def register_cp_tasks(app: Celery, cp: ControlPlane) -> None:
 
     @app.task(name=CP_PURGE_OLD_RECORDS, shared=False, ignore_result=True, send_events=False)
     def purge_old_records_task() -> None:
-        with cp.session() as session:
-            deleted = purge_old_records(session, now=utcnow(), keep_days=cp.settings.retention_days)
+        alone(CP_PURGE_OLD_RECORDS, _purge_old_records)
+
+    def _purge_old_records() -> None:
+        policy = RetentionPolicy.from_settings(settings)
+        deleted = purge_old_records(cp.session, now=utcnow(), policy=policy)
         log.info("retention: deleted %s", deleted)
 
     @contract_task(CP_PROBE_REPLY, ProbeReply, send_events=False)
@@ -443,11 +485,7 @@ def register_cp_tasks(app: Celery, cp: ControlPlane) -> None:
     def _check_daemon_health() -> None:
         """Queue depths, statuses, failover of offline daemons' runs, re-push of lagging configs."""
         now = utcnow()
-        limits = HealthLimits(
-            offline_after=settings.offline_after,
-            probe_timeout=settings.probe_timeout,
-            backlog_threshold=settings.backlog_threshold,
-        )
+        limits = HealthLimits.from_settings(settings)
         depths: dict[str, int] | None = None
         if time.monotonic() >= depths_due[0]:
             # the backlog rule needs no fresher figures, and reading every queue costs the most
@@ -468,6 +506,8 @@ def register_cp_tasks(app: Celery, cp: ControlPlane) -> None:
                 for daemon in stale_config_daemons(session, now=now, repush_after=settings.offline_after)
                 if (push := current_push(session, daemon)) is not None
             ]
+            # last, so the one row every check writes is locked only until the commit
+            note_health_check(session, this_worker, now=now)  # views show statuses stale without it
         if revoke:
             cp.app.control.revoke(revoke)
         cp.push_configs(pushes)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -12,25 +13,51 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.functions import FunctionElement
 from sqlmodel import Session, col, select
 
-from cp.models import ConfigVersion, Daemon, DaemonKey, Pipeline, Run, UndeclaredDaemon
+from cp.health import HealthLimits
+from cp.liveness import HEALTH_CHECK
+from cp.models import (
+    ConfigVersion,
+    Daemon,
+    DaemonKey,
+    DaemonStatus,
+    Pipeline,
+    ProcessSeen,
+    Run,
+    RunAttempt,
+    UndeclaredDaemon,
+)
+from cp.run_totals import run_totals
+from cp.shown_status import shown_status
 
 
 def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value else None
 
 
-def daemon_rows(session: Session, *, now: datetime) -> list[dict[str, Any]]:
+def daemon_rows(
+    session: Session, *, now: datetime, limits: HealthLimits, stale_after: float
+) -> list[dict[str, Any]]:
+    """Every daemon, its status derived now (cp/shown_status.py) from ``limits``; a status whose
+    health checker has not run for ``stale_after`` seconds is marked stale."""
     rows = []
     keys = {k.name: k for k in session.exec(select(DaemonKey))}
+    checker_ran_at = health_check_ran_at(session)
     for d in session.exec(select(Daemon).order_by(col(Daemon.name))):
         age = (now - d.last_heartbeat_at).total_seconds() if d.last_heartbeat_at else None
+        shown = shown_status(
+            d, now=now, limits=limits, checker_ran_at=checker_ran_at, stale_after=stale_after
+        )
         rows.append(
             {
                 "name": d.name,
                 # a row kept after its daemon left the configuration is used by nothing
-                "status": str(d.status) if d.declared else UNDECLARED_STATUS,
-                "status_since": _iso(d.status_since),
-                "status_reason": d.status_reason,
+                "status": str(shown.status) if d.declared else UNDECLARED_STATUS,
+                "status_since": _iso(shown.since),
+                "status_reason": shown.reason,
+                "status_stale": shown.stale and d.declared,
+                "recorded_status": str(shown.recorded),
+                "checker_last_ran_at": _iso(checker_ran_at),
+                "checker_age_s": shown.checker_age_s,
                 "declared": d.declared,
                 "labels": d.labels,
                 "last_heartbeat_at": _iso(d.last_heartbeat_at),
@@ -40,6 +67,12 @@ def daemon_rows(session: Session, *, now: datetime) -> list[dict[str, Any]]:
                 "last_probe_reply_at": _iso(d.last_probe_reply_at),
                 "queue_depth": d.queue_depth,
                 "running_runs": d.running_runs,
+                "cpu_percent": d.cpu_percent,
+                "memory_mb": d.memory_mb,
+                # as of the last heartbeat; none once the daemon is offline (nothing is known)
+                "progress": list(d.running_progress or [])
+                if shown.status is not DaemonStatus.OFFLINE
+                else [],
                 "desired_config_version": d.desired_config_version,
                 "applied_config_version": d.applied_config_version,
                 "config_in_sync": d.desired_config_version is None
@@ -61,6 +94,12 @@ def daemon_rows(session: Session, *, now: datetime) -> list[dict[str, Any]]:
 UNDECLARED_STATUS = "undeclared"
 
 
+def health_check_ran_at(session: Session) -> datetime | None:
+    """When a health check last ran, any worker's; None if never."""
+    query = select(ProcessSeen.seen_at).where(ProcessSeen.kind == HEALTH_CHECK)
+    return session.exec(query).first()
+
+
 def key_state(key: DaemonKey | None) -> str:
     """``enrolled``, ``revoked`` or ``none`` (its messages are refused until it enrols)."""
     if key is None:
@@ -75,6 +114,10 @@ def undeclared_row(u: UndeclaredDaemon) -> dict[str, Any]:
         "status": UNDECLARED_STATUS,
         "status_since": _iso(u.first_seen_at),
         "status_reason": "not declared in the configuration: ignored",
+        "status_stale": False,
+        "recorded_status": UNDECLARED_STATUS,
+        "checker_last_ran_at": None,
+        "checker_age_s": None,
         "declared": False,
         "labels": {},
         "last_heartbeat_at": None,
@@ -84,6 +127,9 @@ def undeclared_row(u: UndeclaredDaemon) -> dict[str, Any]:
         "last_probe_reply_at": None,
         "queue_depth": None,
         "running_runs": 0,
+        "cpu_percent": None,
+        "memory_mb": None,
+        "progress": [],
         "desired_config_version": None,
         "applied_config_version": None,
         "config_in_sync": True,
@@ -131,10 +177,9 @@ def pipeline_rows(session: Session) -> list[dict[str, Any]]:
     return rows
 
 
-def run_row(run: Run) -> dict[str, Any]:
-    duration = (
-        (run.finished_at - run.started_at).total_seconds() if run.finished_at and run.started_at else None
-    )
+def run_row(run: Run, attempts: Iterable[RunAttempt] = ()) -> dict[str, Any]:
+    """A run with rows and times over all of its ``attempts`` (cp/run_totals.py)."""
+    totals = run_totals(run, attempts)
     return {
         "run_key": run.run_key,
         "pipeline": run.pipeline,
@@ -146,11 +191,12 @@ def run_row(run: Run) -> dict[str, Any]:
         "next_attempt_at": _iso(run.next_attempt_at),
         "scheduled_for": _iso(run.scheduled_for),
         "created_at": _iso(run.created_at),
-        "started_at": _iso(run.started_at),
+        "started_at": _iso(totals.first_started_at),
         "finished_at": _iso(run.finished_at),
-        "duration_s": round(duration, 3) if duration is not None else None,
-        "rows_read": run.rows_read,
-        "rows_written": run.rows_written,
+        "duration_s": totals.duration_s,
+        "running_s": totals.running_s,
+        "rows_read": totals.rows_read,
+        "rows_written": totals.rows_written,
         "error": run.error,
         "error_retryable": run.error_retryable,
     }
@@ -164,7 +210,28 @@ def run_rows(
         query = query.where(Run.pipeline == pipeline)
     if state:
         query = query.where(col(Run.state) == state)
-    return [run_row(r) for r in session.exec(query)]
+    runs = list(session.exec(query))
+    attempts = attempts_of(session, [r.run_key for r in runs])
+    return [run_row(r, attempts.get(r.run_key, ())) for r in runs]
+
+
+ATTEMPT_KEYS_PER_QUERY = 500  # run keys in one IN list: well under every database's limit
+
+
+def attempts_of(session: Session, run_keys: Sequence[str]) -> dict[str, list[RunAttempt]]:
+    """Each run's attempt rows, oldest first, in a query per few hundred runs."""
+    found: dict[str, list[RunAttempt]] = {}
+    for start in range(0, len(run_keys), ATTEMPT_KEYS_PER_QUERY):
+        chunk = run_keys[start : start + ATTEMPT_KEYS_PER_QUERY]
+        query = select(RunAttempt).where(col(RunAttempt.run_key).in_(chunk)).order_by(col(RunAttempt.attempt))
+        for attempt in session.exec(query):
+            found.setdefault(attempt.run_key, []).append(attempt)
+    return found
+
+
+def run_view(session: Session, run: Run) -> dict[str, Any]:
+    """``run_row`` of one run, its attempts read here."""
+    return run_row(run, attempts_of(session, [run.run_key]).get(run.run_key, ()))
 
 
 class json_list_length(FunctionElement[int]):  # noqa: N801 - SQL functions read as SQL

@@ -31,6 +31,7 @@ def cli(home: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
         (["pipelines"], "pipelines"),
         (["runs"], "runs"),
         (["config", "history"], "versions"),
+        (["events"], "events"),
     ],
 )
 def test_listings_print_one_json_document_and_need_no_broker(

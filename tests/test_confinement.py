@@ -68,6 +68,7 @@ def forge_job(stack: Stack, *, run_key: str, destination: Path, source: Path) ->
         pipeline=pipeline,
         cursor=None,
         expires=600,
+        max_attempts=1,
     )
     CeleryDispatcher(app).send(message)
     app.close()

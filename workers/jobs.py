@@ -33,19 +33,27 @@ class Outcome:
 
 
 class Report:
-    """Sends run events; progress at most once per ``PROGRESS_EVERY`` seconds."""
+    """Sends run events; progress at most once per ``PROGRESS_EVERY`` seconds, and to ``on_rows``
+    (the daemon's own view of its running jobs) after every batch."""
 
     def __init__(
-        self, send: Callable[[Outcome], None], *, clock: Callable[[], float] = time.monotonic
+        self,
+        send: Callable[[Outcome], None],
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        on_rows: Callable[[int, int], None] | None = None,
     ) -> None:
         self._send = send
         self._clock = clock
+        self._on_rows = on_rows
         self._last_progress = clock()
 
     def __call__(self, outcome: Outcome) -> None:
         self._send(outcome)
 
     def progress(self, read: int, written: int) -> None:
+        if self._on_rows is not None:
+            self._on_rows(read, written)
         now = self._clock()
         if now - self._last_progress >= PROGRESS_EVERY:
             self._last_progress = now

@@ -20,6 +20,7 @@ from cp.messaging.broker_client import broker_client
 from cp.messaging.install import guard_of
 from cp.models import utcnow
 from cp.protocol import (
+    CP_CONFIG_REQUEST,
     CP_DAEMON_HELLO,
     CP_ENROLL,
     CP_HEARTBEAT,
@@ -39,6 +40,8 @@ from workers.heartbeat_key import HeartbeatWriter
 from workers.local_state import LocalState
 from workers.logs.shipping import LogShipping
 from workers.outbox import Envelope, Outbox
+from workers.progress import RunBoard
+from workers.run_rates import RunRates
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +71,9 @@ class DaemonRuntime:
         self.state = LocalState(settings.home / "daemons" / name)
         self.deliveries = DeliveryLog(settings.home / "daemons" / name / "deliveries")
         self._running: set[str] = set()
+        self.progress = RunBoard()  # what each running job has done so far
         self._finished: set[str] = set()
+        self.rates = RunRates()  # each heartbeat's rows per second of the jobs on the board
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._heartbeat_thread: threading.Thread | None = None
@@ -178,12 +183,14 @@ class DaemonRuntime:
         self.heartbeats.close()
 
     def heartbeat(self) -> None:
+        now = utcnow()
         beat = Heartbeat(
             name=self.name,
-            sent_at=utcnow(),
+            sent_at=now,
             running_runs=self.running(),
             cpu_percent=self._cpu_percent(),
             memory_mb=_rss_mb(),
+            progress=self.rates.report(self.progress.snapshot(), now=now),
         )
         if not self.heartbeats.write(beat):  # a broker without keys: the cp.heartbeat task instead
             self.send(CP_HEARTBEAT, beat, argsrepr=f"daemon={self.name}")
@@ -220,8 +227,8 @@ def envelope(task: str, payload: dict[str, Any], *, argsrepr: str) -> Envelope:
     run matter; a run's start and end, hellos and config results must arrive."""
     if task == CP_HEARTBEAT:
         return Envelope(task, payload, argsrepr, key=CP_HEARTBEAT, droppable=True)
-    if task == CP_PROBE_REPLY:
-        return Envelope(task, payload, argsrepr, key=CP_PROBE_REPLY, droppable=True)
+    if task in (CP_PROBE_REPLY, CP_CONFIG_REQUEST):
+        return Envelope(task, payload, argsrepr, key=task, droppable=True)
     if task == CP_RUN_EVENT and payload.get("state") == "progress":
         return Envelope(task, payload, argsrepr, key=f"progress {payload.get('run_key')}", droppable=True)
     # a hello is not coalesced: one an earlier process spooled goes first, with that process's

@@ -36,12 +36,14 @@ from cp.protocol import (
     daemon_queue,
     parse,
 )
+from workers.admin_commands import attach as attach_admin_commands
 from workers.identity import DaemonKeyStore
 from workers.jobs import Outcome, Report, execute
 from workers.logs.capture import job_logging
 from workers.rejections import report_to_control_plane
 from workers.runtime import DaemonRuntime
 from workers.secrets import install_log_scrubbing
+from workers.task_outcome import DuplicateDelivery, RunFailed, end_task, refused
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +55,7 @@ def register_daemon_tasks(app: Celery, daemon: DaemonRuntime, keys: DaemonKeySto
     after_setup_task_logger.connect(install_log_scrubbing, weak=False)
     guard = guard_of(app)
     guard.record_with(report_to_control_plane(daemon))
+    attach_admin_commands(app, daemon)  # `celery inspect mycelial_*`: daemons only
 
     def rejected(task: str, exc: MessageError, task_id: str | None) -> None:
         log.error("rejected %s message: %s", task, exc)
@@ -83,7 +86,7 @@ def register_daemon_tasks(app: Celery, daemon: DaemonRuntime, keys: DaemonKeySto
         log.info("enrolled with the control plane (key %s): saying hello again", notice.key_id)
         daemon.say_hello()
 
-    @app.task(name=DAEMON_TRUST_KEYS, shared=False, ignore_result=True)
+    @app.task(name=DAEMON_TRUST_KEYS, shared=False, ignore_result=True, send_events=False)
     def trust_keys(*args: Any, **kwargs: Any) -> None:
         try:
             trust = parse(TrustKeys, _single_payload(args, kwargs))
@@ -98,7 +101,7 @@ def register_daemon_tasks(app: Celery, daemon: DaemonRuntime, keys: DaemonKeySto
         else:
             log.info("ignored a control-plane key list older than the one kept")
 
-    @app.task(name=DAEMON_PROBE, shared=False, ignore_result=True)
+    @app.task(name=DAEMON_PROBE, shared=False, ignore_result=True, send_events=False)
     def probe(*args: Any, **kwargs: Any) -> None:
         try:
             canary = parse(Probe, _single_payload(args, kwargs))
@@ -111,30 +114,49 @@ def register_daemon_tasks(app: Celery, daemon: DaemonRuntime, keys: DaemonKeySto
             argsrepr=f"daemon={daemon.name} probe={canary.probe_id}",
         )
 
-    @app.task(name=DAEMON_RUN_JOB, shared=False, ignore_result=True)
+    # a failed run raises after its outcome is recorded (workers/task_outcome.py): the message is
+    # acknowledged then, never redelivered, and logged as expected (one line, no traceback)
+    @app.task(
+        name=DAEMON_RUN_JOB,
+        shared=False,
+        ignore_result=True,
+        acks_on_failure=True,
+        throws=(RunFailed,),
+    )
     def run_job(*args: Any, **kwargs: Any) -> None:
         try:
             job = parse(RunJob, _single_payload(args, kwargs))
         except MessageError as exc:
             rejected(DAEMON_RUN_JOB, exc, run_job.request.id)
-            return
+            raise refused(str(exc)) from None
         task_id = run_job.request.id or job.run_key
         if not daemon.claim(task_id):
             log.warning("run %s is already running or done here; duplicate delivery ignored", task_id)
-            return
+            raise DuplicateDelivery()
         try:
             deliveries = daemon.deliveries.record(task_id)
             with job_logging(pipeline=job.pipeline.name, run_key=job.run_key, attempt=job.attempt):
                 if deliveries > daemon.settings.max_deliveries:
-                    _give_up(daemon, job, deliveries)
+                    outcome = _give_up(daemon, job, deliveries)
                 else:
-                    _run(daemon, job, task_id=task_id, delivery=deliveries)
+                    outcome = _run(daemon, job, task_id=task_id, delivery=deliveries)
             daemon.deliveries.forget(task_id)
         finally:
             daemon.release(task_id)
 
+        def announce_revoked(exception: str) -> None:
+            run_job.send_event(
+                "task-revoked", terminated=False, signum=None, expired=False, exception=exception
+            )
+
+        # the outcome's run event goes out before Flower hears how the task ended (a broker away:
+        # it waits in the outbox, and the task ends anyway)
+        daemon.outbox.flush(timeout=OUTCOME_SEND_WAIT)
+        end_task(outcome, announce_revoked=announce_revoked)
+
 
 MAX_REFUSALS_SHOWN = 5
+OUTCOME_SEND_WAIT = 5.0  # seconds a job's task waits for its outcome to reach the broker
 
 
 def _store_config(daemon: DaemonRuntime, config: ApplyConfig) -> tuple[int, str | None]:
@@ -163,13 +185,15 @@ def _store_config(daemon: DaemonRuntime, config: ApplyConfig) -> tuple[int, str 
     return config.version, error
 
 
-def _give_up(daemon: DaemonRuntime, job: RunJob, deliveries: int) -> None:
+def _give_up(daemon: DaemonRuntime, job: RunJob, deliveries: int) -> Outcome:
     error = (
         f"pipeline {job.pipeline.name}: delivered {deliveries} times without finishing "
         f"(the job may be killing the daemon); not running it again"
     )
     log.error("run %s: %s", job.run_key, error)
-    _sender(daemon, job, delivery=deliveries)(Outcome("failed", error=error))
+    outcome = Outcome("failed", error=error)
+    _sender(daemon, job, delivery=deliveries)(outcome)
+    return outcome
 
 
 SEQS_PER_DELIVERY = 2**32
@@ -205,21 +229,28 @@ def _sender(daemon: DaemonRuntime, job: RunJob, *, delivery: int) -> Callable[[O
     return send
 
 
-def _run(daemon: DaemonRuntime, job: RunJob, *, task_id: str, delivery: int) -> None:
+def _run(daemon: DaemonRuntime, job: RunJob, *, task_id: str, delivery: int) -> Outcome:
     send = _sender(daemon, job, delivery=delivery)
     log.info("run %s of pipeline %s started", job.run_key, job.pipeline.name)
-    # `mycelial cancel` revokes the task id; Celery's revoke reaches a busy worker by broadcast
-    outcome = execute(
-        job,
-        home=daemon.home,
-        confinement=daemon.confinement,
-        report=Report(send),
-        should_stop=lambda: task_id in worker_state.revoked,
+    daemon.progress.started(
+        task_id=task_id, run_key=job.run_key, pipeline=job.pipeline.name, attempt=job.attempt, now=utcnow()
     )
+    try:
+        # `mycelial cancel` revokes the task id; Celery's revoke reaches a busy worker by broadcast
+        outcome = execute(
+            job,
+            home=daemon.home,
+            confinement=daemon.confinement,
+            report=Report(send, on_rows=daemon.progress.rows_of(task_id)),
+            should_stop=lambda: task_id in worker_state.revoked,
+        )
+    finally:
+        daemon.progress.ended(task_id)
     if outcome.state == "succeeded":
         log.info("run %s succeeded: %d rows", job.run_key, outcome.rows_written)
     else:
         log.error("run %s %s: %s", job.run_key, outcome.state, outcome.error)
+    return outcome
 
 
 def _single_payload(args: tuple[Any, ...], kwargs: dict[str, Any]) -> object:

@@ -32,6 +32,8 @@ from cp.tls.flower import verify_flower_broker_client
 CREDENTIALS_FILE = "flower-credentials"
 FLOWER_USER = "admin"
 LOOPBACK = {"127.0.0.1", "::1", "localhost"}
+# the task list shows a job's argsrepr (pipeline, run, attempt N/M, daemon) and a failed run's error
+TASK_COLUMNS = "name,uuid,state,args,exception,received,runtime,worker"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,4 +186,12 @@ def run_flower(settings: Settings, *, address: str, port: int) -> None:
     os.environ.pop("FLOWER_BASIC_AUTH", None)  # ours is the only one
     app = make_celery(settings)
     verify_flower_broker_client()  # its broker page verifies a rediss:// broker like every process
-    app.start(["flower", f"--address={address}", f"--port={port}", "--purge_offline_workers=60"])
+    app.start(
+        [
+            "flower",
+            f"--address={address}",
+            f"--port={port}",
+            "--purge_offline_workers=60",
+            f"--tasks_columns={TASK_COLUMNS}",
+        ]
+    )

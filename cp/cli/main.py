@@ -14,6 +14,7 @@ from sqlmodel import select
 from cp.celery_app import BrokerNotConfiguredError
 from cp.cli import failures, flower_server, processes, security_commands
 from cp.cli.broker import broker_app
+from cp.cli.events import events
 from cp.cli.logs import logs as logs_command
 from cp.cli.output import (
     EXIT_BAD_INPUT,
@@ -27,9 +28,12 @@ from cp.cli.output import (
     print_table,
     warn,
 )
+from cp.cli.runs import run_json, runs_app
+from cp.cli.status import METRIC_COLUMNS, status_cell, status_command
 from cp.config.limits import ConfigLimits
 from cp.config_file import ConfigError, load_config_file
 from cp.config_store import apply_document, current_author, plan_diff
+from cp.health import HealthLimits
 from cp.models import Pipeline, Run, RunState, RunTrigger, utcnow
 from cp.private_files import UnsafeHomeError, prepare_home, restrict_umask
 from cp.runs import (
@@ -43,7 +47,7 @@ from cp.runs import (
 )
 from cp.runtime import ControlPlane
 from cp.settings import Settings, SettingsError, get_settings
-from cp.views import config_history_rows, daemon_rows, pipeline_rows, run_row, run_rows
+from cp.views import config_history_rows, daemon_rows, pipeline_rows
 
 app = typer.Typer(
     name="mycelial",
@@ -56,6 +60,9 @@ app = typer.Typer(
 config_app = typer.Typer(help="Configuration versions.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 app.add_typer(broker_app, name="broker")
+app.add_typer(runs_app, name="runs")
+app.command("events")(events)
+app.command("status")(status_command)
 app.command("logs")(logs_command)
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document.")]
@@ -312,8 +319,11 @@ def daemons(ctx: typer.Context, json_: JsonOption = False) -> None:
     """List daemons with status, heartbeat age and desired/applied config versions."""
     if ctx.invoked_subcommand is not None:
         return
-    with ControlPlane(settings()).session() as session:
-        rows = daemon_rows(session, now=utcnow())
+    s = settings()
+    with ControlPlane(s).session() as session:
+        rows = daemon_rows(
+            session, now=utcnow(), limits=HealthLimits.from_settings(s), stale_after=s.checker_stale_after
+        )
     if json_:
         print_json({"daemons": rows})
         return
@@ -321,7 +331,7 @@ def daemons(ctx: typer.Context, json_: JsonOption = False) -> None:
         rows,
         [
             ("NAME", lambda r: r["name"]),
-            ("STATUS", lambda r: r["status"]),
+            ("STATUS", status_cell),
             ("SINCE", lambda r: (r["status_since"] or "")[:19]),
             (
                 "HEARTBEAT",
@@ -338,6 +348,7 @@ def daemons(ctx: typer.Context, json_: JsonOption = False) -> None:
             ),
             ("QUEUE", lambda r: r["queue_depth"]),
             ("RUNNING", lambda r: r["running_runs"]),
+            *METRIC_COLUMNS,
             ("DESIRED", lambda r: r["desired_config_version"]),
             ("APPLIED", lambda r: r["applied_config_version"]),
             ("KEY", lambda r: r["key"]),
@@ -373,40 +384,6 @@ def pipelines(json_: JsonOption = False) -> None:
     )
 
 
-RUN_COLUMNS = [
-    ("RUN", lambda r: r["run_key"]),
-    ("STATE", lambda r: r["state"]),
-    ("DAEMON", lambda r: r["daemon"]),
-    ("TRIGGER", lambda r: r["trigger"]),
-    ("TRY", lambda r: r["attempt"]),
-    ("CREATED", lambda r: (r["created_at"] or "")[:19]),
-    ("ROWS", lambda r: r["rows_written"]),
-    ("SECONDS", lambda r: r["duration_s"]),
-    ("ERROR", lambda r: r["error"]),
-]
-
-
-@app.command()
-def runs(
-    json_: JsonOption = False,
-    pipeline: Annotated[str | None, typer.Option(help="Only this pipeline.")] = None,
-    state: Annotated[str | None, typer.Option(help="Only runs in this state.")] = None,
-    limit: Annotated[int, typer.Option(min=1, max=10_000)] = 20,
-) -> None:
-    """List runs, newest first."""
-    if state is not None and state not in {s.value for s in RunState}:
-        raise CliError(
-            f"--state: unknown state {state!r} (one of {', '.join(s.value for s in RunState)})",
-            code=EXIT_BAD_INPUT,
-        )
-    with ControlPlane(settings()).session() as session:
-        rows = run_rows(session, pipeline=pipeline, state=state, limit=limit)
-    if json_:
-        print_json({"runs": rows})
-        return
-    print_table(rows, RUN_COLUMNS, empty="no runs")
-
-
 @app.command("run")
 def run_pipeline(
     pipeline: Annotated[str, typer.Argument(help="Pipeline name.")],
@@ -435,7 +412,7 @@ def run_pipeline(
         info(f"run {key} queued on daemon {run.daemon}" if queued else f"run {key} {run.error}")
     if not wait:
         if json_:
-            print_json(run_row(run))
+            print_json(run_json(cp, run))
         return
     deadline = time.monotonic() + timeout
     while not (run.state.finished or time.monotonic() > deadline):
@@ -443,13 +420,14 @@ def run_pipeline(
         run, queued = _queue_manual_run(cp, new.id)
         if queued and not json_:
             info(f"run {key} queued on daemon {run.daemon}")
+    shown = run_json(cp, run)
     if json_:
-        print_json(run_row(run))
+        print_json(shown)
     if not run.state.finished:
         raise CliError(f"run {key} still {run.state} after {timeout:.0f}s", code=EXIT_TIMEOUT)
     if run.state is RunState.SUCCEEDED:
         if not json_:
-            info(f"run {key} succeeded: {run.rows_written} rows written")
+            info(f"run {key} succeeded: {shown['rows_written']} rows written")
         return
     if not json_:
         error(f"run {key} {run.state}: {run.error or 'no error recorded'}")

@@ -4,7 +4,8 @@ Celery's ``on_task_received`` reads ``message.headers['task']`` as a dict key an
 before any task code runs (DESIGN section 12): a list as task name, a missing id or a body that is
 not ``[args, kwargs, embed]`` escapes into the event loop and stops the worker, and the message is
 restored and stops the next one too. Here such a message is acked and dead-lettered instead, and
-any other exception while Celery handles one message is treated the same way.
+any other exception while Celery handles one message is treated the same way. Flower, told of the
+task by its sender, hears ``task-rejected`` for it (docs/monitoring.md).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from vine import promise
 from cp.broker_reconnect import ReconnectingConsumer
 from cp.messaging.envelope_check import Rejection, check_task_body, message_copy
 from cp.messaging.guard import Guard
+from cp.messaging.unlisted import UNLISTED_TASKS
 from cp.models import utcnow
 from cp.security.signer import payload_of
 
@@ -57,6 +59,7 @@ def guarded_consumer_class(guard: Guard) -> type[Any]:
                         refusal = f"message could not be authenticated: {type(exc).__name__}: {exc}"
                     if refusal is not None:
                         _reject(guard, message, refusal, False, kind="security")
+                        _announce_rejected(self, message)
                         return
                 if reason is None:
                     try:
@@ -66,8 +69,10 @@ def guarded_consumer_class(guard: Guard) -> type[Any]:
                         raise  # the consumer reconnects; the message is redelivered
                     except Exception as exc:
                         _reject(guard, message, f"unexpected error: {type(exc).__name__}: {exc}", True)
+                        _announce_rejected(self, message)
                         return
                 _reject(guard, message, reason, False)
+                _announce_rejected(self, message)
 
             return on_task_received
 
@@ -109,6 +114,22 @@ def authenticate(guard: Guard, message: Any, decoded: object = None) -> str | No
 
         message.ack = ack
     return refusal
+
+
+def _announce_rejected(consumer: Any, message: Any) -> None:
+    """Tell Flower a task its sender announced (``task-sent``) will never run, so it shows REJECTED
+    instead of PENDING for ever; never raises. Housekeeping stays unannounced (unlisted.py)."""
+    dispatcher = getattr(consumer, "event_dispatcher", None)
+    headers = message.headers if isinstance(message.headers, dict) else {}
+    task_id, task = headers.get("id"), headers.get("task")
+    if dispatcher is None or not getattr(dispatcher, "enabled", False):
+        return
+    if not (isinstance(task_id, str) and isinstance(task, str)) or task in UNLISTED_TASKS:
+        return
+    try:
+        dispatcher.send("task-rejected", uuid=task_id[:255], name=task[:255], requeue=False)
+    except Exception as exc:  # the broker going away: Flower keeps showing it pending
+        log.warning("could not announce the rejected message %s: %s", task_id[:255], exc)
 
 
 def _reject(guard: Guard, message: Any, reason: str, exc_info: bool, kind: str = "message_rejected") -> None:

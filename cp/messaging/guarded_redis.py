@@ -24,6 +24,7 @@ from kombu.utils.json import loads as kombu_loads
 
 from cp.messaging.envelope_check import Rejection, check_raw, message_copy
 from cp.messaging.guard import Guard
+from cp.messaging.unlisted import without_sent_event
 from cp.security.signer import SigningProducer
 from cp.tls.broker import VerifiedConnectionPool, VerifiedSSLConnection
 
@@ -157,7 +158,7 @@ def guarded_amqp_class(guard: Guard) -> type[Any]:
                 # the envelope is made where the routing key is final (cp/security/signer.py)
                 if guard.signer is not None:
                     producer = SigningProducer(producer, guard.signer, name)
-                return inner(producer, name, message, **options)
+                return inner(producer, name, without_sent_event(name, message), **options)
 
             return send
 

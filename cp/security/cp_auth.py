@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cp.messaging.guard import RedisScope
 from cp.protocol import (
     CP_CONFIG_APPLIED,
+    CP_CONFIG_REQUEST,
     CP_DAEMON_HELLO,
     CP_ENROLL,
     CP_HEARTBEAT,
@@ -47,6 +48,7 @@ SPEAKS_FOR = {
     CP_HEARTBEAT: "name",
     CP_RUN_EVENT: "daemon",
     CP_CONFIG_APPLIED: "name",
+    CP_CONFIG_REQUEST: "name",
     CP_PROBE_REPLY: "name",
     CP_MESSAGE_REJECTED: "name",
     CP_LOGS: "name",

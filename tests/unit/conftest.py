@@ -17,6 +17,7 @@ from cp.config_file import parse_config_text
 from cp.config_store import ApplyResult, apply_document
 from cp.db import create_schema, make_engine
 from cp.models import Connector, Daemon, DaemonStatus, Pipeline, Run, RunState, RunTrigger
+from cp.settings import normalize_database_url
 
 SOURCE = "mycelial.yaml"
 
@@ -69,6 +70,18 @@ def normalized() -> Callable[[dict[str, Any]], dict[str, Any]]:
 @pytest.fixture
 def engine(tmp_path: Path) -> Iterator[Engine]:
     engine = make_engine(f"sqlite:///{tmp_path / 'cp.db'}")
+    create_schema(engine)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def engine_on_both(
+    request: pytest.FixtureRequest, make_database_url: Callable[[str], str]
+) -> Iterator[Engine]:
+    """An engine on SQLite, then on PostgreSQL; a module that overrides ``engine`` with it runs
+    every test on both (test_retention.py)."""
+    engine = make_engine(normalize_database_url(make_database_url(request.param)))
     create_schema(engine)
     yield engine
     engine.dispose()

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from cp.config_store import ApplyResult, ConfigPush
-from cp.dispatch import MemoryDispatcher, apply_config_message, run_job_message
+from cp.dispatch import MemoryDispatcher, apply_config_message, job_outgoing, job_payload, run_job_message
 from cp.protocol import ApplyConfig, ConnectorSpec, DesiredState, PipelineSpec, RunJob, parse
 
 SECRET_OPTIONS = {"host": "db.internal", "user": "etl", "password": "${env:PG_PASSWORD}"}
@@ -34,6 +34,7 @@ def job(**overrides: Any) -> Any:
         "pipeline": pipeline_spec(),
         "cursor": "41",
         "expires": 300.0,
+        "max_attempts": 3,
     }
     return run_job_message(**{**fields, **overrides})
 
@@ -49,12 +50,41 @@ def test_a_job_goes_to_its_daemons_own_queue_with_an_expiry_and_the_run_key_as_t
     )
 
 
-def test_a_job_argsrepr_names_the_pipeline_and_run_and_shows_no_connector_option() -> None:
+def test_a_job_argsrepr_names_pipeline_run_attempt_of_max_and_daemon_and_no_connector_option() -> None:
     message = job()
 
-    assert message.argsrepr == "pipeline=orders run=orders@2025-06-02T11:00:00Z attempt=2"
+    assert message.argsrepr == "attempt 2/3 pipeline=orders daemon=edge-1 run=orders@2025-06-02T11:00:00Z"
     for hidden in ("PG_PASSWORD", "${", "db.internal", "etl", "/run/secrets"):
         assert hidden not in message.argsrepr
+
+
+def test_a_job_whose_options_hold_literal_secrets_shows_none_of_them_in_its_argsrepr() -> None:
+    literal = {"host": "10.1.2.3", "user": "loader", "password": "Hunter2-literal", "sslkey": "/keys/k.pem"}
+    spec = pipeline_spec().model_copy(
+        update={"source": ConnectorSpec(name="crm", kind="postgres", options=literal)}
+    )
+
+    message = job(pipeline=spec)
+
+    assert "Hunter2-literal" in str(message.payload)  # the daemon needs it; Flower must not show it
+    for hidden in literal.values():
+        assert hidden not in message.argsrepr
+
+
+def test_the_scheduler_and_a_single_queued_run_describe_a_job_alike() -> None:
+    payload = job_payload(run_key="orders@1", attempt=1, pipeline=pipeline_spec().model_dump(mode="json"))
+
+    from_tick = job_outgoing(
+        daemon="edge-1",
+        task_id="orders@1",
+        payload=payload,
+        pipeline_name="orders",
+        max_attempts=3,
+        expires=60.0,
+    )
+
+    assert from_tick.argsrepr == job(run_key="orders@1", task_id="orders@1", attempt=1).argsrepr
+    assert from_tick.argsrepr == "attempt 1/3 pipeline=orders daemon=edge-1 run=orders@1"
 
 
 def test_a_job_payload_is_a_valid_run_job_carrying_references_not_values() -> None:

@@ -10,7 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from cp.protocol import CP_CONFIG_APPLIED, CP_DAEMON_HELLO, CP_HEARTBEAT, CP_PROBE_REPLY, CP_RUN_EVENT
+from cp.protocol import (
+    CP_CONFIG_APPLIED,
+    CP_CONFIG_REQUEST,
+    CP_DAEMON_HELLO,
+    CP_HEARTBEAT,
+    CP_PROBE_REPLY,
+    CP_RUN_EVENT,
+)
 from workers.outbox import Envelope, Outbox
 from workers.runtime import envelope
 
@@ -204,6 +211,7 @@ def test_a_message_the_broker_refuses_for_what_it_is_is_dropped_and_does_not_blo
     [
         (CP_HEARTBEAT, {"name": "edge-1"}, CP_HEARTBEAT, True),
         (CP_PROBE_REPLY, {"probe_id": "p"}, CP_PROBE_REPLY, True),
+        (CP_CONFIG_REQUEST, {"name": "edge-1"}, CP_CONFIG_REQUEST, True),
         (CP_RUN_EVENT, {"run_key": "r1", "state": "progress"}, "progress r1", True),
         (CP_RUN_EVENT, {"run_key": "r1", "state": "started"}, None, False),
         (CP_RUN_EVENT, {"run_key": "r1", "state": "succeeded"}, None, False),

@@ -221,3 +221,22 @@ def test_an_enrolment_token_proves_the_secret_without_carrying_it() -> None:
     for bad in ("", "myc1.", "myc2." + token.text()[5:], token.text()[:-3]):
         with pytest.raises(TokenError):
             Token.parse(bad)
+
+
+def test_a_daemon_may_ask_for_its_own_config_again_and_only_its_own() -> None:
+    own = {"v": 1, "name": "edge-1", "applied_config_version": 3}
+    other = {**own, "name": "edge-2"}
+    auth = control_plane()
+    assert (
+        cp_check(
+            auth, edge_headers(task="cp.config_request", payload=own), task="cp.config_request", payload=own
+        )
+        is None
+    )
+    refusal = cp_check(
+        control_plane(),
+        edge_headers(task="cp.config_request", payload=other),
+        task="cp.config_request",
+        payload=other,
+    )
+    assert "in the name of 'edge-2'" in (refusal or "")

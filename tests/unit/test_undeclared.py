@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 from sqlmodel import Session, col, select
 
+from cp.health import HealthLimits
 from cp.models import Daemon, DaemonEvent, DaemonStatus, UndeclaredDaemon
 from cp.undeclared import UNDECLARED_EVENT, RecentNames, record_undeclared
 from cp.views import daemon_rows
@@ -78,12 +79,13 @@ def test_the_kept_undeclared_names_are_bounded_and_the_least_recently_seen_go_fi
 def test_the_daemon_listing_shows_undeclared_names_as_undeclared_beside_declared_daemons(
     session: Session, add_daemon: Callable[..., Daemon]
 ) -> None:
-    add_daemon("edge-1", status=DaemonStatus.ONLINE)
+    add_daemon("edge-1", status=DaemonStatus.ONLINE, last_heartbeat_at=NOW - timedelta(seconds=1))
     add_daemon("edge-gone", status=DaemonStatus.OFFLINE, declared=False)
     note(session, "stranger", NOW, hostname="box", software_version="0.9")
     note(session, "edge-gone", NOW)
 
-    rows = {r["name"]: r for r in daemon_rows(session, now=NOW)}
+    limits = HealthLimits(offline_after=15, probe_timeout=5, backlog_threshold=100)
+    rows = {r["name"]: r for r in daemon_rows(session, now=NOW, limits=limits, stale_after=15)}
 
     assert sorted(rows) == ["edge-1", "edge-gone", "stranger"]
     assert (rows["edge-1"]["status"], rows["edge-1"]["declared"]) == ("online", True)
