@@ -24,6 +24,7 @@ from cp.logs.query import (
 )
 from cp.logs.timespec import TimeSpecError, parse_time
 from cp.models import LogRecord, utcnow
+from cp.private_files import prepare_home
 from cp.runtime import ControlPlane
 from cp.settings import get_settings
 
@@ -78,7 +79,9 @@ def logs(
         until=_time("--until", until, now),
         text=text,
     )
-    cp = ControlPlane(get_settings())
+    settings = get_settings()
+    prepare_home(settings.home, deep=False)
+    cp = ControlPlane(settings)
     if errors:
         _print_errors(cp, where, json_=json_)
         return
