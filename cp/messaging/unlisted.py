@@ -40,7 +40,6 @@ UNLISTED_TASKS = frozenset(
         CP_MESSAGE_REJECTED,
         DAEMON_TRUST_KEYS,
         CP_LOGS,
-        "cp.log_batch",  # the daemons' log batches (issue 11, log shipping)
     }
 )
 
