@@ -17,6 +17,7 @@ BENCHMARKS: dict[str, str] = {
     "health": "bench.health",
     "heartbeats": "bench.heartbeats",
     "alerts": "bench.alerts",
+    "logs": "bench.logs",
 }
 
 EXIT_BAD_INPUT = 2

@@ -13,6 +13,7 @@ from cp.messaging.guard import Guard
 from cp.messaging.install import guarded_celery
 from cp.protocol import (
     CP_CHECK_DAEMON_HEALTH,
+    CP_DELIVER_NOTICES,
     CP_EVALUATE_ALERTS,
     CP_PURGE_OLD_RECORDS,
     CP_QUEUE,
@@ -32,7 +33,13 @@ from cp.tls.context import TlsConfigError
 # after at most one daemon message.
 CP_CONTROL_QUEUE = "mycelial.cp.control"
 CP_WORKER_QUEUES = (CP_CONTROL_QUEUE, CP_QUEUE)
-HOUSEKEEPING_TASKS = (CP_CHECK_DAEMON_HEALTH, CP_SEND_PROBES, CP_PURGE_OLD_RECORDS, CP_EVALUATE_ALERTS)
+HOUSEKEEPING_TASKS = (
+    CP_CHECK_DAEMON_HEALTH,
+    CP_SEND_PROBES,
+    CP_PURGE_OLD_RECORDS,
+    CP_EVALUATE_ALERTS,
+    CP_DELIVER_NOTICES,
+)
 
 
 class BrokerNotConfiguredError(RuntimeError):

@@ -19,7 +19,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from croniter import CroniterBadDateError, croniter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from cp.alerts.notifier_spec import NotifierSpec
+from cp.alerts.notifier_spec import NotifierSpec, without_kind_tag
 from cp.alerts.rules import AlertsDecl, alert_problems, normalize_alerts
 from cp.config.errors import ConfigError as ConfigError
 from cp.config.errors import shown
@@ -125,8 +125,10 @@ def parse_config_text(
     try:
         doc = ConfigDocument.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError([f"{source}: {_loc(err['loc'])}: {_msg(err)}" for err in exc.errors()]) from None
-    if not (doc.daemons or doc.connectors or doc.pipelines or allow_empty):
+        raise ConfigError(
+            [f"{source}: {_loc(without_kind_tag(err['loc']))}: {_msg(err)}" for err in exc.errors()]
+        ) from None
+    if not (doc.daemons or doc.connectors or doc.pipelines or doc.notifiers or allow_empty):
         raise ConfigError(
             [f"{source}: empty configuration; it would remove everything (pass --allow-empty to do that)"]
         )
@@ -342,8 +344,9 @@ def matches_selector(labels: dict[str, str], selector: dict[str, str]) -> bool:
 
 
 def normalize(doc: ConfigDocument) -> dict[str, Any]:
-    """A canonical, JSON-ready document: sorted by name, defaults filled in; ``notifiers`` and
-    ``alerts`` only when the file has them, so older documents keep their checksum."""
+    """A canonical, JSON-ready document: sorted by name, defaults filled in; a section added after
+    the first release appears only when the file has it, so documents stored before keep their
+    checksum."""
     document: dict[str, Any] = {
         "daemons": sorted(
             ({"name": d.name, "labels": dict(sorted(d.labels.items()))} for d in doc.daemons),

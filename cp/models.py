@@ -264,15 +264,26 @@ class DaemonEvent(SQLModel, table=True):
 
 
 class LogRecord(SQLModel, table=True):
-    __table_args__ = (UniqueConstraint("daemon", "seq", name="uq_logrecord_daemon_seq"),)
+    """A daemon's log record, shipped in batches (docs/logs.md); (daemon, seq) is unique, so a
+    redelivered batch adds nothing. ``id`` grows in the order records were stored: ``mycelial
+    logs --follow`` reads what is newer than the last id it printed."""
+
+    __table_args__ = (
+        UniqueConstraint("daemon", "seq", name="uq_logrecord_daemon_seq"),
+        Index("ix_logrecord_daemon_ts", "daemon", "ts"),
+        Index("ix_logrecord_pipeline_ts", "pipeline", "ts"),
+        Index("ix_logrecord_level_ts", "level", "ts"),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
-    daemon: str = Field(index=True)
-    seq: str
+    daemon: str
+    seq: int = Field(sa_type=BigInteger)
     ts: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False, index=True))
     level: str
     logger: str
+    pipeline: str | None = None
     run_key: str | None = Field(default=None, index=True)
+    attempt: int | None = None
     message: str = Field(sa_column=Column(Text, nullable=False))
 
 
@@ -395,23 +406,3 @@ class AlertSilence(SQLModel, table=True):
     author: str = Field(default="", max_length=64)
     created_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
     removed_at: datetime | None = _ts()
-
-
-class AlertNotice(SQLModel, table=True):
-    """The outbox of notifications: one row per group notice and notifier, written once thanks to
-    its deterministic ``dedup_key``; the delivery side claims and sends it (docs/alerts.md)."""
-
-    # the evaluator asks for each group's newest notice per notifier
-    __table_args__ = (Index("ix_alertnotice_notifier_group", "notifier", "group_key"),)
-
-    id: int | None = Field(default=None, primary_key=True)
-    dedup_key: str = Field(max_length=64, unique=True)
-    created_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False, index=True))
-    notifier: str = Field(max_length=64)
-    group_key: str = Field(max_length=500)
-    status: str = Field(max_length=16)  # firing or resolved
-    body: dict[str, Any] = _json()
-    delivered_at: datetime | None = _ts()
-    attempts: int = 0
-    next_attempt_at: datetime | None = _ts()
-    last_error: str | None = Field(default=None, sa_column=Column(Text))

@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 from sqlmodel import Session, col, select
 
+from cp.alerts.outbox import AlertNotice
 from cp.db import make_engine
-from cp.models import Alert, AlertHistory, AlertNotice
+from cp.models import Alert, AlertHistory
 from cp.settings import normalize_database_url
 from tests.conftest import Stack, wait_for
 

@@ -1,1 +1,1 @@
-"""Alert rules from the configuration, their evaluation, grouping, inhibition and silences."""
+"""Alerts: rules, their evaluation, and the notices delivered to people (docs/notifications.md)."""

@@ -26,12 +26,13 @@ from sqlmodel import Session, col, select
 from cp.alerts.conditions import Condition, holding_conditions
 from cp.alerts.facts import OldestAges, gather_facts
 from cp.alerts.grouping import AlertView, LastNotice, PlannedNotice, plan_notices
+from cp.alerts.outbox import AlertNotice
 from cp.alerts.rules import AlertsDecl, RuleDecl
 from cp.alerts.silences import active_silences, silence_for
 from cp.alerts.state_machine import Current, Step, next_step
 from cp.config_store import latest_version
 from cp.health import HealthLimits
-from cp.models import Alert, AlertHistory, AlertNotice, AlertState
+from cp.models import Alert, AlertHistory, AlertState
 
 log = logging.getLogger(__name__)
 ALERT_LOCK_ID = 0x6D7963656C616C72  # "mycelalr": evaluations take turns on it
@@ -277,6 +278,7 @@ def _insert_notice(session: Session, notice: PlannedNotice, *, now: datetime) ->
         "body": notice.body,
         "attempts": 0,
         "next_attempt_at": now,
+        "last_error": "",
     }
     statement = (
         _insert(session)(NOTICE)

@@ -25,6 +25,7 @@ from cp.alerts.rules import AlertSettings
 from cp.models import AlertState
 
 SEVERITY_ORDER = ("critical", "warning", "info")
+GROUP_KEY_MAX = 255  # AlertNotice.group_key
 Identity = tuple[str, str, str]  # rule, subject, fired_at (ISO): one firing of one alert
 
 
@@ -74,9 +75,9 @@ class PlannedNotice:
 
 
 def group_key(alert: AlertView, group_by: list[str]) -> str:
-    """``rule=edge-offline`` or, grouped by more, ``rule=x,site=berlin``; bounded to 500 chars."""
+    """``rule=edge-offline`` or, grouped by more, ``rule=x,site=berlin``; bounded like its column."""
     values = {"rule": alert.rule, "severity": alert.severity, "subject": alert.subject, **alert.labels}
-    return ",".join(f"{key}={values.get(key, '')}" for key in group_by)[:500]
+    return ",".join(f"{key}={values.get(key, '')}" for key in group_by)[:GROUP_KEY_MAX]
 
 
 def plan_notices(

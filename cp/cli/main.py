@@ -16,6 +16,7 @@ from cp.cli import failures, flower_server, processes, security_commands
 from cp.cli.alerts import alerts_app
 from cp.cli.broker import broker_app
 from cp.cli.events import events
+from cp.cli.logs import logs as logs_command
 from cp.cli.output import (
     EXIT_BAD_INPUT,
     EXIT_FAILED,
@@ -64,6 +65,7 @@ app.add_typer(runs_app, name="runs")
 app.add_typer(alerts_app, name="alerts")
 app.command("events")(events)
 app.command("status")(status_command)
+app.command("logs")(logs_command)
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document.")]
 LogLevel = Annotated[str, typer.Option("--loglevel", help="debug, info, warning or error.")]

@@ -15,6 +15,7 @@ from typing import Any
 
 from cp.protocol import (
     CP_CHECK_DAEMON_HEALTH,
+    CP_DELIVER_NOTICES,
     CP_EVALUATE_ALERTS,
     CP_HEARTBEAT,
     CP_LOGS,
@@ -32,6 +33,7 @@ UNLISTED_TASKS = frozenset(
     {
         CP_CHECK_DAEMON_HEALTH,
         CP_SEND_PROBES,
+        CP_DELIVER_NOTICES,  # every second, from beat (cp/alerts/delivery_task.py)
         CP_PURGE_OLD_RECORDS,
         CP_EVALUATE_ALERTS,
         DAEMON_PROBE,
@@ -40,7 +42,6 @@ UNLISTED_TASKS = frozenset(
         CP_MESSAGE_REJECTED,
         DAEMON_TRUST_KEYS,
         CP_LOGS,
-        "cp.log_batch",  # the daemons' log batches (issue 11, log shipping)
     }
 )
 

@@ -13,12 +13,13 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from cp.alerts.evaluator import apply_transition, evaluate_alerts
+from cp.alerts.outbox import AlertNotice
 from cp.alerts.rules import AlertsDecl
 from cp.alerts.silences import add_silence, remove_silences
 from cp.alerts.state_machine import Current, next_step
 from cp.db import session_scope
 from cp.health import HealthLimits
-from cp.models import Alert, AlertHistory, AlertNotice, AlertState, Daemon, RunState
+from cp.models import Alert, AlertHistory, AlertState, Daemon, RunState
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 LIMITS = HealthLimits(offline_after=15, probe_timeout=5, backlog_threshold=100)

@@ -151,13 +151,6 @@ def test_bad_settings_are_refused(raw_config: dict[str, Any]) -> None:
     ]
 
 
-def test_a_notifier_of_unknown_kind_is_refused(raw_config: dict[str, Any]) -> None:
-    raw = with_alerts(raw_config, OFFLINE)
-    raw["notifiers"][0]["kind"] = "carrier-pigeon"
-
-    assert problems_of(raw)[0].startswith(f"{SOURCE}: notifiers[0].kind:")
-
-
 def test_the_diff_names_added_and_changed_rules(raw_config: dict[str, Any]) -> None:
     before = validate(raw_config)
     after = validate(with_alerts(raw_config, OFFLINE, group_wait="1m"))
