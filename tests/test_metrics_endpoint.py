@@ -5,6 +5,9 @@ of scrapes without the right credentials."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -92,8 +95,17 @@ def test_a_scrape_shows_live_and_dead_daemons_their_queues_and_runs_and_refuses_
     with cp.session() as session:
         session.exec(update(Daemon).where(col(Daemon.name) == "edge-live").values(last_heartbeat_at=utcnow()))
         started = now - timedelta(seconds=30)
-        session.add(Run(run_key="orders:1", pipeline="orders", state=RunState.SUCCEEDED, created_at=started,
-                        started_at=started, finished_at=started + timedelta(seconds=12), rows_written=7))  # fmt: skip
+        session.add(
+            Run(
+                run_key="orders:1",
+                pipeline="orders",
+                state=RunState.SUCCEEDED,
+                created_at=started,
+                started_at=started,
+                finished_at=started + timedelta(seconds=12),
+                rows_written=7,
+            )
+        )
         session.add(Run(run_key="orders:2", pipeline="orders", state=RunState.FAILED, created_at=started))
 
     assert httpx.get(url, timeout=10).status_code == 401
@@ -123,3 +135,18 @@ def test_a_scrape_shows_live_and_dead_daemons_their_queues_and_runs_and_refuses_
     assert value("mycelial_metrics_source_up", source="database") == 1
     other = httpx.get(url.replace("/metrics", "/other"), headers={"Authorization": f"Bearer {TOKEN}"})
     assert other.status_code == 404
+
+
+def test_metrics_refuses_to_listen_beyond_loopback_without_credentials(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MYCELIAL_")}
+    env.update(MYCELIAL_HOME=str(home), MYCELIAL_BROKER_URL="redis://127.0.0.1:1/0")
+    argv = [sys.executable, "-m", "cp.cli", "metrics", "--address", "0.0.0.0", "--port", "0"]
+    result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "refusing to listen on 0.0.0.0 without credentials" in result.stderr
+    (tmp_path / "token").write_text("")
+    env["MYCELIAL_METRICS_BEARER_TOKEN_FILE"] = str(tmp_path / "token")
+    result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "bearer token file" in result.stderr and "empty" in result.stderr

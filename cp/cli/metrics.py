@@ -32,10 +32,13 @@ def metrics(
     except AuthFileError as exc:
         raise CliError(str(exc), code=EXIT_BAD_INPUT) from None
     if not is_loopback(address) and not auth.required:
-        warn(
-            f"metrics listen on {address or 'every interface'} without credentials: set "
-            "MYCELIAL_METRICS_BEARER_TOKEN_FILE or MYCELIAL_METRICS_BASIC_AUTH_FILE (docs/metrics.md)"
+        raise CliError(
+            f"metrics: refusing to listen on {address or 'every interface'} without credentials: set "
+            "MYCELIAL_METRICS_BEARER_TOKEN_FILE or MYCELIAL_METRICS_BASIC_AUTH_FILE (docs/metrics.md)",
+            code=EXIT_BAD_INPUT,
         )
+    if not is_loopback(address):
+        warn(f"metrics listen on {address or 'every interface'}: plain HTTP, other machines can reach it")
     try:
         server, _cp = start_metrics(settings, address=address, port=port, auth=auth)
     except OSError as exc:
