@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Float, case, cast, column, func, inspect, literal_column, table
+from sqlalchemy import Float, case, cast, column, func, inspect, literal, literal_column, table
 from sqlalchemy import select as sa_select
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import SQLAlchemyError
@@ -100,8 +100,10 @@ def read_sql(
 
 def _read_runs(session: Session, readings: SqlReadings) -> None:
     names = readings.pipelines
-    # a pipeline name past the cap is never in the IN list: its runs are not read at all
-    of_exported = col(Run.pipeline).in_(names) if len(names) < 1_000 else col(Run.pipeline).is_not(None)
+    # past the cap, only the exported pipelines' runs are read; else every run (no long IN list)
+    of_exported = (
+        col(Run.pipeline).in_(names) if readings.pipelines_dropped else col(Run.pipeline).is_not(None)
+    )
     exported = set(names)
     for pipeline, state, count in session.exec(
         select(Run.pipeline, Run.state, func.count()).where(of_exported).group_by(Run.pipeline, Run.state)
@@ -145,19 +147,35 @@ def _distributions(
     buckets: tuple[float, ...],
     exported: set[str],
 ) -> dict[str, Distribution]:
-    """Per pipeline, how many values fall at or under each bucket bound: one GROUP BY query."""
-    columns = [func.sum(case((value <= bound, 1), else_=0)) for bound in buckets]
-    query = select(Run.pipeline, func.count(), func.sum(value), *columns).where(*where).group_by(Run.pipeline)
+    """Per pipeline, how many values fall at or under each bucket bound: one GROUP BY (pipeline,
+    bucket) query over a subquery that works each value out once; one CASE a row, summed here."""
+    values = sa_select(col(Run.pipeline).label("pipeline"), value.label("v")).where(*where).subquery()
+    v = values.c.v
+    bucket = case(*((v <= literal(bound, Float), index) for index, bound in enumerate(buckets)),
+                  else_=len(buckets)).label("bucket")  # fmt: skip
+    query = sa_select(values.c.pipeline, bucket, func.count(), func.sum(v)).group_by(
+        values.c.pipeline, bucket
+    )
+    counts: dict[str, list[int]] = {}
+    totals: dict[str, float] = {}
+    for pipeline, index, count, total in session.execute(query):
+        if pipeline not in exported or index is None:
+            continue
+        per_bucket = counts.setdefault(pipeline, [0] * (len(buckets) + 1))
+        per_bucket[int(index)] += int(count)
+        totals[pipeline] = totals.get(pipeline, 0.0) + float(total or 0.0)
     result: dict[str, Distribution] = {}
-    for row in session.execute(query):
-        pipeline, count, total, *cumulative = row
-        if pipeline in exported:
-            result[pipeline] = Distribution(
-                buckets=buckets,
-                cumulative=tuple(int(c or 0) for c in cumulative),
-                total=max(0.0, float(total or 0.0)),
-                count=int(count),
-            )
+    for pipeline, per_bucket in counts.items():
+        cumulative, running = [], 0
+        for n in per_bucket[:-1]:
+            running += n
+            cumulative.append(running)
+        result[pipeline] = Distribution(
+            buckets=buckets,
+            cumulative=tuple(cumulative),
+            total=max(0.0, totals[pipeline]),
+            count=running + per_bucket[-1],
+        )
     return result
 
 
