@@ -4,6 +4,7 @@ pipeline (docs/metrics.md lists each metric)."""
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -72,8 +73,15 @@ class ControlPlaneCollector(Collector):
         self._broker = broker  # a context manager factory yielding a Redis client
         self._limits = limits
         self._clock = clock
+        # scrapes at once take turns: N scrapers cost the database one scrape at a time
+        self._one_at_a_time = threading.Lock()
 
     def collect(self) -> Iterator[Metric]:
+        with self._one_at_a_time:
+            families = list(self._collect())
+        yield from families
+
+    def _collect(self) -> Iterator[Metric]:
         started = time.perf_counter()
         now = self._clock()
         up = GaugeMetricFamily(

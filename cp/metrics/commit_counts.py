@@ -2,13 +2,16 @@
 the rows they wrote) and events recorded. Seen in the session's flushes, added to the shared
 counters only when the transaction commits, so a rolled-back change is never counted.
 
-Run changes made by bulk ``UPDATE`` statements bypass the session; none of those moves a run to a
-final state (the scheduler's claims move runs to ``queued``).
+Runs inserted or changed by bulk statements bypass the session's objects: those that end in a
+final state (the scheduler's skipped fires) are counted from the state changes written with them
+(``count_bulk_changes``, called by cp/run_history.py). No bulk ``UPDATE`` of the control plane
+moves a run to a final state (the scheduler's claims move runs to ``queued``).
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import event, inspect
@@ -18,6 +21,7 @@ from cp.metrics.counters import EVENTS, ROWS_WRITTEN, RUNS_FINISHED, SharedCount
 from cp.models import FINISHED_RUN_STATES, DaemonEvent, Run, RunState
 
 _PENDING = "mycelial_metrics_pending"
+_FINISHED_VALUES = frozenset(state.value for state in FINISHED_RUN_STATES)
 _COUNTING: list[SharedCounters] = []  # the listeners are installed once per process, for all of these
 
 
@@ -43,6 +47,19 @@ def seen_in_flush(session: OrmSession) -> Counter[tuple[str, ...]]:
         elif isinstance(obj, DaemonEvent) and is_new:
             seen[(EVENTS, obj.kind)] += 1
     return seen
+
+
+def count_bulk_changes(session: OrmSession, changes: Sequence[Mapping[str, Any]]) -> None:
+    """Runs that bulk-written state changes (``RunStateChange`` rows) move to a final state."""
+    if not _COUNTING:
+        return
+    seen: Counter[tuple[str, ...]] = Counter()
+    for change in changes:
+        state = str(change.get("to_state"))
+        if state in _FINISHED_VALUES:
+            seen[(RUNS_FINISHED, str(change.get("pipeline")), state)] += 1
+    if seen:
+        session.info.setdefault(_PENDING, Counter()).update(seen)
 
 
 def count_commits(counters: SharedCounters) -> None:

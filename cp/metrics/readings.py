@@ -13,6 +13,7 @@ from sqlalchemy import Float, case, cast, column, func, inspect, literal, litera
 from sqlalchemy import select as sa_select
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import defer
 from sqlmodel import Session, col, select
 
 from cp.health import HealthLimits
@@ -79,7 +80,9 @@ def read_sql(
     readings = SqlReadings(checker_ran_at=health_check_ran_at(session))
     declared = col(Daemon.declared).is_(True)
     total_daemons = session.exec(select(func.count()).select_from(Daemon).where(declared)).one()
-    rows = session.exec(select(Daemon).where(declared).order_by(col(Daemon.name)).limit(max_daemons))
+    unused = (defer(Daemon.running_progress), defer(Daemon.config_error), defer(Daemon.labels))  # type: ignore[arg-type]
+    query = select(Daemon).options(*unused).where(declared).order_by(col(Daemon.name)).limit(max_daemons)
+    rows = session.exec(query)
     for daemon in rows:
         shown = shown_status(
             daemon, now=now, limits=limits, checker_ran_at=readings.checker_ran_at, stale_after=stale_after

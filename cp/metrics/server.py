@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
+import socket
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -103,12 +104,13 @@ class _QuietHandler(WSGIRequestHandler):
 
 def serve(registry: CollectorRegistry, *, address: str, port: int, auth: MetricsAuth) -> ThreadingWSGIServer:
     """A started server (on a thread of its own); ``port`` 0 picks a free one (``server_port``)."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+
+    class Server(ThreadingWSGIServer):
+        address_family = family
+
     server = make_server(
-        address,
-        port,
-        guarded(make_wsgi_app(registry), auth),
-        ThreadingWSGIServer,
-        handler_class=_QuietHandler,
+        address, port, guarded(make_wsgi_app(registry), auth), Server, handler_class=_QuietHandler
     )
     thread = threading.Thread(target=server.serve_forever, name="mycelial-metrics-http", daemon=True)
     thread.start()

@@ -110,3 +110,22 @@ def test_finished_runs_rows_and_events_count_when_their_transaction_commits_and_
     session.add(run)
     session.commit()
     assert counters.take() == {}
+
+
+def test_runs_a_bulk_insert_finishes_count_from_their_state_changes_on_commit(session: Session) -> None:
+    from cp.run_history import change_row, insert_changes
+
+    counters = SharedCounters()
+    count_commits(counters)
+    rows = [
+        change_row(
+            at=NOW, run_key=f"ticker@{i}", pipeline="ticker", attempt=1, to_state=state, from_state=None
+        )
+        for i, state in enumerate([RunState.SKIPPED, RunState.SCHEDULED, RunState.SKIPPED])
+    ]
+    insert_changes(session, rows)
+    session.rollback()
+    assert counters.take() == {}
+    insert_changes(session, rows)
+    session.commit()
+    assert counters.take() == {field(RUNS_FINISHED, "ticker", "skipped"): 2}
