@@ -18,8 +18,10 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.registry import Collector
+from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session
 
+from cp.db_errors import describe
 from cp.health import HealthLimits
 from cp.metrics import counters as c
 from cp.metrics.queues import QueueReading, parse_reply, queue_script
@@ -93,7 +95,8 @@ class ControlPlaneCollector(Collector):
                 sql = self._read_sql(session, now)
             up.add_metric(["database"], 1)
         except Exception as exc:
-            log.warning("metrics: could not read the database: %s", exc)
+            reason = describe(exc) if isinstance(exc, SQLAlchemyError) else type(exc).__name__
+            log.warning("metrics: could not read the database: %s", reason)
             up.add_metric(["database"], 0)
         names = [r.daemon.name for r in sql.daemons] if sql else []
         broker: BrokerReadings | None = None
