@@ -150,3 +150,33 @@ def test_metrics_refuses_to_listen_beyond_loopback_without_credentials(tmp_path:
     env["MYCELIAL_METRICS_BEARER_TOKEN_FILE"] = str(tmp_path / "token")
     result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "bearer token file" in result.stderr and "empty" in result.stderr
+
+
+def test_beat_flushes_the_runs_its_transactions_finish_to_the_broker(
+    tmp_path: Path, broker: Broker, make_database_url: Callable[[str], str]
+) -> None:
+    from cp.celery_app import make_celery
+    from cp.db import create_schema, make_engine, session_scope
+    from cp.messaging.broker_client import broker_client
+    from cp.metrics.counters import COUNTERS_KEY
+    from cp.metrics.worker_counters import count_in_beat
+    from cp.settings import normalize_database_url
+    from tests.conftest import wait_for
+
+    settings = Settings(home=tmp_path, broker_url=broker.fresh_url(), metrics_counter_flush_interval=0.2)
+    app = make_celery(settings)
+    engine = make_engine(normalize_database_url(make_database_url("sqlite")))
+    create_schema(engine)
+    flusher = count_in_beat(app, settings)
+    opened = broker_client(app)
+    assert opened is not None
+    connection, client = opened
+    try:
+        with session_scope(engine) as session:
+            session.add(Run(run_key="r", pipeline="gone", state=RunState.CANCELLED, created_at=utcnow()))
+        field = b"runs_finished|gone|cancelled"
+        wait_for(lambda: client.hget(COUNTERS_KEY, field) == b"1", timeout=10, what="the count in Redis")
+    finally:
+        flusher.stop()
+        connection.release()
+        engine.dispose()
