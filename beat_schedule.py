@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from cp.celery_app import CP_CONTROL_QUEUE
-from cp.protocol import CP_CHECK_DAEMON_HEALTH, CP_PURGE_OLD_RECORDS, CP_SEND_PROBES
+from cp.protocol import CP_CHECK_DAEMON_HEALTH, CP_DELIVER_NOTICES, CP_PURGE_OLD_RECORDS, CP_SEND_PROBES
 from cp.settings import Settings
 
 
@@ -23,6 +23,11 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
             "task": CP_SEND_PROBES,
             "schedule": settings.probe_interval,
             "options": {"queue": CP_CONTROL_QUEUE, "expires": settings.probe_interval},
+        },
+        "deliver-notices": {
+            "task": CP_DELIVER_NOTICES,
+            "schedule": settings.notify_interval,
+            "options": {"queue": CP_CONTROL_QUEUE, "expires": settings.notify_interval},
         },
         "purge-old-records": {
             "task": CP_PURGE_OLD_RECORDS,

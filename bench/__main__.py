@@ -16,6 +16,7 @@ BENCHMARKS: dict[str, str] = {
     "scheduling": "bench.scheduling",
     "health": "bench.health",
     "heartbeats": "bench.heartbeats",
+    "logs": "bench.logs",
     "metrics": "bench.metrics",
 }
 

@@ -29,7 +29,7 @@ from typing import Any
 
 from cp.celery_app import daemon_hostname, unacked_keys
 from cp.messaging.dead_letters import dead_letter_key
-from cp.protocol import CP_QUEUE, NAME_PATTERN, daemon_queue, heartbeat_key
+from cp.protocol import CP_QUEUE, NAME_PATTERN, daemon_queue, heartbeat_key, log_ack_key
 
 CONTROL_PLANE_USER = "mycelial-cp"
 DAEMON_USER_PREFIX = "mycelial-daemon-"
@@ -172,7 +172,8 @@ def daemon_user(daemon: str, *, passwords: Sequence[str], db: int = 0, user: str
         BINDING_PERMANENT_PREFIX + PIDBOX_EXCHANGE,
         f"*.{PIDBOX_REPLY_EXCHANGE}",
     ]
-    read_only = [BINDING_PREFIX + PIDBOX_REPLY_EXCHANGE]
+    # its log acknowledgement is written by the control plane only (docs/logs.md)
+    read_only = [BINDING_PREFIX + PIDBOX_REPLY_EXCHANGE, log_ack_key(daemon)]
     fanout = f"/{db}."  # kombu's fanout channel prefix names the database
     return BrokerUser(
         name=name,

@@ -11,7 +11,13 @@ from kombu import Exchange, Queue
 from cp.broker_reconnect import consumer_settings
 from cp.messaging.guard import Guard
 from cp.messaging.install import guarded_celery
-from cp.protocol import CP_CHECK_DAEMON_HEALTH, CP_PURGE_OLD_RECORDS, CP_QUEUE, CP_SEND_PROBES
+from cp.protocol import (
+    CP_CHECK_DAEMON_HEALTH,
+    CP_DELIVER_NOTICES,
+    CP_PURGE_OLD_RECORDS,
+    CP_QUEUE,
+    CP_SEND_PROBES,
+)
 from cp.security.cp_keys import ControlPlaneKeys
 from cp.security.envelope import CP_SENDER
 from cp.security.signer import Signer
@@ -26,7 +32,7 @@ from cp.tls.context import TlsConfigError
 # after at most one daemon message.
 CP_CONTROL_QUEUE = "mycelial.cp.control"
 CP_WORKER_QUEUES = (CP_CONTROL_QUEUE, CP_QUEUE)
-HOUSEKEEPING_TASKS = (CP_CHECK_DAEMON_HEALTH, CP_SEND_PROBES, CP_PURGE_OLD_RECORDS)
+HOUSEKEEPING_TASKS = (CP_CHECK_DAEMON_HEALTH, CP_SEND_PROBES, CP_PURGE_OLD_RECORDS, CP_DELIVER_NOTICES)
 
 
 class BrokerNotConfiguredError(RuntimeError):

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-SECTIONS = (("daemons", "daemon"), ("connectors", "connector"), ("pipelines", "pipeline"))
+SECTIONS = (
+    ("daemons", "daemon"),
+    ("connectors", "connector"),
+    ("pipelines", "pipeline"),
+    ("notifiers", "notifier"),
+)
 
 
 def diff_documents(old: dict[str, Any] | None, new: dict[str, Any]) -> list[str]:

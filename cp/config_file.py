@@ -19,6 +19,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from croniter import CroniterBadDateError, croniter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from cp.alerts.notifier_spec import NotifierSpec, without_kind_tag
 from cp.config.errors import ConfigError as ConfigError
 from cp.config.errors import shown
 from cp.config.limits import ConfigLimits
@@ -92,6 +93,7 @@ class ConfigDocument(_Strict):
     daemons: list[DaemonDecl] = Field(default_factory=list)
     connectors: list[ConnectorDecl] = Field(default_factory=list)
     pipelines: list[PipelineDecl] = Field(default_factory=list)
+    notifiers: list[NotifierSpec] = Field(default_factory=list, max_length=100)
 
 
 def load_config_file(
@@ -121,8 +123,10 @@ def parse_config_text(
     try:
         doc = ConfigDocument.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError([f"{source}: {_loc(err['loc'])}: {_msg(err)}" for err in exc.errors()]) from None
-    if not (doc.daemons or doc.connectors or doc.pipelines or allow_empty):
+        raise ConfigError(
+            [f"{source}: {_loc(without_kind_tag(err['loc']))}: {_msg(err)}" for err in exc.errors()]
+        ) from None
+    if not (doc.daemons or doc.connectors or doc.pipelines or doc.notifiers or allow_empty):
         raise ConfigError(
             [f"{source}: empty configuration; it would remove everything (pass --allow-empty to do that)"]
         )
@@ -165,6 +169,7 @@ def _semantic_problems(doc: ConfigDocument) -> list[str]:
     problems += _duplicates("daemons", [d.name for d in doc.daemons])
     problems += _duplicates("connectors", [c.name for c in doc.connectors])
     problems += _duplicates("pipelines", [p.name for p in doc.pipelines])
+    problems += _duplicates("notifiers", [n.name for n in doc.notifiers])
 
     for i, conn in enumerate(doc.connectors):
         problems += _connector_problems(f"connectors[{i}]", conn)
@@ -326,8 +331,10 @@ def matches_selector(labels: dict[str, str], selector: dict[str, str]) -> bool:
 
 
 def normalize(doc: ConfigDocument) -> dict[str, Any]:
-    """A canonical, JSON-ready document: sorted by name, defaults filled in."""
-    return {
+    """A canonical, JSON-ready document: sorted by name, defaults filled in; a section added after
+    the first release appears only when the file has it, so documents stored before keep their
+    checksum."""
+    document = {
         "daemons": sorted(
             ({"name": d.name, "labels": dict(sorted(d.labels.items()))} for d in doc.daemons),
             key=lambda d: str(d["name"]),
@@ -345,6 +352,11 @@ def normalize(doc: ConfigDocument) -> dict[str, Any]:
         ),
         "pipelines": sorted((p.model_dump(mode="json") for p in doc.pipelines), key=lambda p: str(p["name"])),
     }
+    if doc.notifiers:
+        document["notifiers"] = sorted(
+            (n.model_dump(mode="json") for n in doc.notifiers), key=lambda n: str(n["name"])
+        )
+    return document
 
 
 def checksum(document: Any) -> str:

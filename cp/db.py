@@ -16,6 +16,7 @@ from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, SQLModel, create_engine
 
 from cp import models  # noqa: F401  (registers the tables on SQLModel.metadata)
+from cp.alerts import outbox  # noqa: F401  (the notification outbox tables)
 from cp.private_files import make_dirs, open_private, tighten
 
 

@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import exists
 from sqlmodel import Session, col, select
 
+from cp.logs.ingest import LOGS_DROPPED
 from cp.models import DaemonEvent, RunStateChange
 from cp.undeclared import UNDECLARED_EVENT
 
@@ -26,6 +27,7 @@ KNOWN_KINDS = frozenset(
         "enrolled",
         "key_revoked",
         UNDECLARED_EVENT,
+        LOGS_DROPPED,
     }
 )
 MAX_EVENTS = 10_000

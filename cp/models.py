@@ -264,15 +264,26 @@ class DaemonEvent(SQLModel, table=True):
 
 
 class LogRecord(SQLModel, table=True):
-    __table_args__ = (UniqueConstraint("daemon", "seq", name="uq_logrecord_daemon_seq"),)
+    """A daemon's log record, shipped in batches (docs/logs.md); (daemon, seq) is unique, so a
+    redelivered batch adds nothing. ``id`` grows in the order records were stored: ``mycelial
+    logs --follow`` reads what is newer than the last id it printed."""
+
+    __table_args__ = (
+        UniqueConstraint("daemon", "seq", name="uq_logrecord_daemon_seq"),
+        Index("ix_logrecord_daemon_ts", "daemon", "ts"),
+        Index("ix_logrecord_pipeline_ts", "pipeline", "ts"),
+        Index("ix_logrecord_level_ts", "level", "ts"),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
-    daemon: str = Field(index=True)
-    seq: str
+    daemon: str
+    seq: int = Field(sa_type=BigInteger)
     ts: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False, index=True))
     level: str
     logger: str
+    pipeline: str | None = None
     run_key: str | None = Field(default=None, index=True)
+    attempt: int | None = None
     message: str = Field(sa_column=Column(Text, nullable=False))
 
 

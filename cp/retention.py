@@ -1,5 +1,6 @@
 """Delete what is older than its retention period: finished runs with their attempts, daemon
-events and run state changes, log records. Config versions are kept: they are the audit trail.
+events and run state changes, log records, delivered or given-up alert notices and their attempts.
+Config versions are kept: they are the audit trail.
 
 Rows go in chunks of the oldest ids, each chunk its own short transaction, so a large purge never
 holds a lock (SQLite's one write lock above all) long enough to stall heartbeats or run events."""
@@ -12,9 +13,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, delete
+from sqlalchemy import ColumnElement, delete, or_
 from sqlmodel import Session, SQLModel, col, select
 
+from cp.alerts.outbox import AlertDelivery, AlertNotice
 from cp.models import FINISHED_RUN_STATES, DaemonEvent, LogRecord, Run, RunAttempt, RunStateChange
 from cp.settings import Settings
 
@@ -24,7 +26,7 @@ Sessions = Callable[[], AbstractContextManager[Session]]  # each one commits whe
 @dataclass(frozen=True)
 class RetentionPolicy:
     run_days: float  # finished runs and their attempts
-    event_days: float  # daemon events and run state changes
+    event_days: float  # daemon events, run state changes, finished alert notices and their attempts
     log_days: float  # log records
     chunk: int = 10_000  # rows deleted per transaction
 
@@ -60,6 +62,14 @@ def purge_old_records(sessions: Sessions, *, now: datetime, policy: RetentionPol
     )
     deleted["log_records"] = _delete_in_chunks(
         sessions, LogRecord, col(LogRecord.ts) < log_cutoff, chunk=policy.chunk
+    )
+    deleted["alert_deliveries"] = _delete_in_chunks(
+        sessions, AlertDelivery, col(AlertDelivery.at) < event_cutoff, chunk=policy.chunk
+    )
+    # a notice still to be sent stays, however old: it is given up by delivery, not by retention
+    finished = or_(col(AlertNotice.delivered_at).is_not(None), col(AlertNotice.given_up_at).is_not(None))
+    deleted["alert_notices"] = _delete_in_chunks(
+        sessions, AlertNotice, finished & (col(AlertNotice.created_at) < event_cutoff), chunk=policy.chunk
     )
     return deleted
 

@@ -19,6 +19,7 @@ MAX_TEXT_CHARS = 255  # short free text: versions, host names, log levels, table
 MAX_ERROR_CHARS = 8_000  # error text in run events and config results (senders clip to it)
 MAX_LOG_MESSAGE_CHARS = 8_000  # one shipped log record's message
 MAX_LOG_BATCH_RECORDS = 1_000  # records in one cp.logs batch
+MAX_LOG_BATCH_CHARS = 2_000_000  # characters of all messages of one cp.logs batch
 MAX_LABELS = 64  # labels of a daemon or a pipeline selector
 MAX_LABEL_VALUE_CHARS = 1_024
 MAX_RUN_KEYS = 1_000  # running_runs in a heartbeat, orphaned_task_ids in a hello
@@ -100,6 +101,17 @@ class Settings(BaseSettings):
     # undeclared names kept, in SQL and in each worker's memory; the least recently seen go first
     undeclared_daemons_max: int = Field(default=1_000, ge=1)
 
+    # alert notices (cp/alerts/delivery.py, docs/notifications.md): beat asks for delivery this
+    # often; a failed attempt is tried again after notify_first_retry seconds, doubling (with
+    # jitter) up to notify_max_retry, until notify_give_up_after seconds after the notice was
+    # written or notify_max_attempts attempts; a claim lasts notify_claim_lease seconds
+    notify_interval: float = Field(default=1.0, gt=0)
+    notify_first_retry: float = Field(default=5.0, gt=0)
+    notify_max_retry: float = Field(default=600.0, gt=0)
+    notify_give_up_after: float = Field(default=86_400.0, gt=0)
+    notify_max_attempts: int = Field(default=200, ge=1)
+    notify_claim_lease: float = Field(default=300.0, ge=200)
+
     # configuration files are untrusted input; limits and their reasons in docs/configuration.md.
     # 4 MiB holds about 10,000 pipelines and parses in a few seconds:
     config_max_bytes: int = Field(default=4 * 1024 * 1024, ge=1)
@@ -135,6 +147,17 @@ class Settings(BaseSettings):
     # the daemon stops before the rest is spooled to disk
     outbox_retry_max: float = Field(default=2.0, gt=0)
     outbox_close_timeout: float = Field(default=5.0, ge=0)
+
+    # daemons ship their log records at this level and above (DEBUG, INFO, WARNING, ERROR) to
+    # the control plane (docs/logs.md): a batch at least every log_batch_interval seconds, or as
+    # soon as log_batch_records are waiting, spooled to a file of at most log_spool_max_bytes
+    # (the oldest dropped first) until the control plane has stored them
+    log_level: str = Field(default="INFO", pattern=r"^(?i:debug|info|warning|error|critical)$")
+    log_batch_interval: float = Field(default=1.0, gt=0, le=2.0)
+    log_batch_records: int = Field(default=500, ge=1, le=1_000)
+    log_spool_max_bytes: int = Field(default=50 * 2**20, ge=2**20)
+    # a batch not acknowledged this long is sent again (doubling up to the replay window)
+    log_ack_timeout: float = Field(default=10.0, gt=0)
 
     # daemons: data-plane confinement (workers/confinement/, docs/security.md). File connectors
     # stay under the daemon's data folder and these roots (colon- or comma-separated); the kinds

@@ -17,6 +17,7 @@ from pydantic import BaseModel
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import col, select
 
+from cp.alerts.delivery_task import register_delivery_task
 from cp.config_requests import answer_config_request
 from cp.config_store import current_push
 from cp.db_errors import describe, is_transient
@@ -36,6 +37,8 @@ from cp.health import (
 from cp.heartbeat_intake import HeartbeatIntake
 from cp.heartbeats import Flusher, HeartbeatCoalescer, ReceivedHeartbeat
 from cp.liveness import WORKER, ProcessIdentity, forget_old, note_health_check, note_seen, note_stopped
+from cp.logs.acks import LogAcks
+from cp.logs.ingest import record_dropped, store_batch
 from cp.messaging.broker_client import broker_client
 from cp.messaging.cp_events import database_sink, event_reason
 from cp.messaging.install import guard_of
@@ -49,6 +52,7 @@ from cp.protocol import (
     CP_DAEMON_HELLO,
     CP_ENROLL,
     CP_HEARTBEAT,
+    CP_LOGS,
     CP_MESSAGE_REJECTED,
     CP_PROBE_REPLY,
     CP_PURGE_OLD_RECORDS,
@@ -60,6 +64,7 @@ from cp.protocol import (
     DaemonEnroll,
     DaemonHello,
     Heartbeat,
+    LogBatch,
     MessageError,
     MessageRejected,
     ProbeReply,
@@ -128,6 +133,7 @@ def register_cp_tasks(app: Celery, cp: ControlPlane) -> None:
         daemon_queues=frozenset({CP_QUEUE}),
     )
     guard.authenticator = authenticator
+    register_delivery_task(app, cp)
 
     def reject(name: str, *, sender: object, reason: str, kind: str = "message_rejected") -> None:
         """Log once and record a message taken off the queue unprocessed; never raises."""
@@ -387,6 +393,17 @@ def register_cp_tasks(app: Celery, cp: ControlPlane) -> None:
     def run_event(event: RunEvent) -> None:
         with cp.session() as session:
             record_run_event(session, event, now=utcnow())
+
+    log_acks = LogAcks(lambda: broker_client(cp.app))
+
+    # housekeeping, out of Flower's list; acknowledged once stored, so the daemon lets go of them
+    @contract_task(CP_LOGS, LogBatch, send_events=False)
+    def logs(batch: LogBatch) -> None:
+        with cp.session() as session:
+            store_batch(session, batch)
+            if batch.dropped:
+                record_dropped(session, batch, now=utcnow())
+        log_acks.acknowledge(batch.name, batch.records[-1]["seq"])
 
     @contract_task(CP_CONFIG_APPLIED, ConfigApplied)
     def config_applied(msg: ConfigApplied) -> None:

@@ -42,6 +42,14 @@ def test_listings_print_one_json_document_and_need_no_broker(
     assert json.loads(result.stdout) == {key: []}
 
 
+def test_logs_print_one_object_a_line_and_need_no_broker(tmp_path: Path) -> None:
+    result = cli(tmp_path, "logs", "--json")
+    assert (result.returncode, result.stdout) == (0, ""), result.stderr
+    grouped = cli(tmp_path, "logs", "--errors", "--json")
+    assert grouped.returncode == 0, grouped.stderr
+    assert json.loads(grouped.stdout)["groups"] == []
+
+
 @pytest.mark.parametrize(
     ("args", "env", "message"),
     [
@@ -56,6 +64,10 @@ def test_listings_print_one_json_document_and_need_no_broker(
         (["daemon", "--name", "a b"], {}, "error: --name: invalid daemon name 'a b'"),
         (["daemon", "--name", "ab", "--labels", "site"], {}, "error: --labels: expected key=value pairs"),
         (["runs", "--state", "bogus"], {}, "error: --state: unknown state 'bogus'"),
+        (["logs", "--since", "yesterday"], {}, "error: --since: 'yesterday' is neither a duration"),
+        (["logs", "--errors", "--until", "2026-13-45"], {}, "error: --until: '2026-13-45' is neither"),
+        (["logs", "--level", "loud"], {}, "error: --level: unknown level 'loud'"),
+        (["logs", "--errors", "--follow"], {}, "error: --errors and --follow cannot be combined"),
         (["apply", "-f", "/nonexistent.yaml"], {}, "error: /nonexistent.yaml: cannot read file"),
         (["frob"], {}, "No such command 'frob'"),
     ],

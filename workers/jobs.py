@@ -57,6 +57,8 @@ class Report:
         now = self._clock()
         if now - self._last_progress >= PROGRESS_EVERY:
             self._last_progress = now
+            # shipped with the run's labels (workers/logs/): `mycelial logs --run` follows a run live
+            log.info("progress: %d rows read, %d written", read, written)
             self._send(Outcome("progress", rows_read=read, rows_written=written))
 
 

@@ -38,6 +38,7 @@ from workers.confinement.policy import Confinement
 from workers.deliveries import DeliveryLog
 from workers.heartbeat_key import HeartbeatWriter
 from workers.local_state import LocalState
+from workers.logs.shipping import LogShipping
 from workers.outbox import Envelope, Outbox
 from workers.progress import RunBoard
 from workers.run_rates import RunRates
@@ -84,6 +85,7 @@ class DaemonRuntime:
             retry_max=settings.outbox_retry_max,
             name=f"daemon {name} outbox",
         )
+        self.logs = LogShipping(settings, app, name=name, directory=settings.home / "daemons" / name / "logs")
         self.heartbeats = HeartbeatWriter(lambda: broker_client(app), sign=self._sign_heartbeat)
 
     def _sign_heartbeat(self, key: str, payload: dict[str, Any]) -> dict[str, Any] | None:
@@ -128,6 +130,7 @@ class DaemonRuntime:
     # --- lifecycle
 
     def start(self) -> None:
+        self.logs.start()  # first: what starting says is shipped too
         self.confinement.announce()
         self.outbox.start()
         if self.enroll_request is not None:
@@ -176,6 +179,7 @@ class DaemonRuntime:
                     beat_at = time.monotonic()
                 time.sleep(poll)
         self.outbox.close(timeout=self.settings.outbox_close_timeout)
+        self.logs.close(timeout=self.settings.outbox_close_timeout)
         self.heartbeats.close()
 
     def heartbeat(self) -> None:

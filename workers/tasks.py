@@ -39,6 +39,7 @@ from cp.protocol import (
 from workers.admin_commands import attach as attach_admin_commands
 from workers.identity import DaemonKeyStore
 from workers.jobs import Outcome, Report, execute
+from workers.logs.capture import job_logging
 from workers.rejections import report_to_control_plane
 from workers.runtime import DaemonRuntime
 from workers.secrets import install_log_scrubbing
@@ -134,10 +135,11 @@ def register_daemon_tasks(app: Celery, daemon: DaemonRuntime, keys: DaemonKeySto
             raise DuplicateDelivery()
         try:
             deliveries = daemon.deliveries.record(task_id)
-            if deliveries > daemon.settings.max_deliveries:
-                outcome = _give_up(daemon, job, deliveries)
-            else:
-                outcome = _run(daemon, job, task_id=task_id, delivery=deliveries)
+            with job_logging(pipeline=job.pipeline.name, run_key=job.run_key, attempt=job.attempt):
+                if deliveries > daemon.settings.max_deliveries:
+                    outcome = _give_up(daemon, job, deliveries)
+                else:
+                    outcome = _run(daemon, job, task_id=task_id, delivery=deliveries)
             daemon.deliveries.forget(task_id)
         finally:
             daemon.release(task_id)

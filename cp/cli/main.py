@@ -15,6 +15,7 @@ from cp.celery_app import BrokerNotConfiguredError
 from cp.cli import failures, flower_server, processes, security_commands
 from cp.cli.broker import broker_app
 from cp.cli.events import events
+from cp.cli.logs import logs as logs_command
 from cp.cli.metrics import metrics
 from cp.cli.output import (
     EXIT_BAD_INPUT,
@@ -63,6 +64,7 @@ app.add_typer(broker_app, name="broker")
 app.add_typer(runs_app, name="runs")
 app.command("events")(events)
 app.command("status")(status_command)
+app.command("logs")(logs_command)
 app.command("metrics")(metrics)
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document.")]

@@ -131,22 +131,45 @@ def check_task(
     now: datetime,
 ) -> str | None:
     """Why Celery's consumer would raise on (or a task should never see) this message, or ``None``."""
+    return check_task_body(
+        headers=headers,
+        body=body,
+        content_type=content_type,
+        content_encoding=content_encoding,
+        registered=registered,
+        limits=limits,
+        now=now,
+    )[0]
+
+
+def check_task_body(
+    *,
+    headers: object,
+    body: object,
+    content_type: object,
+    content_encoding: object,
+    registered: Collection[str],
+    limits: MessageLimits,
+    now: datetime,
+) -> tuple[str | None, object]:
+    """``check_task``'s answer and the body it decoded (None unless it got that far), so the
+    authentication that follows need not decode a large body again."""
     if content_type != CONTENT_TYPE or content_encoding != CONTENT_ENCODING:
-        return f"content must be {CONTENT_TYPE} in {CONTENT_ENCODING}"
+        return f"content must be {CONTENT_TYPE} in {CONTENT_ENCODING}", None
     if not isinstance(headers, Mapping):
-        return f"headers must be an object, got {type(headers).__name__}"
+        return f"headers must be an object, got {type(headers).__name__}", None
     problem = _check_headers(headers, registered=registered, limits=limits, now=now)
     if problem:
-        return problem
+        return problem, None
     if not isinstance(body, bytes | str):
-        return "body must be bytes"
+        return "body must be bytes", None
     if len(body) > limits.max_bytes:
-        return f"body of {len(body)} bytes is over the limit of {limits.max_bytes}"
+        return f"body of {len(body)} bytes is over the limit of {limits.max_bytes}", None
     try:
         decoded = kombu_loads(body.decode("utf-8") if isinstance(body, bytes) else body)
     except Exception as exc:  # kombu's decoder (type hooks included) may raise anything
-        return f"body is not JSON: {_short(exc)}"
-    return _check_body(decoded)
+        return f"body is not JSON: {_short(exc)}", None
+    return _check_body(decoded), decoded
 
 
 def _check_headers(

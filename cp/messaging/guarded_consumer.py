@@ -17,7 +17,7 @@ from kombu.utils.json import loads as kombu_loads
 from vine import promise
 
 from cp.broker_reconnect import ReconnectingConsumer
-from cp.messaging.envelope_check import Rejection, check_task, message_copy
+from cp.messaging.envelope_check import Rejection, check_task_body, message_copy
 from cp.messaging.guard import Guard
 from cp.messaging.unlisted import UNLISTED_TASKS
 from cp.models import utcnow
@@ -39,8 +39,9 @@ def guarded_consumer_class(guard: Guard) -> type[Any]:
             connection_errors = tuple(self.connection_errors)
 
             def on_task_received(message: Any) -> None:
+                decoded: object = None
                 try:
-                    reason = check_task(
+                    reason, decoded = check_task_body(
                         headers=message.headers,
                         body=message.body,
                         content_type=message.content_type,
@@ -53,7 +54,7 @@ def guarded_consumer_class(guard: Guard) -> type[Any]:
                     reason = f"message could not be checked: {type(exc).__name__}: {exc}"
                 if reason is None and guard.authenticator is not None:
                     try:
-                        refusal = authenticate(guard, message)
+                        refusal = authenticate(guard, message, decoded)
                     except Exception as exc:  # neither may the authentication
                         refusal = f"message could not be authenticated: {type(exc).__name__}: {exc}"
                     if refusal is not None:
@@ -79,12 +80,14 @@ def guarded_consumer_class(guard: Guard) -> type[Any]:
     return GuardedConsumer
 
 
-def authenticate(guard: Guard, message: Any) -> str | None:
-    """Ask the guard's authenticator about a message ``check_task`` found well-formed."""
+def authenticate(guard: Guard, message: Any, decoded: object = None) -> str | None:
+    """Ask the guard's authenticator about a message ``check_task`` found well-formed (and
+    decoded: ``decoded``, else it is decoded here)."""
     assert guard.authenticator is not None
     headers = message.headers
     body = message.body
-    decoded = kombu_loads(body.decode("utf-8") if isinstance(body, bytes) else body)
+    if decoded is None:
+        decoded = kombu_loads(body.decode("utf-8") if isinstance(body, bytes) else body)
     info = message.delivery_info if isinstance(message.delivery_info, dict) else {}
     redis = getattr(message.channel, "conn_or_acquire", None)
     authenticator = guard.authenticator

@@ -15,6 +15,7 @@ from typing import Any
 
 from cp.protocol import (
     CP_CHECK_DAEMON_HEALTH,
+    CP_DELIVER_NOTICES,
     CP_HEARTBEAT,
     CP_LOGS,
     CP_MESSAGE_REJECTED,
@@ -31,6 +32,7 @@ UNLISTED_TASKS = frozenset(
     {
         CP_CHECK_DAEMON_HEALTH,
         CP_SEND_PROBES,
+        CP_DELIVER_NOTICES,  # every second, from beat (cp/alerts/delivery_task.py)
         CP_PURGE_OLD_RECORDS,
         DAEMON_PROBE,
         CP_PROBE_REPLY,
@@ -38,7 +40,6 @@ UNLISTED_TASKS = frozenset(
         CP_MESSAGE_REJECTED,
         DAEMON_TRUST_KEYS,
         CP_LOGS,
-        "cp.log_batch",  # the daemons' log batches (issue 11, log shipping)
     }
 )
 

@@ -34,7 +34,7 @@ SPEC = {
     "destination_table": "orders",
 }
 JOB = {"v": 1, "run_key": "orders@1", "attempt": 1, "pipeline": SPEC}
-LOG = {"seq": "1", "ts": AT, "level": "INFO", "logger": "x", "message": "m"}
+LOG = {"seq": 1, "ts": AT, "level": "INFO", "logger": "x", "message": "m"}
 STATE = {"daemon": "edge-1", "pipelines": []}
 TEN_MB = "x" * 10_000_000
 

@@ -6,7 +6,14 @@ import pytest
 
 from beat_schedule import beat_schedule
 from cp.celery_app import CP_CONTROL_QUEUE, CP_WORKER_QUEUES, make_celery, worker_argv
-from cp.protocol import CP_CHECK_DAEMON_HEALTH, CP_HEARTBEAT, CP_PURGE_OLD_RECORDS, CP_QUEUE, CP_SEND_PROBES
+from cp.protocol import (
+    CP_CHECK_DAEMON_HEALTH,
+    CP_DELIVER_NOTICES,
+    CP_HEARTBEAT,
+    CP_PURGE_OLD_RECORDS,
+    CP_QUEUE,
+    CP_SEND_PROBES,
+)
 from cp.settings import Settings
 
 
@@ -16,6 +23,7 @@ from cp.settings import Settings
         (CP_CHECK_DAEMON_HEALTH, CP_CONTROL_QUEUE),
         (CP_SEND_PROBES, CP_CONTROL_QUEUE),
         (CP_PURGE_OLD_RECORDS, CP_CONTROL_QUEUE),
+        (CP_DELIVER_NOTICES, CP_CONTROL_QUEUE),
         (CP_HEARTBEAT, CP_QUEUE),
         ("cp.run_event", CP_QUEUE),
     ],

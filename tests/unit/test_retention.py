@@ -11,6 +11,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, SQLModel, select
 
 from beat_schedule import beat_schedule
+from cp.alerts.outbox import AlertDelivery, AlertNotice
 from cp.db import session_scope
 from cp.models import DaemonEvent, LogRecord, Run, RunAttempt, RunState, RunStateChange, RunTrigger
 from cp.retention import RetentionPolicy, Sessions, purge_old_records
@@ -72,6 +73,8 @@ def test_each_kind_of_record_goes_after_its_own_period_and_active_runs_stay(engi
         "run_state_changes": 1,
         "daemon_events": 1,
         "log_records": 1,
+        "alert_deliveries": 0,
+        "alert_notices": 0,
     }
     with Session(engine) as session:
         assert sorted(r.run_key for r in session.exec(select(Run))) == ["old-but-running", "recent-done"]
@@ -117,8 +120,8 @@ def test_a_large_purge_goes_in_transactions_of_one_chunk_each_and_misses_nothing
 
     assert (deleted["log_records"], deleted["runs"]) == (1_050, 250)
     assert count(engine, LogRecord) == 0 and count(engine, Run) == 0
-    # 11 chunks of logs (the last one short), 3 of runs, one each for the empty event tables
-    assert len(commits) == 11 + 3 + 2
+    # 11 chunks of logs (the last one short), 3 of runs, one each for the empty event and alert tables
+    assert len(commits) == 11 + 3 + 2 + 2
 
 
 def test_the_periods_and_chunk_come_from_the_settings() -> None:
@@ -132,3 +135,31 @@ def test_beat_sends_the_purge_on_the_control_queue_at_the_configured_interval() 
     entry = beat_schedule(Settings(retention_interval=120))["purge-old-records"]  # type: ignore[call-arg]
     assert (entry["task"], entry["schedule"]) == ("cp.purge_old_records", 120)
     assert entry["options"] == {"queue": "mycelial.cp.control", "expires": 120}
+
+
+def test_finished_alert_notices_and_their_attempts_go_after_the_event_period_pending_ones_stay(
+    engine: Engine,
+) -> None:
+    old = NOW - timedelta(days=25)
+    with Session(engine) as session:
+        for key, fields in (
+            ("old-delivered", {"delivered_at": old}),
+            ("old-given-up", {"given_up_at": old}),
+            ("old-pending", {}),
+            ("recent-delivered", {"delivered_at": NOW - timedelta(days=1)}),
+        ):
+            created = old if key.startswith("old") else NOW - timedelta(days=1)
+            session.add(AlertNotice(dedup_key=key, created_at=created, notifier="n", group_key="g",
+                                    status="firing", body={}, **fields))  # fmt: skip
+        session.add(AlertDelivery(notice_id=1, notifier="n", at=old, ok=True))
+        session.add(AlertDelivery(notice_id=4, notifier="n", at=NOW - timedelta(days=1), ok=True))
+        session.commit()
+
+    deleted = purge_old_records(sessions_of(engine), now=NOW, policy=POLICY)
+
+    assert (deleted["alert_notices"], deleted["alert_deliveries"]) == (2, 1)
+    with Session(engine) as session:
+        assert sorted(n.dedup_key for n in session.exec(select(AlertNotice))) == [
+            "old-pending",
+            "recent-delivered",
+        ]
