@@ -18,6 +18,7 @@ BENCHMARKS: dict[str, str] = {
     "heartbeats": "bench.heartbeats",
     "alerts": "bench.alerts",
     "logs": "bench.logs",
+    "metrics": "bench.metrics",
 }
 
 EXIT_BAD_INPUT = 2

@@ -7,7 +7,7 @@ from celery import Celery
 from cp.protocol import daemon_queue
 
 # kombu keeps messages of priorities 3, 6 and 9 in sibling lists; plain messages use the queue name
-_PRIORITY_SUFFIXES = ("", "\x06\x163", "\x06\x166", "\x06\x169")
+PRIORITY_SUFFIXES = ("", "\x06\x163", "\x06\x166", "\x06\x169")
 
 
 def queue_depths(app: Celery, daemons: list[str]) -> dict[str, int]:
@@ -18,8 +18,8 @@ def queue_depths(app: Celery, daemons: list[str]) -> dict[str, int]:
         client = connection.default_channel.client  # type: ignore[attr-defined]  # the Redis channel
         pipe = client.pipeline(transaction=False)
         for name in daemons:
-            for suffix in _PRIORITY_SUFFIXES:
+            for suffix in PRIORITY_SUFFIXES:
                 pipe.llen(daemon_queue(name) + suffix)
         counts = pipe.execute()
-    per = len(_PRIORITY_SUFFIXES)
+    per = len(PRIORITY_SUFFIXES)
     return {name: sum(int(c) for c in counts[i * per : (i + 1) * per]) for i, name in enumerate(daemons)}

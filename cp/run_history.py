@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy import insert
 from sqlmodel import Session
 
+from cp.metrics.commit_counts import count_bulk_changes
 from cp.models import Run, RunState, RunStateChange
 
 RETRYING = "retrying"  # an attempt ended and the run is scheduled for the next one
@@ -77,3 +78,4 @@ def insert_changes(session: Session, rows: Sequence[dict[str, Any]]) -> None:
     """Many changes in one executemany INSERT, on the session's connection (its transaction)."""
     if rows:
         session.connection().execute(insert(RunStateChange), list(rows))
+        count_bulk_changes(session, rows)  # runs they finish, for /metrics (cp/metrics/commit_counts.py)

@@ -171,6 +171,18 @@ class Settings(BaseSettings):
     flower_address: str = "127.0.0.1"
     flower_port: int = Field(default=5555, ge=1, le=65535)
 
+    # `mycelial metrics` (docs/metrics.md): where /metrics listens, what a scrape must present
+    # (a file holding user:password, and/or one holding a bearer token), and its bounds
+    metrics_address: str = "127.0.0.1"
+    metrics_port: int = Field(default=9808, ge=0, le=65535)
+    metrics_basic_auth_file: Path | None = None
+    metrics_bearer_token_file: Path | None = None
+    metrics_max_daemons: int = Field(default=5_000, ge=1, le=100_000)
+    metrics_max_pipelines: int = Field(default=5_000, ge=1, le=100_000)
+    metrics_peek_bytes: int = Field(default=16_384, ge=512, le=1_048_576)
+    # control-plane workers add their counters to the broker's hash this often
+    metrics_counter_flush_interval: float = Field(default=2.0, gt=0, le=300)
+
     @field_validator("broker_url")
     @classmethod
     def _known_broker_scheme(cls, value: str | None) -> str | None:

@@ -45,6 +45,7 @@ from cp.messaging.broker_client import broker_client
 from cp.messaging.cp_events import database_sink, event_reason
 from cp.messaging.install import guard_of
 from cp.messaging.recorder import TokenBucket
+from cp.metrics.worker_counters import install_worker_counters
 from cp.models import Daemon, DaemonKey, DaemonStatus, utcnow
 from cp.protocol import (
     CP_CHECK_DAEMON_HEALTH,
@@ -99,6 +100,7 @@ def register_cp_tasks(app: Celery, cp: ControlPlane) -> None:
     )
     guard = guard_of(app)
     guard.record_with(database_sink(cp))
+    install_worker_counters(app, guard, settings)
     cp_keys = ControlPlaneKeys(settings.home)
     cp_keys.current()  # made on the first start of a control-plane process, if there is none
 
@@ -139,6 +141,7 @@ def register_cp_tasks(app: Celery, cp: ControlPlane) -> None:
     def reject(name: str, *, sender: object, reason: str, kind: str = "message_rejected") -> None:
         """Log once and record a message taken off the queue unprocessed; never raises."""
         log.error("rejected %s message: %s", name, reason)
+        guard.count_refused(name, kind)
         try:
             with cp.session() as session:
                 record_rejected_message(

@@ -145,7 +145,12 @@ def up_home(tmp_path: Path) -> Iterator[tuple[Path, Callable[..., Up]]]:
     home = Path(tempfile.mkdtemp(prefix="mycsf"))  # short: the Redis socket path must fit a sun_path
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("MYCELIAL_")}
-    env.update(MYCELIAL_HOME=str(home), MYCELIAL_FLOWER_PORT=str(port), PYTHONUNBUFFERED="1")
+    env.update(
+        MYCELIAL_HOME=str(home),
+        MYCELIAL_FLOWER_PORT=str(port),
+        MYCELIAL_METRICS_PORT=str(free_port()),
+        PYTHONUNBUFFERED="1",
+    )
     started: list[Up] = []
 
     def start(*args: str) -> Up:

@@ -61,9 +61,14 @@ def http_status(url: str, *, auth: str | None = None) -> int:
 
 def test_up_demo_runs_the_whole_stack_and_sigterm_stops_everything() -> None:
     home = Path(tempfile.mkdtemp(prefix="mycup"))  # short: the Redis socket path must fit a sun_path
-    port = free_port()
+    port, metrics_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("MYCELIAL_")}
-    env.update(MYCELIAL_HOME=str(home), MYCELIAL_FLOWER_PORT=str(port), PYTHONUNBUFFERED="1")
+    env.update(
+        MYCELIAL_HOME=str(home),
+        MYCELIAL_FLOWER_PORT=str(port),
+        MYCELIAL_METRICS_PORT=str(metrics_port),
+        PYTHONUNBUFFERED="1",
+    )
     log = open(home / "up.log", "wb")  # noqa: SIM115
     up = subprocess.Popen(
         [sys.executable, "-m", "cp.cli", "up", "--demo"], env=env, stdout=log, stderr=subprocess.STDOUT
@@ -104,10 +109,14 @@ def test_up_demo_runs_the_whole_stack_and_sigterm_stops_everything() -> None:
         flower = f"http://127.0.0.1:{port}/api/workers"
         wait_for(lambda: http_status(flower, auth=credentials) == 200, timeout=30, what="Flower answering")
         assert http_status(flower) == 401
+        metrics = f"http://127.0.0.1:{metrics_port}/metrics"
+        wait_for(lambda: http_status(metrics) == 200, timeout=30, what=f"/metrics answering\n{up_log()}")
+        with urllib.request.urlopen(metrics, timeout=10) as response:
+            assert 'mycelial_daemon_status{daemon="local",status="online"} 1.0' in response.read().decode()
 
-        children = children_of(up.pid)
+        children = children_of(up.pid)  # worker, beat, daemon, Flower, metrics
         redis_servers = processes_mentioning(str(home / "redis" / "redis.socket"))
-        assert len(children) == 4 and redis_servers
+        assert len(children) == 5 and redis_servers
     finally:
         up.send_signal(signal.SIGTERM)
         try:

@@ -49,6 +49,7 @@ def test_up_starts_a_daemon_again_after_a_kill_and_an_admin_shutdown_and_stops_o
         MYCELIAL_HOME=str(home),
         MYCELIAL_BROKER_URL=broker.fresh_url(),
         MYCELIAL_FLOWER_PORT=str(free_port()),
+        MYCELIAL_METRICS_PORT=str(free_port()),
         PYTHONUNBUFFERED="1",
     )
     log = open(home / "up.log", "wb")  # noqa: SIM115
@@ -88,8 +89,8 @@ def test_up_starts_a_daemon_again_after_a_kill_and_an_admin_shutdown_and_stops_o
     try:
         first = wait_for(lambda: daemon_child(up), timeout=60, what=f"the daemon child\n{up_log()}")
         wait_for(lambda: answers_ping(first), timeout=90, what=f"daemon@local answering\n{up_log()}")
-        others = children_of(up.pid) - {first}  # worker, beat, Flower
-        assert len(others) == 3, up_log()
+        others = children_of(up.pid) - {first}  # worker, beat, Flower, metrics
+        assert len(others) == 4, up_log()
         seen |= others | {first}
 
         os.kill(first, signal.SIGKILL)

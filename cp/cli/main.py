@@ -17,6 +17,7 @@ from cp.cli.alerts import alerts_app
 from cp.cli.broker import broker_app
 from cp.cli.events import events
 from cp.cli.logs import logs as logs_command
+from cp.cli.metrics import metrics
 from cp.cli.output import (
     EXIT_BAD_INPUT,
     EXIT_FAILED,
@@ -66,6 +67,7 @@ app.add_typer(alerts_app, name="alerts")
 app.command("events")(events)
 app.command("status")(status_command)
 app.command("logs")(logs_command)
+app.command("metrics")(metrics)
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document.")]
 LogLevel = Annotated[str, typer.Option("--loglevel", help="debug, info, warning or error.")]

@@ -14,6 +14,7 @@ from cp.celery_app import CP_WORKER_QUEUES, daemon_hostname, make_celery, worker
 from cp.cli.output import EXIT_BAD_INPUT, CliError
 from cp.cli.restart import start_worker
 from cp.messaging.install import guard_of
+from cp.metrics.worker_counters import count_in_beat
 from cp.models import utcnow
 from cp.protocol import NAME_PATTERN, daemon_queue
 from cp.runtime import ControlPlane
@@ -58,7 +59,11 @@ def run_beat(settings: Settings, *, loglevel: str) -> None:
         max_interval=max(1, math.ceil(settings.schedule_poll_interval)),
         loglevel=loglevel,
     )
-    beat.run()
+    counting = count_in_beat(cp.app, settings)  # runs the scheduler finishes, for /metrics
+    try:
+        beat.run()
+    finally:
+        counting.stop()
 
 
 def parse_labels(text: str) -> dict[str, str]:

@@ -1,5 +1,6 @@
-"""``mycelial up``: run the whole stack as child processes, start again any that exits (with
-backoff, cp/cli/backoff.py), and stop all of them together on Ctrl-C or SIGTERM."""
+"""``mycelial up``: run the whole stack (worker, beat, local daemon, Flower, metrics) as child
+processes, start again any that exits (with backoff, cp/cli/backoff.py), and stop all of them
+together on Ctrl-C or SIGTERM."""
 
 from __future__ import annotations
 
@@ -152,6 +153,7 @@ def run_stack(settings: Settings, *, demo: bool) -> int:
                 env=local_env,
             ),
             Child("flower", _cli("flower")),
+            Child("metrics", _cli("metrics")),
         ],
         rotation=Rotation(max_bytes=settings.process_log_max_bytes, backups=settings.process_log_backups),
     )
@@ -171,6 +173,7 @@ def run_stack(settings: Settings, *, demo: bool) -> int:
         stack.start(env, log_dir=log_dir)
         info(f"logs: {log_dir}/")
         announce(credentials, url=f"http://{settings.flower_address}:{settings.flower_port}")
+        info(f"metrics: http://{settings.metrics_address}:{settings.metrics_port}/metrics")
         if demo:
             demo_env_settings = Settings(
                 home=settings.home,

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from cp.messaging.dead_letters import store
 from cp.messaging.envelope_check import MessageLimits, Rejection
 from cp.messaging.recorder import RejectionRecorder, Sink, TokenBucket
+from cp.metrics.counters import REJECTED, SharedCounters
 from cp.models import utcnow
 from cp.settings import Settings
 
@@ -56,6 +57,8 @@ class Guard:
         self.authenticator: Authenticator | None = None
         # messages refused per kind since the process started (rejected or not authenticated)
         self.refused: Counter[str] = Counter()
+        # the same, by task, shared with the metrics process (cp/metrics/worker_counters.py)
+        self.counters: SharedCounters | None = None
         # a flood of bad messages must not become a flood of log lines
         self._log_bucket = TokenBucket(rate=LOG_LINES_PER_SECOND, burst=10 * LOG_LINES_PER_SECOND)
         self._unlogged = 0
@@ -69,11 +72,17 @@ class Guard:
         if self._recorder is not None:
             self._recorder.offer(rejection)
 
+    def count_refused(self, task: str | None, kind: str) -> None:
+        """One message refused: for /metrics, by task (an unknown task name counts as ``other``)."""
+        if self.counters is not None:
+            self.counters.add(REJECTED, self.counters.task_label(task), kind)
+
     def reject(self, rejection: Rejection, *, redis: RedisScope | None, exc_info: bool = False) -> None:
         """Log it (rate-limited), keep it in its queue's dead-letter list, record an event (rate-
         limited too); never raises."""
         try:
             self.refused[rejection.kind] += 1
+            self.count_refused(rejection.task, rejection.kind)
             if self._log_bucket.take():
                 more, self._unlogged = self._unlogged, 0
                 log.error(
