@@ -9,15 +9,14 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Float, case, cast, column, func, inspect, literal, literal_column, table
+from sqlalchemy import Float, case, cast, func, literal, literal_column
 from sqlalchemy import select as sa_select
 from sqlalchemy.engine import Dialect
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import defer
 from sqlmodel import Session, col, select
 
 from cp.health import HealthLimits
-from cp.models import FINISHED_RUN_STATES, Daemon, Pipeline, Run, RunState, RunTrigger
+from cp.models import FINISHED_RUN_STATES, Alert, Daemon, Pipeline, Run, RunState, RunTrigger
 from cp.shown_status import Shown, shown_status
 from cp.views import health_check_ran_at
 
@@ -26,7 +25,6 @@ log = logging.getLogger(__name__)
 # seconds; run durations from a second to a day, schedule delays from 10 ms to an hour
 DURATION_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 4 * 3600.0, 86_400.0)
 DELAY_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0)
-ALERT_TABLE = "alert"
 
 
 @dataclass(frozen=True)
@@ -183,14 +181,6 @@ def _distributions(
 
 
 def alerts_by_state(session: Session) -> dict[str, int]:
-    """Alerts per state from the ``alert`` table (cp/alerts); none while the table does not exist."""
-    try:
-        # on the session's own connection: SQLite lets one connection write at a time
-        if not inspect(session.connection()).has_table(ALERT_TABLE):
-            return {}
-        alert = table(ALERT_TABLE, column("state"))
-        rows = session.execute(sa_select(alert.c.state, func.count()).group_by(alert.c.state))
-        return {str(state): int(count) for state, count in rows if state is not None}
-    except SQLAlchemyError as exc:  # a table of another shape, or being created: no series this time
-        log.warning("metrics: could not count alerts: %s", exc)
-        return {}
+    """Alerts per state (cp/alerts)."""
+    rows = session.execute(sa_select(col(Alert.state), func.count()).group_by(col(Alert.state)))
+    return {str(state): int(count) for state, count in rows if state is not None}

@@ -11,14 +11,13 @@ import fakeredis
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import Column, MetaData, String, Table
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from cp.health import HealthLimits
 from cp.metrics.collector import CollectorLimits, ControlPlaneCollector
 from cp.metrics.counters import HANDLED, ROWS_WRITTEN, RUNS_FINISHED, SharedCounters
-from cp.models import Daemon, Pipeline, Run, RunState, RunTrigger
+from cp.models import Alert, AlertState, Daemon, Pipeline, Run, RunState, RunTrigger
 
 NOW = datetime(2025, 6, 2, 12, 0, tzinfo=UTC)
 LIMITS = HealthLimits(offline_after=15, probe_timeout=5, backlog_threshold=100)
@@ -158,7 +157,7 @@ def test_daemons_pipelines_and_counters_read_in_one_scrape(engine: Engine) -> No
     assert value("mycelial_pipeline_rows_written_total", pipeline="removed-pipeline") is None
     assert value("mycelial_metrics_source_up", source="database") == 1
     assert value("mycelial_metrics_source_up", source="broker") == 1
-    assert not any(name == "mycelial_alerts" for name, _ in got)  # no alert table yet: no series
+    assert not any(name == "mycelial_alerts" for name, _ in got)  # no alerts: no series
 
 
 def test_past_the_caps_daemons_and_pipelines_are_dropped_and_counted(engine: Engine) -> None:
@@ -172,12 +171,13 @@ def test_past_the_caps_daemons_and_pipelines_are_dropped_and_counted(engine: Eng
     assert got[("mycelial_metrics_series_dropped", (("kind", "pipeline"),))] == 1
 
 
-def test_alerts_are_counted_by_state_once_the_alert_table_exists(engine: Engine) -> None:
-    table = Table("alert", MetaData(), Column("id", String(8), primary_key=True), Column("state", String(16)))
-    table.create(engine)
-    with engine.begin() as connection:
-        connection.execute(table.insert(), [{"id": "1", "state": "firing"}, {"id": "2", "state": "firing"},
-                                            {"id": "3", "state": "pending"}])  # fmt: skip
+def test_alerts_are_counted_by_state(engine: Engine) -> None:
+    with Session(engine) as session:
+        for n, state in enumerate([AlertState.FIRING, AlertState.FIRING, AlertState.PENDING]):
+            session.add(
+                Alert(rule="edge-offline", subject=f"daemon:edge-{n}", subject_kind="daemon", state=state)
+            )
+        session.commit()
     got = scrape(collector(engine, fakeredis.FakeRedis()))
     assert got[("mycelial_alerts", (("state", "firing"),))] == 2
     assert got[("mycelial_alerts", (("state", "pending"),))] == 1
