@@ -277,14 +277,22 @@ def test_one_daemon_cannot_speak_for_another_nor_for_a_run_placed_elsewhere(edge
     # d1's envelope on a heartbeat written into d2's key (without ACLs anyone can write there)
     beat = {"v": 1, "name": "d2", "sent_at": now, "running_runs": [run_key]}
     signed_beat = as_daemon(edge.home, "d1", heartbeat_key("d2"), "cp.heartbeat", beat)
-    for _ in range(8):  # d2 overwrites its key every second: write it in between, again and again
-        value = json.dumps({"auth": signed_beat["headers"]["mycelial_auth"], "beat": beat})
-        edge.client.set(heartbeat_key("d2"), value, ex=HEARTBEAT_KEY_TTL_SECONDS)
-        time.sleep(0.4)
-        signed_beat = as_daemon(edge.home, "d1", heartbeat_key("d2"), "cp.heartbeat", beat)
 
     def refused() -> str:
         return " | ".join(e.reason for e in edge.security_events())
+
+    # d2 overwrites its key every second and the control plane reads it twice a second: write it in
+    # between until it was read, with gaps that let d2's own heartbeats through (a key held by the
+    # forger for seconds on end would silence d2 — the broker ACLs are what stop that, see
+    # test_broker_acl.py — and make its status change for a reason this test is not about)
+    for _ in range(20):
+        value = json.dumps({"auth": signed_beat["headers"]["mycelial_auth"], "beat": beat})
+        edge.client.set(heartbeat_key("d2"), value, ex=HEARTBEAT_KEY_TTL_SECONDS)
+        time.sleep(0.6)
+        if "heartbeat of d2 signed by daemon:d1" in refused():
+            break
+        time.sleep(1.0)
+        signed_beat = as_daemon(edge.home, "d1", heartbeat_key("d2"), "cp.heartbeat", beat)
 
     expected = [
         f"daemon d1 sent {task} in the name of 'd2' (claims to be daemon:d1)"
