@@ -5,94 +5,22 @@ Notices are inserted the way the alert evaluator writes them (cp/alerts/outbox.p
 
 from __future__ import annotations
 
-import json
-import socket
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
 
 import pytest
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from cp.alerts.outbox import AlertDelivery, AlertNotice
-from cp.alerts.signing import signing_key, verify
 from cp.db import create_schema, make_engine, session_scope
 from cp.settings import normalize_database_url
 from tests.conftest import Stack, wait_for
+from tests.webhook_receiver import SECRET, Receiver, free_port
 
 pytestmark = pytest.mark.integration
-
-SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
-KEY = signing_key(SECRET)
-
-
-@dataclass
-class Received:
-    path: str
-    webhook_id: str | None
-    signature_ok: bool
-    body: dict[str, Any]
-
-
-@dataclass
-class Receiver:
-    """A threaded HTTP server on 127.0.0.1 that checks each request's signature and records it;
-    ``script[path]`` lists the statuses its next requests to ``path`` get (then 200)."""
-
-    port: int = 0
-    received: list[Received] = field(default_factory=list)
-    script: dict[str, list[int]] = field(default_factory=dict)
-    # seconds each answer takes: deliveries overlap other workers' claims, as they would in the field
-    delay: float = 0.0
-    _server: ThreadingHTTPServer | None = None
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def start(self) -> Receiver:
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                raw = self.rfile.read(int(self.headers.get("content-length", "0")))
-                time.sleep(receiver.delay)
-                webhook_id, stamp = self.headers.get("webhook-id"), self.headers.get("webhook-timestamp")
-                signed = webhook_id is not None and stamp is not None and stamp.isdigit()
-                ok = signed and verify(
-                    KEY,
-                    msg_id=str(webhook_id),
-                    timestamp=int(str(stamp)),
-                    body=raw,
-                    header=self.headers.get("webhook-signature", ""),
-                )
-                with receiver._lock:
-                    receiver.received.append(Received(self.path, webhook_id, ok, json.loads(raw or b"{}")))
-                    statuses = receiver.script.get(self.path, [])
-                    status = statuses.pop(0) if statuses else 200
-                self.send_response(status)
-                self.send_header("content-length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        self.port = self._server.server_address[1]
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-
-    def ids(self, path: str) -> list[str | None]:
-        with self._lock:
-            return [r.webhook_id for r in self.received if r.path == path]
 
 
 @pytest.fixture
@@ -100,12 +28,6 @@ def receiver() -> Iterator[Receiver]:
     server = Receiver().start()
     yield server
     server.stop()
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def hook(name: str, url: str) -> str:
