@@ -23,7 +23,7 @@ from tests.webhook_receiver import SECRET, Receiver
 pytestmark = pytest.mark.integration
 
 HOLD_FOR_S = 5
-FRESH_WITHIN_S = 30  # longer than it takes, on a loaded machine, to kill edge-a and see it offline after apply
+FRESH_WITHIN_S = 30  # longer than a loaded machine takes to kill edge-a and see it offline after apply
 CONFIG = """
 daemons:
   - {{name: edge-a, labels: {{site: berlin}}}}
