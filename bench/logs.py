@@ -47,7 +47,7 @@ from cp.db import make_engine
 from cp.embedded_redis import redis_client
 from cp.messaging.install import guard_of
 from cp.models import DaemonKey, LogRecord, utcnow
-from cp.protocol import CP_LOGS, CP_QUEUE
+from cp.protocol import CP_LOGS, CP_QUEUE, log_row
 from cp.security.envelope import daemon_sender
 from cp.security.keys import Identity
 from cp.security.signer import Signer
@@ -193,7 +193,7 @@ def ingest(url: str, client: redis.Redis, home: Path, engine_url: str, *, total:
         guard_of(app).signer = Signer(lambda key=identities[name]: key, by=daemon_sender(name), window_s=300)
         raw = RawTaskMessages(app, client, task=CP_LOGS, queue=CP_QUEUE)
         messages += [
-            (n, raw.build({"v": 1, "name": name, "records": records, "dropped": 0}))
+            (n, raw.build({"v": 1, "name": name, "rows": [log_row(r) for r in records], "dropped": 0}))
             for n, (who, records) in enumerate(made)
             if who == name
         ]

@@ -398,7 +398,7 @@ def register_cp_tasks(app: Celery, cp: ControlPlane) -> None:
             store_batch(session, batch)
             if batch.dropped:
                 record_dropped(session, batch, now=utcnow())
-        log_acks.acknowledge(batch.name, batch.records[-1]["seq"])
+        log_acks.acknowledge(batch.name, batch.last_seq)
 
     @contract_task(CP_CONFIG_APPLIED, ConfigApplied)
     def config_applied(msg: ConfigApplied) -> None:
