@@ -27,7 +27,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -35,9 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import redis
-from sqlalchemy import func
 from sqlmodel import Session, SQLModel
-from sqlmodel import select as sql_select
 
 from bench.harness import Result, broker, progress
 from bench.heartbeats import percentile
@@ -103,12 +101,27 @@ def enrol(engine_url: str, names: list[str]) -> dict[str, Identity]:
     return identities
 
 
-def count_rows(engine_url: str) -> int:
+@contextmanager
+def row_counter(engine_url: str) -> Iterator[Callable[[], int]]:
+    """Counts the stored records over one connection that only reads. A Session per look, as
+    before, opened an engine every time and on SQLite began with BEGIN IMMEDIATE (cp/db.py):
+    the watcher took the write lock from the worker twenty times a second."""
     engine = make_engine(engine_url)
+    conn = engine.raw_connection()  # SQLite: autocommit (cp/db.py), each SELECT reads the newest
+
+    def count() -> int:
+        cursor = conn.cursor()
+        cursor.execute("SELECT count(*) FROM logrecord")
+        (stored,) = cursor.fetchone()
+        cursor.close()
+        if engine.dialect.name != "sqlite":
+            conn.commit()  # the next look sees a fresh snapshot
+        return int(stored)
+
     try:
-        with Session(engine) as session:
-            return int(session.exec(sql_select(func.count()).select_from(LogRecord)).one())
+        yield count
     finally:
+        conn.close()
         engine.dispose()
 
 
@@ -198,14 +211,15 @@ def ingest(url: str, client: redis.Redis, home: Path, engine_url: str, *, total:
             if who == name
         ]
     messages.sort()
-    started = time.perf_counter()
-    for first in range(0, len(messages), 20):
-        client.lpush(CP_QUEUE, *(m for _, m in messages[first : first + 20]))
-    while (stored := count_rows(engine_url)) < total:
-        if time.perf_counter() - started > 600:
-            raise RuntimeError(f"only {stored} of {total} records stored after 600 s")
-        time.sleep(0.05)
-    return total / (time.perf_counter() - started)
+    with row_counter(engine_url) as count_rows:
+        started = time.perf_counter()
+        for first in range(0, len(messages), 20):
+            client.lpush(CP_QUEUE, *(m for _, m in messages[first : first + 20]))
+        while (stored := count_rows()) < total:
+            if time.perf_counter() - started > 600:
+                raise RuntimeError(f"only {stored} of {total} records stored after 600 s")
+            time.sleep(0.05)
+        return total / (time.perf_counter() - started)
 
 
 @contextmanager
