@@ -45,6 +45,16 @@ def test_a_redelivered_batch_stores_nothing_twice(session: Session) -> None:
     assert list(seqs) == list(range(1, 151))
 
 
+def test_a_large_redelivered_batch_stores_each_record_once(session: Session) -> None:
+    assert store_batch(session, batch("edge-1", range(1, 1_001))) == 1_000
+    assert store_batch(session, batch("edge-1", range(700, 1_311))) == 310
+    session.commit()
+    stored = session.exec(select(LogRecord).where(LogRecord.daemon == "edge-1").order_by(col(LogRecord.id)))
+    records = list(stored)
+    assert [r.seq for r in records] == list(range(1, 1_311))
+    assert records[-1].message == "line 1310" and records[-1].ts == T0 + timedelta(seconds=1_310)
+
+
 def test_two_daemons_may_use_the_same_seq(session: Session) -> None:
     store_batch(session, batch("edge-1", range(1, 4)))
     store_batch(session, batch("edge-2", range(1, 4)))
