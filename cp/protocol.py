@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Final, Literal, TypeVar
 
 from pydantic import (
     AwareDatetime,
@@ -204,7 +204,10 @@ LogRow = tuple[
     Annotated[int, Field(ge=1, le=1_000_000)] | None,  # attempt
     Annotated[str, Field(max_length=MAX_LOG_MESSAGE_CHARS)],  # message
 ]
-SEQ, TS, LEVEL, LOGGER, PIPELINE, RUN_KEY, ATTEMPT, MESSAGE = range(len(LOG_ROW_FIELDS))
+# where each field sits in a row (LOG_ROW_FIELDS)
+SEQ: Final = 0
+TS: Final = 1
+MESSAGE: Final = 7
 
 
 def log_row(record: Mapping[str, Any]) -> list[Any]:
