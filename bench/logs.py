@@ -27,7 +27,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -35,9 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import redis
-from sqlalchemy import func
 from sqlmodel import Session, SQLModel
-from sqlmodel import select as sql_select
 
 from bench.harness import Result, broker, progress
 from bench.heartbeats import percentile
@@ -47,7 +45,7 @@ from cp.db import make_engine
 from cp.embedded_redis import redis_client
 from cp.messaging.install import guard_of
 from cp.models import DaemonKey, LogRecord, utcnow
-from cp.protocol import CP_LOGS, CP_QUEUE
+from cp.protocol import CP_LOGS, CP_QUEUE, log_row
 from cp.security.envelope import daemon_sender
 from cp.security.keys import Identity
 from cp.security.signer import Signer
@@ -103,12 +101,27 @@ def enrol(engine_url: str, names: list[str]) -> dict[str, Identity]:
     return identities
 
 
-def count_rows(engine_url: str) -> int:
+@contextmanager
+def row_counter(engine_url: str) -> Iterator[Callable[[], int]]:
+    """Counts the stored records over one connection that only reads. A Session per look, as
+    before, opened an engine every time and on SQLite began with BEGIN IMMEDIATE (cp/db.py):
+    the watcher took the write lock from the worker twenty times a second."""
     engine = make_engine(engine_url)
+    conn = engine.raw_connection()  # SQLite: autocommit (cp/db.py), each SELECT reads the newest
+
+    def count() -> int:
+        cursor = conn.cursor()
+        cursor.execute("SELECT count(*) FROM logrecord")
+        (stored,) = cursor.fetchone()
+        cursor.close()
+        if engine.dialect.name != "sqlite":
+            conn.commit()  # the next look sees a fresh snapshot
+        return int(stored)
+
     try:
-        with Session(engine) as session:
-            return int(session.exec(sql_select(func.count()).select_from(LogRecord)).one())
+        yield count
     finally:
+        conn.close()
         engine.dispose()
 
 
@@ -193,19 +206,20 @@ def ingest(url: str, client: redis.Redis, home: Path, engine_url: str, *, total:
         guard_of(app).signer = Signer(lambda key=identities[name]: key, by=daemon_sender(name), window_s=300)
         raw = RawTaskMessages(app, client, task=CP_LOGS, queue=CP_QUEUE)
         messages += [
-            (n, raw.build({"v": 1, "name": name, "records": records, "dropped": 0}))
+            (n, raw.build({"v": 1, "name": name, "rows": [log_row(r) for r in records], "dropped": 0}))
             for n, (who, records) in enumerate(made)
             if who == name
         ]
     messages.sort()
-    started = time.perf_counter()
-    for first in range(0, len(messages), 20):
-        client.lpush(CP_QUEUE, *(m for _, m in messages[first : first + 20]))
-    while (stored := count_rows(engine_url)) < total:
-        if time.perf_counter() - started > 600:
-            raise RuntimeError(f"only {stored} of {total} records stored after 600 s")
-        time.sleep(0.05)
-    return total / (time.perf_counter() - started)
+    with row_counter(engine_url) as count_rows:
+        started = time.perf_counter()
+        for first in range(0, len(messages), 20):
+            client.lpush(CP_QUEUE, *(m for _, m in messages[first : first + 20]))
+        while (stored := count_rows()) < total:
+            if time.perf_counter() - started > 600:
+                raise RuntimeError(f"only {stored} of {total} records stored after 600 s")
+            time.sleep(0.05)
+        return total / (time.perf_counter() - started)
 
 
 @contextmanager

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, NotRequired, TypeVar
+from collections.abc import Mapping
+from typing import Annotated, Any, Final, Literal, TypeVar
 
 from pydantic import (
     AwareDatetime,
@@ -11,9 +12,7 @@ from pydantic import (
     Field,
     ValidationError,
     model_validator,
-    with_config,
 )
-from typing_extensions import TypedDict
 
 from cp.settings import (
     MAX_COLUMNS,
@@ -191,38 +190,58 @@ LOG_LEVELS: tuple[LogLevel, ...] = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITIC
 MAX_LOG_SEQ = 2**53
 
 
-@with_config(ConfigDict(extra="forbid"))
-class LogEntry(TypedDict):
-    """One log record. A TypedDict, not a model: a batch of 1,000 validates six times faster."""
+LOG_ROW_FIELDS = ("seq", "ts", "level", "logger", "pipeline", "run_key", "attempt", "message")
+# one log record as the wire carries it: an array of exactly these fields in this order, not an
+# object per record. A batch of 1,000 then costs a third less to send and several times less to
+# decode, sign and verify (no repeated keys to parse and sort; docs/logs.md)
+LogRow = tuple[
+    Annotated[
+        int, Field(ge=1, le=MAX_LOG_SEQ)
+    ],  # per daemon, only grows, across restarts (workers/logs/spool.py)
+    AwareDatetime,  # ts
+    LogLevel,
+    Text,  # logger
+    Name | None,  # pipeline
+    Id | None,  # run_key
+    Annotated[int, Field(ge=1, le=1_000_000)] | None,  # attempt
+    Annotated[str, Field(max_length=MAX_LOG_MESSAGE_CHARS)],  # message
+]
+# where each field sits in a row (LOG_ROW_FIELDS)
+SEQ: Final = 0
+TS: Final = 1
+MESSAGE: Final = 7
 
-    # per daemon, only grows, across restarts (workers/logs/spool.py)
-    seq: Annotated[int, Field(ge=1, le=MAX_LOG_SEQ)]
-    ts: AwareDatetime
-    level: LogLevel
-    logger: Text
-    pipeline: NotRequired[Name | None]
-    run_key: NotRequired[Id | None]
-    attempt: NotRequired[Annotated[int, Field(ge=1, le=1_000_000)] | None]
-    message: Annotated[str, Field(max_length=MAX_LOG_MESSAGE_CHARS)]
+
+def log_row(record: Mapping[str, Any]) -> list[Any]:
+    """The wire row of a record held as an object (a daemon's spool); absent optional fields are null."""
+    return [record.get(field) for field in LOG_ROW_FIELDS]
 
 
 class LogBatch(Message):
-    """A daemon's log records, in seq order; ``dropped`` counts the records its full spool
-    dropped since the previous batch (oldest first)."""
+    """A daemon's log records as rows of LOG_ROW_FIELDS, in seq order; ``dropped`` counts the
+    records its full spool dropped since the previous batch (oldest first)."""
 
     name: Name
-    records: Annotated[list[LogEntry], Field(min_length=1, max_length=MAX_LOG_BATCH_RECORDS)]
+    rows: Annotated[list[LogRow], Field(min_length=1, max_length=MAX_LOG_BATCH_RECORDS)]
     dropped: Count = 0
 
     @model_validator(mode="after")
     def _bounded_and_ordered(self) -> LogBatch:
-        total = sum(len(r["message"]) for r in self.records)
+        total = sum(len(r[MESSAGE]) for r in self.rows)
         if total > MAX_LOG_BATCH_CHARS:
             raise ValueError(f"messages of one batch hold {total} characters, at most {MAX_LOG_BATCH_CHARS}")
-        seqs = [r["seq"] for r in self.records]
+        seqs = [r[SEQ] for r in self.rows]
         if any(b <= a for a, b in zip(seqs, seqs[1:], strict=False)):
             raise ValueError("records must be in increasing seq order")
         return self
+
+    @property
+    def first_seq(self) -> int:
+        return self.rows[0][SEQ]
+
+    @property
+    def last_seq(self) -> int:
+        return self.rows[-1][SEQ]
 
 
 # the control plane acknowledges a stored batch by raising this key to the batch's last seq; the

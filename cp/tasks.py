@@ -42,6 +42,7 @@ from cp.liveness import WORKER, ProcessIdentity, forget_old, note_health_check, 
 from cp.logs.acks import LogAcks
 from cp.logs.ingest import record_dropped, store_batch
 from cp.messaging.broker_client import broker_client
+from cp.messaging.checked_request import CheckedBodyRequest
 from cp.messaging.cp_events import database_sink, event_reason
 from cp.messaging.install import guard_of
 from cp.messaging.recorder import TokenBucket
@@ -192,6 +193,7 @@ def register_cp_tasks(app: Celery, cp: ControlPlane) -> None:
                 ignore_result=True,
                 acks_late=acks_late,
                 send_events=send_events,
+                Request=CheckedBodyRequest,
             )(task)
 
         return decorate
@@ -407,7 +409,7 @@ def register_cp_tasks(app: Celery, cp: ControlPlane) -> None:
             store_batch(session, batch)
             if batch.dropped:
                 record_dropped(session, batch, now=utcnow())
-        log_acks.acknowledge(batch.name, batch.records[-1]["seq"])
+        log_acks.acknowledge(batch.name, batch.last_seq)
 
     @contract_task(CP_CONFIG_APPLIED, ConfigApplied)
     def config_applied(msg: ConfigApplied) -> None:

@@ -13,7 +13,7 @@ from cp.db import create_schema, make_engine
 from cp.logs.ingest import store_batch
 from cp.logs.query import LogFilter, newest
 from cp.models import LogRecord
-from cp.protocol import LogBatch, parse
+from cp.protocol import LogBatch, log_row, parse
 from cp.settings import normalize_database_url
 
 pytestmark = pytest.mark.integration
@@ -35,7 +35,7 @@ def batch(seqs: range) -> LogBatch:
         }
         for s in seqs
     ]
-    return parse(LogBatch, {"v": 1, "name": "edge-1", "records": records})
+    return parse(LogBatch, {"v": 1, "name": "edge-1", "rows": [log_row(r) for r in records]})
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgres"])

@@ -20,7 +20,7 @@ from sqlmodel import select as sql_select
 from cp.db import make_engine
 from cp.embedded_redis import redis_client
 from cp.models import DaemonEvent, LogRecord
-from cp.protocol import CP_LOGS, CP_QUEUE, log_ack_key
+from cp.protocol import CP_LOGS, CP_QUEUE, LOG_ROW_FIELDS, log_ack_key, log_row
 from cp.settings import normalize_database_url
 from tests.conftest import Stack, wait_for
 from tests.forgery import as_daemon, unsigned_messages
@@ -127,8 +127,14 @@ class Edge:
     def batch(self, seqs: range, **fields: Any) -> dict[str, Any]:
         record = {"ts": datetime.now(UTC).isoformat(), "level": "INFO", "logger": "attacker", "message": "x"}
         record.update(fields)
-        rows = [{**record, "seq": s, "message": str(record["message"]).format(s=s)} for s in seqs]
-        return {"v": 1, "name": "d1", "records": rows}
+        rows = [log_row({**record, "seq": s, "message": str(record["message"]).format(s=s)}) for s in seqs]
+        return {"v": 1, "name": "d1", "rows": rows}
+
+    def batch_with(self, seqs: range, change: Callable[[list[list[Any]]], None]) -> dict[str, Any]:
+        """A batch whose rows ``change`` altered in place."""
+        payload = self.batch(seqs)
+        change(payload["rows"])
+        return payload
 
     def send(self, payload: dict[str, Any], *, signer: str = "d1") -> None:
         push(self.client, CP_QUEUE, as_daemon(self.stack.home, signer, CP_QUEUE, CP_LOGS, payload))
@@ -162,9 +168,20 @@ def test_forged_oversized_and_redelivered_batches_store_nothing_extra(edge: Edge
         lambda: records(edge.database_url, "d1"), timeout=60, what="d1's own records", stack=edge.stack
     )
     assert all(r.seq > 10**12 for r in own)  # a fresh spool numbers past any earlier life
-    # d1's key, speaking for d2; records naming a daemon; too many; too long; too much in all
+    # d1's key, speaking for d2; a row naming a daemon (one field too many), a row short of one, a
+    # seq that is no number; records as objects (not rows); too many; too long; too much in all
     edge.send({**edge.batch(range(1, 4)), "name": "d2"})
-    edge.send(edge.batch(range(1, 4), daemon="d2"))
+    edge.send(edge.batch_with(range(1, 4), lambda rows: rows[1].append("d2")))
+    edge.send(edge.batch_with(range(1, 4), lambda rows: rows[2].pop()))
+    edge.send(edge.batch_with(range(1, 4), lambda rows: rows[0].__setitem__(0, "one")))
+    objects = edge.batch(range(1, 4))
+    edge.send(
+        {
+            "v": 1,
+            "name": "d1",
+            "records": [dict(zip(LOG_ROW_FIELDS, r, strict=True)) for r in objects.pop("rows")],
+        }
+    )
     edge.send(edge.batch(range(1, 1_002)))
     edge.send(edge.batch(range(1, 2), message="x" * 8_001))
     edge.send(edge.batch(range(1, 300), message="x" * 7_999))
@@ -178,14 +195,22 @@ def test_forged_oversized_and_redelivered_batches_store_nothing_extra(edge: Edge
     wait_for(
         lambda: (
             edge.reasons("message_rejected").count("rejected cp.logs") >= 0
-            and len(events(edge.database_url, "message_rejected")) >= 4
+            and len(events(edge.database_url, "message_rejected")) >= 7
         ),
         timeout=30,
         what="the bad batches refused",
         stack=edge.stack,
     )
     rejected = edge.reasons("message_rejected")
-    for problem in ("at most 1000", "at most 8000", "at most 2000000", "daemon: Extra inputs"):
+    for problem in (
+        "at most 1000",
+        "at most 8000",
+        "at most 2000000",
+        "at most 8 items",
+        "rows.2.7: Field required",
+        "rows.0.0: Input should be a valid integer",
+        "records: Extra inputs",
+    ):
         assert problem in rejected, rejected
     wait_for(lambda: edge.client.llen(CP_QUEUE) == 0, timeout=30, what="the queue drained")
     mine = [r for r in records(edge.database_url, "d1") if r.logger == "attacker"]

@@ -8,9 +8,9 @@ from typing import Any
 from sqlmodel import Session, select
 
 from cp.models import DaemonEvent
-from cp.protocol import LogBatch
+from cp.protocol import LOG_ROW_FIELDS, LogBatch
 
-COLUMNS = ("daemon", "seq", "ts", "level", "logger", "pipeline", "run_key", "attempt", "message")
+COLUMNS = ("daemon", *LOG_ROW_FIELDS)
 # the ORM's per-value type processing cost more than the insert itself: the statement goes to the
 # driver as it is, with the time in the form LogRecord.ts stores (UTCDateTime: naive UTC text on
 # SQLite, timestamptz on PostgreSQL), as one executemany (psycopg pipelines it; one statement
@@ -40,20 +40,8 @@ def record_rows(batch: LogBatch, *, dialect: str) -> list[tuple[Any, ...]]:
             return ts.astimezone(UTC)
 
     name = batch.name
-    return [
-        (
-            name,
-            r["seq"],
-            when(r["ts"]),
-            r["level"],
-            r["logger"],
-            r.get("pipeline"),
-            r.get("run_key"),
-            r.get("attempt"),
-            r["message"],
-        )
-        for r in batch.records
-    ]
+    # the wire row is already in column order (cp/protocol.py LOG_ROW_FIELDS): only ts changes form
+    return [(name, seq, when(ts), *rest) for seq, ts, *rest in batch.rows]
 
 
 def store_batch(session: Session, batch: LogBatch) -> int:
@@ -76,7 +64,7 @@ def record_dropped(session: Session, batch: LogBatch, *, now: datetime) -> None:
     often the batch is delivered)."""
     reason = (
         f"{batch.dropped} log record(s) dropped by the daemon's full spool (oldest first) "
-        f"before seq {batch.records[0]['seq']}"
+        f"before seq {batch.first_seq}"
     )
     seen = select(DaemonEvent.id).where(
         DaemonEvent.daemon == batch.name, DaemonEvent.kind == LOGS_DROPPED, DaemonEvent.reason == reason

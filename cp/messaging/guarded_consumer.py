@@ -62,6 +62,10 @@ def guarded_consumer_class(guard: Guard) -> type[Any]:
                         _announce_rejected(self, message)
                         return
                 if reason is None:
+                    if decoded is not None and getattr(message, "_decoded_cache", None) is None:
+                        # the body checked above is the body Celery reads: decoding it again
+                        # (a large log batch: milliseconds) would only repeat the same work
+                        message._decoded_cache = decoded
                     try:
                         handle(message)
                         return

@@ -126,9 +126,12 @@ class Nonces:
         if redis is None:
             return self._local.first_use(key, keep_s=keep_ms / 1000)
         with redis() as client:
-            if client.set(key, b"seen", nx=True, px=keep_ms):
-                return True
-            return bool(client.get(key) != b"done")
+            # one round trip: set it unless it is there, and read what is there either way
+            pipe = client.pipeline(transaction=True)
+            pipe.set(key, b"seen", nx=True, px=keep_ms)
+            pipe.get(key)
+            created, value = pipe.execute()
+            return bool(created) or value != b"done"
 
     def done(self, by: str, nonce: str, *, keep_ms: int, redis: RedisScope | None) -> None:
         key = f"mycelial.nonce.{by}.{nonce}"

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from cp.protocol import LOG_ROW_FIELDS, SEQ
 from workers.logs.shipper import AcksUnsupported, LogShipper
 from workers.logs.spool import LogSpool
 
@@ -30,13 +31,13 @@ class FakeControlPlane:
         with self.lock:
             if not self.broker_up:
                 raise ConnectionError("broker away")
-            self.published.append([r["seq"] for r in payload["records"]])
+            self.published.append([r[SEQ] for r in payload["rows"]])
             if self.lose_next:
                 self.lose_next -= 1
                 return
-            for r in payload["records"]:
-                self.stored.setdefault(r["seq"], r)
-            self.ack = max(self.ack, payload["records"][-1]["seq"])
+            for r in payload["rows"]:
+                self.stored.setdefault(r[SEQ], dict(zip(LOG_ROW_FIELDS, r, strict=True)))
+            self.ack = max(self.ack, payload["rows"][-1][SEQ])
 
     def read_ack(self) -> int | None:
         with self.lock:

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -12,7 +14,7 @@ from sqlmodel import Session, col, select
 from cp.logs.ingest import LOGS_DROPPED, record_dropped, store_batch
 from cp.logs.query import LogFilter, after, error_groups, levels_from, newest
 from cp.models import DaemonEvent, LogRecord
-from cp.protocol import LogBatch, MessageError, parse
+from cp.protocol import LogBatch, MessageError, log_row, parse
 
 T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 
@@ -31,7 +33,8 @@ def batch(name: str, seqs: range, **fields: Any) -> LogBatch:
         }
         for s in seqs
     ]
-    return parse(LogBatch, {"v": 1, "name": name, "records": records, "dropped": fields.get("dropped", 0)})
+    rows = [log_row(r) for r in records]
+    return parse(LogBatch, {"v": 1, "name": name, "rows": rows, "dropped": fields.get("dropped", 0)})
 
 
 def test_a_redelivered_batch_stores_nothing_twice(session: Session) -> None:
@@ -40,6 +43,16 @@ def test_a_redelivered_batch_stores_nothing_twice(session: Session) -> None:
     session.commit()
     seqs = session.exec(select(LogRecord.seq).where(LogRecord.daemon == "edge-1").order_by(col(LogRecord.id)))
     assert list(seqs) == list(range(1, 151))
+
+
+def test_a_large_redelivered_batch_stores_each_record_once(session: Session) -> None:
+    assert store_batch(session, batch("edge-1", range(1, 1_001))) == 1_000
+    assert store_batch(session, batch("edge-1", range(700, 1_311))) == 310
+    session.commit()
+    stored = session.exec(select(LogRecord).where(LogRecord.daemon == "edge-1").order_by(col(LogRecord.id)))
+    records = list(stored)
+    assert [r.seq for r in records] == list(range(1, 1_311))
+    assert records[-1].message == "line 1310" and records[-1].ts == T0 + timedelta(seconds=1_310)
 
 
 def test_two_daemons_may_use_the_same_seq(session: Session) -> None:
@@ -67,15 +80,54 @@ def test_a_drop_report_is_one_event_however_often_it_is_delivered(session: Sessi
         pytest.param(
             [{"seq": s, "message": "x" * 8_000} for s in range(1, 300)], "at most 2000000", id="total"
         ),
-        pytest.param([{"seq": 1, "level": "LOUD"}], "level", id="unknown-level"),
-        pytest.param([{"seq": 1, "daemon": "edge-2"}], "daemon", id="record-naming-a-daemon"),
+        pytest.param([{"seq": 1, "level": "LOUD"}], "rows.0.2: Input should be 'DEBUG'", id="unknown-level"),
+        pytest.param(
+            [{"seq": "1"}, {"seq": "two"}], "rows.1.0: Input should be a valid integer", id="seq-text"
+        ),
+        pytest.param(
+            [{"seq": 1, "ts": "2026-12-01T12:00:00"}], "rows.0.1: Input should have timezone", id="naive-ts"
+        ),
+        pytest.param(
+            [{"seq": 1, "logger": ["x"]}], "rows.0.3: Input should be a valid string", id="logger-list"
+        ),
+        pytest.param([{"seq": 1, "attempt": 0}], "rows.0.6: Input should be greater", id="attempt-zero"),
+        pytest.param([{"seq": 1, "pipeline": "a b"}], "rows.0.4: String should match", id="pipeline-name"),
         pytest.param([], "at least 1", id="empty"),
     ],
 )
 def test_a_malformed_batch_is_refused(records: list[dict[str, Any]], problem: str) -> None:
     base = {"ts": T0.isoformat(), "level": "INFO", "logger": "x", "message": "m"}
+    rows = [log_row({**base, **r}) for r in records]
     with pytest.raises(MessageError, match=problem):
-        parse(LogBatch, {"v": 1, "name": "edge-1", "records": [{**base, **r} for r in records]})
+        parse(LogBatch, {"v": 1, "name": "edge-1", "rows": rows})
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        pytest.param(
+            lambda row: row.append("edge-2"), "rows.0: Tuple should have at most 8 items", id="long-row"
+        ),
+        pytest.param(lambda row: row.pop(), "rows.0.7: Field required", id="short-row"),
+        pytest.param(lambda row: row.clear(), "rows.0.0: Field required", id="empty-row"),
+        pytest.param(
+            lambda row: row.__setitem__(7, 7), "rows.0.7: Input should be a valid string", id="message-int"
+        ),
+    ],
+)
+def test_a_row_of_the_wrong_shape_is_refused(change: Callable[[list[Any]], None], problem: str) -> None:
+    row = log_row({"seq": 1, "ts": T0.isoformat(), "level": "INFO", "logger": "x", "message": "m"})
+    change(row)
+    with pytest.raises(MessageError, match=re.escape(problem)):
+        parse(LogBatch, {"v": 1, "name": "edge-1", "rows": [row]})
+
+
+def test_records_as_objects_are_not_the_wire_form() -> None:
+    record = {"seq": 1, "ts": T0.isoformat(), "level": "INFO", "logger": "x", "message": "m"}
+    with pytest.raises(MessageError, match="records: Extra inputs"):
+        parse(LogBatch, {"v": 1, "name": "edge-1", "records": [record]})
+    with pytest.raises(MessageError, match="rows.0: Input should be a valid tuple"):
+        parse(LogBatch, {"v": 1, "name": "edge-1", "rows": [record]})
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ from cp.protocol import (
     RunEvent,
     RunJob,
     clip,
+    log_row,
     parse,
 )
 from cp.settings import MAX_ERROR_CHARS
@@ -67,10 +68,10 @@ TEN_MB = "x" * 10_000_000
             ConfigApplied, {"v": 1, "name": "e", "version": 1, "ok": False, "error": TEN_MB}, "error", id="ca"
         ),
         pytest.param(
-            LogBatch, {"v": 1, "name": "e", "records": [LOG] * 1001}, "at most 1000", id="log-batch"
+            LogBatch, {"v": 1, "name": "e", "rows": [log_row(LOG)] * 1001}, "at most 1000", id="log-batch"
         ),
         pytest.param(
-            LogBatch, {"v": 1, "name": "e", "records": [{**LOG, "message": TEN_MB}]}, "8000", id="log"
+            LogBatch, {"v": 1, "name": "e", "rows": [log_row({**LOG, "message": TEN_MB})]}, "8000", id="log"
         ),
         pytest.param(
             Probe, {"v": 1, "probe_id": TEN_MB, "sent_at": AT}, "probe_id: String should", id="probe"

@@ -21,7 +21,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from cp.protocol import LogBatch, dump
+from cp.protocol import LogBatch, dump, log_row
 from workers.logs.spool import LogSpool
 
 log = logging.getLogger(__name__)
@@ -152,7 +152,8 @@ class LogShipper:
             return None
         dropped = self.spool.dropped
         try:
-            batch = LogBatch.model_validate({"name": self.name, "records": records, "dropped": dropped})
+            rows = [log_row(r) for r in records]
+            batch = LogBatch.model_validate({"name": self.name, "rows": rows, "dropped": dropped})
         except ValidationError as exc:  # cannot happen with records this module wrote; never loop on it
             log.error("log shipper of %s: %d records unsendable (%s); skipped", self.name, len(records), exc)
             self.spool.ack(records[-1]["seq"])

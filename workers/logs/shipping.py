@@ -11,7 +11,7 @@ from typing import Any
 from celery import Celery
 
 from cp.messaging.broker_client import broker_client
-from cp.protocol import CP_LOGS, CP_QUEUE, log_ack_key
+from cp.protocol import CP_LOGS, CP_QUEUE, SEQ, log_ack_key
 from cp.settings import Settings
 from workers.logs.capture import LogCapture, attach, detach
 from workers.logs.shipper import AcksUnsupported, LogShipper
@@ -74,7 +74,7 @@ class LogShipping:
         )
 
     def _publish(self, payload: dict[str, Any]) -> None:
-        first, last = payload["records"][0]["seq"], payload["records"][-1]["seq"]
+        first, last = payload["rows"][0][SEQ], payload["rows"][-1][SEQ]
         self._app.send_task(
             CP_LOGS,
             args=[payload],
