@@ -130,7 +130,8 @@ class DaemonRuntime:
     # --- lifecycle
 
     def start(self) -> None:
-        self.logs.start()  # first: what starting says is shipped too
+        # first: what starting says is shipped too, once the control plane knows the daemon's key
+        self.logs.start(send=self.enroll_request is None)
         self.confinement.announce()
         self.outbox.start()
         if self.enroll_request is not None:

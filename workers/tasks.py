@@ -84,6 +84,7 @@ def register_daemon_tasks(app: Celery, daemon: DaemonRuntime, keys: DaemonKeySto
             rejected(DAEMON_ENROLLED, exc, enrolled.request.id)
             return
         log.info("enrolled with the control plane (key %s): saying hello again", notice.key_id)
+        daemon.logs.start_sending()
         daemon.say_hello()
 
     @app.task(name=DAEMON_TRUST_KEYS, shared=False, ignore_result=True, send_events=False)

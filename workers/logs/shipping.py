@@ -69,6 +69,8 @@ class LogShipping:
             max_ack_timeout=settings.replay_window,
         )
         self.level = logging.getLevelName(settings.log_level.upper())
+        self._starting = threading.Lock()
+        self._sending = False
         self.capture = LogCapture(
             self.spool, scrub=scrubbed, on_record=self.shipper.notify, ignore=self.shipper.is_sender
         )
@@ -84,9 +86,18 @@ class LogShipping:
             retry=False,
         )
 
-    def start(self) -> None:
+    def start(self, *, send: bool = True) -> None:
+        """Capture from now on; send too unless the daemon is still enrolling (a batch signed with
+        a key the control plane does not know yet is refused: the records wait in the spool)."""
         attach(self.capture, level=self.level)
-        self.shipper.start()
+        if send:
+            self.start_sending()
+
+    def start_sending(self) -> None:
+        with self._starting:
+            if not self._sending:
+                self._sending = True
+                self.shipper.start()
 
     def close(self, *, timeout: float) -> None:
         """Ship for up to ``timeout`` seconds; the rest waits on disk for the next process."""
