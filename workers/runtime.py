@@ -46,6 +46,9 @@ from workers.run_rates import RunRates
 log = logging.getLogger(__name__)
 
 
+ENROLLED_WAIT = 15.0  # seconds the first hello waits for `daemon.enrolled` before it goes anyway
+
+
 class DaemonRuntime:
     def __init__(
         self,
@@ -76,6 +79,7 @@ class DaemonRuntime:
         self.rates = RunRates()  # each heartbeat's rows per second of the jobs on the board
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self.enrolled = threading.Event()
         self._heartbeat_thread: threading.Thread | None = None
         self._cpu_mark = (time.monotonic(), _cpu_seconds())
         self.outbox = Outbox(
@@ -135,14 +139,33 @@ class DaemonRuntime:
         self.confinement.announce()
         self.outbox.start()
         if self.enroll_request is not None:
-            # first, through the same ordered outbox: the key every later message is signed with
+            # first, through the same ordered outbox: the key every later message is signed with.
+            # The hello waits for `daemon.enrolled` (workers/tasks.py): sent now, a control-plane
+            # worker could handle it before another has registered the key, and refuse it. If the
+            # confirmation never comes, it goes anyway after ENROLLED_WAIT.
             self.send(CP_ENROLL, self.enroll_request, argsrepr=f"daemon={self.name} enroll")
-        self.say_hello()
+            hello_anyway = threading.Timer(ENROLLED_WAIT, self._hello_unless_enrolled)
+            hello_anyway.daemon = True
+            hello_anyway.start()
+        else:
+            self.say_hello()
         self._stop.clear()
         self._heartbeat_thread = threading.Thread(
             target=self._heartbeat_loop, name="mycelial-heartbeat", daemon=True
         )
         self._heartbeat_thread.start()
+
+    def on_enrolled(self) -> None:
+        """The control plane registered this daemon's key: what waited for it goes out now."""
+        self.enrolled.set()
+        self.logs.start_sending()
+        self.say_hello()
+
+    def _hello_unless_enrolled(self) -> None:
+        if not self.enrolled.is_set() and not self._stop.is_set():
+            log.warning("no enrolment confirmation within %.0fs: saying hello anyway", ENROLLED_WAIT)
+            self.logs.start_sending()
+            self.say_hello()
 
     def say_hello(self) -> None:
         applied = self.state.load()

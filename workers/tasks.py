@@ -83,9 +83,8 @@ def register_daemon_tasks(app: Celery, daemon: DaemonRuntime, keys: DaemonKeySto
         except MessageError as exc:
             rejected(DAEMON_ENROLLED, exc, enrolled.request.id)
             return
-        log.info("enrolled with the control plane (key %s): saying hello again", notice.key_id)
-        daemon.logs.start_sending()
-        daemon.say_hello()
+        log.info("enrolled with the control plane (key %s): saying hello", notice.key_id)
+        daemon.on_enrolled()
 
     @app.task(name=DAEMON_TRUST_KEYS, shared=False, ignore_result=True, send_events=False)
     def trust_keys(*args: Any, **kwargs: Any) -> None:
