@@ -12,6 +12,7 @@ import typer
 from sqlmodel import Session
 
 from cp.cli.output import EXIT_BAD_INPUT, CliError, print_json, print_table
+from cp.cli.time_options import parse_time
 from cp.logs.query import (
     LogFilter,
     UnknownLevelError,
@@ -22,7 +23,6 @@ from cp.logs.query import (
     newest,
     record_row,
 )
-from cp.logs.timespec import TimeSpecError, parse_time
 from cp.models import LogRecord, utcnow
 from cp.private_files import prepare_home
 from cp.runtime import ControlPlane
@@ -169,9 +169,4 @@ def _levels(level: str | None) -> list[str] | None:
 
 
 def _time(option: str, text: str | None, now: datetime) -> datetime | None:
-    if text is None:
-        return None
-    try:
-        return parse_time(text, now=now)
-    except TimeSpecError as exc:
-        raise CliError(f"{option}: {exc}", code=EXIT_BAD_INPUT) from None
+    return None if text is None else parse_time(option, text, now=now)

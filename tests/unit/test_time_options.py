@@ -1,4 +1,5 @@
-"""--since and --until: a duration back from now or an ISO 8601 time; anything else one clear error."""
+"""--since and --until (mycelial logs, events): an age back from now or an ISO 8601 time; anything
+else is one clear error."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from cp.logs.timespec import TimeSpecError, parse_time
+from cp.cli.output import CliError
+from cp.cli.time_options import parse_time
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 
@@ -26,10 +28,10 @@ NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
     ],
 )
 def test_times_are_read(text: str, expected: datetime) -> None:
-    assert parse_time(text, now=NOW) == expected
+    assert parse_time("--since", text, now=NOW) == expected
 
 
 @pytest.mark.parametrize("text", ["yesterday", "10x", "-5m", "", "99999999w"], ids=lambda t: t or "empty")
 def test_other_text_is_one_clear_error(text: str) -> None:
-    with pytest.raises(TimeSpecError, match="duration|reaches back"):
-        parse_time(text, now=NOW)
+    with pytest.raises(CliError, match="expected an age|too far back"):
+        parse_time("--since", text, now=NOW)
