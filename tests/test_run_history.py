@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import Stack, wait_for
+from tests.slow_sqlite import make_slow_destination
 
 pytestmark = pytest.mark.integration
 
@@ -50,21 +51,6 @@ def landed(path: Path) -> int:
     except sqlite3.Error:
         return 0
     return count
-
-
-def make_slow_destination(path: Path) -> None:
-    """The destination table, with a trigger that makes every inserted row cost a join of 40,000
-    steps: the copy then takes seconds on any machine (slower under load, as the test's own steps
-    are), so the daemon can be killed mid-way without racing it."""
-    with sqlite3.connect(path) as conn:
-        conn.execute("CREATE TABLE orders (id INTEGER PRIMARY KEY, name TEXT NOT NULL)")
-        conn.execute("CREATE TABLE slow_pad (x INTEGER)")
-        conn.executemany("INSERT INTO slow_pad VALUES (?)", ((i,) for i in range(200)))
-        conn.execute(
-            "CREATE TRIGGER orders_slow AFTER INSERT ON orders "
-            "BEGIN SELECT count(*) FROM slow_pad a, slow_pad b; END"
-        )
-    conn.close()
 
 
 def test_a_run_lost_on_its_first_attempt_and_finished_by_the_retry_shows_both_attempts(
